@@ -1,0 +1,221 @@
+"""The ``bench`` command line: run a grid, render the leaderboard, list components, perf."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bench import settings
+from bench.errors import BenchError
+
+log = logging.getLogger("bench")
+
+
+def _csv(kind: type = str):
+    def parse(text: str) -> list:
+        try:
+            return [kind(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__}s: {exc}"
+            ) from exc
+
+    return parse
+
+
+def _results_dir(args: argparse.Namespace) -> Path:
+    return Path(args.results_dir) if args.results_dir else settings.results_dir()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import expand_grid, load_preset, with_overrides
+    from bench.runner import run_grid
+
+    preset = with_overrides(
+        load_preset(args.preset),
+        datasets=args.datasets,
+        attacks=args.attacks,
+        defenses=args.defenses,
+        ratios=args.ratios,
+        seeds=args.seeds,
+    )
+    specs = expand_grid(preset)
+    res = preset.resources
+    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else res.cpus_per_trial
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else res.gpus_per_trial
+    for value, flag in ((cpus, "--cpus-per-trial"), (gpus, "--gpus-per-trial")):
+        if value < 0:
+            raise BenchError(f"{flag} must be >= 0, got {value}")
+    if cpus <= 0:
+        raise BenchError("--cpus-per-trial must be > 0")
+    log.info("preset %s: %d trials (%s)", preset.name, len(specs), preset.description)
+    summary = run_grid(
+        specs,
+        results_dir=_results_dir(args),
+        cpus_per_trial=cpus,
+        gpus_per_trial=gpus,
+        max_concurrent_trials=args.max_concurrent or res.max_concurrent_trials,
+        address=args.address,
+    )
+    if summary.errors:
+        log.error(
+            "%d trial(s) failed; their rows hold the traceback (bench leaderboard lists "
+            "them). Rerun the same command to retry only those.",
+            summary.errors,
+        )
+        return 3
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench.leaderboard import render
+    from bench.store import ResultsStore
+
+    out = _results_dir(args)
+    df = ResultsStore(out / "results.parquet").read()
+    rendered = render(df, out)
+    print(f"wrote {rendered.markdown} and {len(rendered.plots)} plots in {out / 'plots'}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench import registry
+    from bench.config import builtin_presets
+    from bench.data import DATASETS
+    from bench.models import model_names
+
+    for kind in ("attack", "defense"):
+        print(f"{kind}s:")
+        for name, entry in sorted(registry.entries(kind).items()):
+            try:
+                cls = entry.load()
+                extra = []
+                if kind == "attack":
+                    extra.append(cls.label_policy)
+                else:
+                    extra.append("needs " + ", ".join(sorted(cls.needs)))
+                    if cls.reconstructed:
+                        extra.append("reconstructed")
+                detail = "; ".join(extra)
+            except BenchError as exc:
+                detail = f"BROKEN: {exc}"
+            print(f"  {name:<12} {entry.package} {entry.version}  ({detail})")
+    print("datasets: " + ", ".join(sorted(DATASETS)))
+    print("models:   " + ", ".join(model_names()))
+    print("presets:  " + ", ".join(builtin_presets()))
+    return 0
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    import torch
+
+    from bench.perf import measure
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"device {args.device}, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    print(f"{'model':<18}{'limit img/s':>13}{'loop img/s':>13}{'overhead':>10}")
+    for name in args.models:
+        steps = args.steps or (20 if "cnn" in name else 4)
+        r = measure(
+            name, batch_size=args.batch_size, steps=steps, repeats=args.repeats, device=args.device
+        )
+        print(
+            f"{name:<18}{r.limit_img_s:>13.0f}{r.loop_img_s:>13.0f}{100 * r.overhead:>9.1f}%",
+            flush=True,
+        )
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    import time
+
+    from bench.data import load_dataset
+
+    for name in args.datasets:
+        start = time.perf_counter()
+        ds = load_dataset(name)
+        print(
+            f"{name}: {len(ds.train_y)} train / {len(ds.test_y)} test images from {ds.source} "
+            f"({time.perf_counter() - start:.1f}s)"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a grid of trials through Ray Tune")
+    run.add_argument("--preset", default="quick", help="smoke | quick | paper, or a .toml path")
+    run.add_argument("--datasets", type=_csv(), help="e.g. cifar10,gtsrb")
+    run.add_argument("--attacks", type=_csv(), help="e.g. badnets,blended (or 'all')")
+    run.add_argument("--defenses", type=_csv(), help="e.g. none (or 'all')")
+    run.add_argument("--ratios", type=_csv(float), help="poison ratios, e.g. 0.1,0.05")
+    run.add_argument("--seeds", type=_csv(int), help="e.g. 0,1,2")
+    run.add_argument("--cpus-per-trial", type=float)
+    run.add_argument("--gpus-per-trial", type=float, help="fractions pack trials onto a GPU")
+    run.add_argument("--max-concurrent", type=int, default=0)
+    run.add_argument("--address", help="join an existing Ray cluster (host:port)")
+    run.add_argument("--results-dir", help=f"default: ${settings.RESULTS_DIR_ENV} or ./results")
+    run.set_defaults(fn=cmd_run)
+
+    lb = sub.add_parser("leaderboard", help="render LEADERBOARD.md and plots from the results")
+    lb.add_argument("--results-dir")
+    lb.set_defaults(fn=cmd_leaderboard)
+
+    ls = sub.add_parser("list", help="attacks, defenses (with their packages), datasets, models")
+    ls.set_defaults(fn=cmd_list)
+
+    perf = sub.add_parser(
+        "perf", help="training-loop throughput vs the pure forward+backward limit"
+    )
+    perf.add_argument("--models", type=_csv(), default=["cnn_small", "preact_resnet18"])
+    perf.add_argument("--batch-size", type=int, default=256)
+    perf.add_argument("--steps", type=int, default=0, help="batches per measurement")
+    perf.add_argument("--repeats", type=int, default=3)
+    perf.add_argument("--threads", type=int, default=0)
+    perf.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    perf.set_defaults(fn=cmd_perf)
+
+    data = sub.add_parser(
+        "data", help="decode datasets into the cache and say where they came from"
+    )
+    data.add_argument("datasets", nargs="*", default=["cifar10", "gtsrb"])
+    data.set_defaults(fn=cmd_data)
+    return p
+
+
+def _configure_logging(level: int) -> None:
+    """Console output of the ``bench`` loggers; runs add a file handler under the run dir."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log.handlers = [
+        h
+        for h in log.handlers
+        if not isinstance(h, logging.StreamHandler) or isinstance(h, logging.FileHandler)
+    ] + [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.fn(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to finish the grid", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Presets (TOML files holding the grid axes and budgets), trial specs and grid expansion."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import registry
+from bench.data import dataset_info
+from bench.errors import BenchError, unknown_name_error
+from bench.models import model_names
+from bench.train import TrainConfig
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class DataBudget:
+    """How much of each dataset a preset uses (0 = all), drawn once with ``subset_seed``."""
+
+    train_size: int = 0
+    test_size: int = 0
+    subset_seed: int = 0
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks Ray for."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent_trials: int = 0  # 0: as many as the resources allow
+
+
+@dataclass(frozen=True)
+class Grid:
+    datasets: tuple[str, ...]
+    attacks: tuple[str, ...]
+    defenses: tuple[str, ...]
+    ratios: tuple[float, ...]
+    seeds: tuple[int, ...]
+    target: int = 0
+    #: Poison-label draws skip the target class (the issue's rule); False = BackdoorBench's rule.
+    exclude_target_from_poison: bool = True
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    comparable_with_papers: bool
+    grid: Grid
+    models: Mapping[str, str]  # dataset -> model name, "default" for the rest
+    data: DataBudget
+    train: TrainConfig
+    resources: Resources
+    attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    defense_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def model_for(self, dataset: str) -> str:
+        return self.models.get(dataset, self.models["default"])
+
+
+# --------------------------------------------------------------------------- loading
+
+_SECTIONS = {
+    "preset": {"name", "description", "comparable_with_papers"},
+    "grid": {f.name for f in dataclasses.fields(Grid)},
+    "models": None,  # free-form mapping
+    "data": {f.name for f in dataclasses.fields(DataBudget)},
+    "train": {f.name for f in dataclasses.fields(TrainConfig)},
+    "resources": {f.name for f in dataclasses.fields(Resources)},
+    "attacks": None,
+    "defenses": None,
+}
+
+
+def builtin_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """A built-in preset by name, or a preset TOML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        if str(name_or_path) not in builtin_presets():
+            raise unknown_name_error("preset", str(name_or_path), builtin_presets())
+        path = PRESET_DIR / f"{name_or_path}.toml"
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise BenchError(f"preset file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BenchError(f"cannot read preset file {path}: {exc}") from exc
+    return parse_preset(raw, where=str(path))
+
+
+def parse_preset(raw: Mapping[str, Any], where: str = "preset") -> Preset:
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise BenchError(f"{where}: unknown section(s) {unknown}; known: {sorted(_SECTIONS)}")
+    for section, allowed in _SECTIONS.items():
+        keys = set(raw.get(section, {}))
+        if allowed is not None and keys - allowed:
+            raise BenchError(
+                f"{where}: unknown key(s) {sorted(keys - allowed)} in [{section}]; "
+                f"known: {sorted(allowed)}"
+            )
+    meta = raw.get("preset", {})
+    if "name" not in meta:
+        raise BenchError(f"{where}: [preset] needs a name")
+    try:
+        grid_raw = dict(raw.get("grid", {}))
+        for axis in ("datasets", "attacks", "defenses", "ratios", "seeds"):
+            if axis not in grid_raw:
+                raise BenchError(f"{where}: [grid] needs {axis!r}")
+            grid_raw[axis] = tuple(grid_raw[axis])
+        models = dict(raw.get("models", {}))
+        models.setdefault("default", "cnn_small")
+        return Preset(
+            name=str(meta["name"]),
+            description=str(meta.get("description", "")),
+            comparable_with_papers=bool(meta.get("comparable_with_papers", False)),
+            grid=Grid(**grid_raw),
+            models=models,
+            data=DataBudget(**raw.get("data", {})),
+            train=TrainConfig(**raw.get("train", {})),
+            resources=Resources(**raw.get("resources", {})),
+            attack_params=raw.get("attacks", {}),
+            defense_params=raw.get("defenses", {}),
+        )
+    except (TypeError, ValueError) as exc:
+        raise BenchError(f"{where}: {exc}") from exc
+
+
+def with_overrides(preset: Preset, **axes: Iterable[Any] | None) -> Preset:
+    """The preset with some grid axes (datasets, attacks, ...) replaced; None keeps an axis."""
+    changes = {k: tuple(v) for k, v in axes.items() if v is not None}
+    return dataclasses.replace(preset, grid=dataclasses.replace(preset.grid, **changes))
+
+
+# --------------------------------------------------------------------------- trial specs
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything that determines one trial's numbers. Its id hashes its canonical form."""
+
+    dataset: str
+    attack: str
+    attack_params: Mapping[str, Any]
+    ratio: float
+    target: int
+    defense: str
+    defense_params: Mapping[str, Any]
+    model: str
+    preset: str
+    seed: int
+    train: Mapping[str, Any]
+    data: Mapping[str, Any]
+    exclude_target_from_poison: bool = True
+    paper_comparable: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.canonical())
+
+    def canonical(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def trial_id(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrialSpec:
+        return cls(**d)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.train)
+
+    def data_budget(self) -> DataBudget:
+        return DataBudget(**self.data)
+
+
+def _expand_all(names: tuple[str, ...], kind: str) -> tuple[str, ...]:
+    return tuple(sorted(registry.entries(kind))) if "all" in names else names
+
+
+def expand_grid(preset: Preset) -> list[TrialSpec]:
+    """Validate the preset's grid and expand it into trial specs (deterministic order)."""
+    grid = preset.grid
+    attacks = _expand_all(grid.attacks, "attack")
+    defenses = _expand_all(grid.defenses, "defense")
+    for axis, values in {
+        "datasets": grid.datasets,
+        "attacks": attacks,
+        "defenses": defenses,
+        "ratios": grid.ratios,
+        "seeds": grid.seeds,
+    }.items():
+        if not values:
+            raise BenchError(f"the grid axis {axis!r} is empty")
+    for ratio in grid.ratios:
+        if not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+            raise BenchError(f"poison ratio must be in (0, 1), got {ratio!r}")
+    for seed in grid.seeds:
+        if not isinstance(seed, int) or seed < 0:
+            raise BenchError(f"seeds must be non-negative integers, got {seed!r}")
+    for dataset in grid.datasets:
+        info = dataset_info(dataset)
+        if not 0 <= grid.target < info.num_classes:
+            raise BenchError(
+                f"target class {grid.target} is out of range for {dataset} "
+                f"({info.num_classes} classes: 0..{info.num_classes - 1})"
+            )
+        if preset.model_for(dataset) not in model_names():
+            raise unknown_name_error("model", preset.model_for(dataset), model_names())
+    attack_params = {a: _resolved("attack", a, preset.attack_params) for a in attacks}
+    defense_params = {d: _resolved("defense", d, preset.defense_params) for d in defenses}
+    train = dataclasses.asdict(preset.train)
+    data = dataclasses.asdict(preset.data)
+    specs = []
+    for dataset, attack, ratio, seed, defense in itertools.product(
+        grid.datasets, attacks, grid.ratios, grid.seeds, defenses
+    ):
+        specs.append(
+            TrialSpec(
+                dataset=dataset,
+                attack=attack,
+                attack_params=attack_params[attack],
+                ratio=float(ratio),
+                target=grid.target,
+                defense=defense,
+                defense_params=defense_params[defense],
+                model=preset.model_for(dataset),
+                preset=preset.name,
+                seed=seed,
+                train=train,
+                data=data,
+                exclude_target_from_poison=grid.exclude_target_from_poison,
+                paper_comparable=preset.comparable_with_papers,
+            )
+        )
+    return specs
+
+
+def _resolved(kind: str, name: str, overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Full parameters (defaults filled in), so a changed default makes a new trial id."""
+    component = registry.create(kind, name, dict(overrides.get(name, {})))
+    return json.loads(json.dumps(component.describe(), sort_keys=True))

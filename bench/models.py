@@ -1,0 +1,178 @@
+"""Model registry (timm-style): ``@register_model`` names a builder, ``build_model`` makes one.
+
+Every model takes float images in [0, 1] and normalises them itself, so attacks and defenses work
+in one pixel space whatever the dataset's statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from bench.errors import unknown_name_error
+
+ModelBuilder = Callable[[int], nn.Module]
+_MODELS: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    def deco(fn: ModelBuilder) -> ModelBuilder:
+        _MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def model_names() -> list[str]:
+    return sorted(_MODELS)
+
+
+class Normalized(nn.Module):
+    """Prepends per-channel normalisation to a network."""
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) * self.inv_std)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+    std: tuple[float, ...] = (1.0, 1.0, 1.0),
+) -> nn.Module:
+    if name not in _MODELS:
+        raise unknown_name_error("model", name, _MODELS)
+    return Normalized(_MODELS[name](num_classes), mean, std)
+
+
+# --------------------------------------------------------------------------- small CPU net
+
+
+def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(nn.Module):
+    """A VGG-style net sized for CPU presets: one conv per stage at 32, 16, 8 and 4 px.
+
+    Pooling right after the first conv keeps full-resolution work small, the main cost on a CPU.
+    Chosen by measurement on a 2-core CPU (README, "Models").
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (24, 48, 96, 192)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for i, c_out in enumerate(widths):
+            layers.append(_conv_bn(c_in, c_out))
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c_out
+        self.features = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.linear = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+
+@register_model("cnn_small")
+def cnn_small(num_classes: int) -> nn.Module:
+    return SmallCNN(num_classes)
+
+
+@register_model("cnn_medium")
+def cnn_medium(num_classes: int) -> nn.Module:
+    return SmallCNN(num_classes, widths=(32, 64, 128, 256))
+
+
+# --------------------------------------------------------------------------- CIFAR ResNets
+
+
+class PreActBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-18 layout for 32 px inputs: 3x3 stem, no max-pool, four stages of two blocks."""
+
+    def __init__(self, block: type[nn.Module], num_classes: int, preact: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        # Post-activation nets normalise after the stem; pre-activation nets before the head.
+        self.stem_act = nn.Identity() if preact else _bn_relu(64)
+        layers, c_in = [], 64
+        for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [block(c_in, c_out, stride), block(c_out, c_out, 1)]
+            c_in = c_out
+        self.layers = nn.Sequential(*layers)
+        self.head_act = _bn_relu(512) if preact else nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head_act(self.layers(self.stem_act(self.conv1(x))))
+        return self.linear(torch.flatten(self.pool(out), 1))
+
+
+def _bn_relu(channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+
+@register_model("preact_resnet18")
+def preact_resnet18(num_classes: int) -> nn.Module:
+    return CifarResNet(PreActBlock, num_classes, preact=True)
+
+
+@register_model("resnet18")
+def resnet18(num_classes: int) -> nn.Module:
+    return CifarResNet(BasicBlock, num_classes, preact=False)

@@ -1,0 +1,60 @@
+"""Validated hyperparameters shared by attacks and defenses (one mechanism for both)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from bench.errors import BenchError
+
+
+class Configurable:
+    """Base for registry components: a ``name`` and a frozen ``Params`` dataclass of defaults.
+
+    ``Component(**overrides)`` validates the overrides: unknown keys, wrong types and values that
+    ``Params.__post_init__`` rejects become a :class:`BenchError` naming the component.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "component"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        pass
+
+    def __init__(self, **overrides: Any):
+        self.params = build_params(type(self), overrides)
+
+    def describe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params)
+
+
+def build_params(cls: type[Configurable], overrides: dict[str, Any]) -> Any:
+    params_cls = cls.Params
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    label = f"{cls.kind} {cls.name!r}"
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields)) or "(none)"
+        raise BenchError(f"{label}: unknown parameter(s) {unknown}. Known parameters: {known}.")
+    for key, value in overrides.items():
+        default = fields[key].default
+        if default is not dataclasses.MISSING and not _same_kind(default, value):
+            raise BenchError(
+                f"{label}: parameter {key!r} must be {type(default).__name__}, "
+                f"got {value!r} ({type(value).__name__})."
+            )
+    try:
+        return params_cls(**overrides)
+    except (ValueError, TypeError) as exc:
+        raise BenchError(f"{label}: invalid parameters: {exc}") from exc
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return default is None or isinstance(value, type(default))

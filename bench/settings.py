@@ -1,0 +1,40 @@
+"""Where the harness reads data and writes caches and results (environment variables first)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: A directory holding datasets (ImageFolder trees or the offline archives).
+DATA_DIR_ENV = "BENCH_DATA_DIR"
+#: Where decoded datasets and other artifacts are cached.
+CACHE_DIR_ENV = "BENCH_CACHE_DIR"
+#: Where the results table, leaderboard and run logs are written.
+RESULTS_DIR_ENV = "BENCH_RESULTS_DIR"
+#: Set to 1 to forbid network downloads (tests, air-gapped clusters).
+OFFLINE_ENV = "BENCH_OFFLINE"
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_data_dirs() -> list[Path]:
+    """Documented search path for datasets, after ``$BENCH_DATA_DIR``."""
+    return [PROJECT_ROOT / "data", PROJECT_ROOT.parent / "shared" / "data"]
+
+
+def cache_dir() -> Path:
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "backdoor-leaderboard"
+
+
+def results_dir() -> Path:
+    env = os.environ.get(RESULTS_DIR_ENV)
+    return Path(env).expanduser() if env else PROJECT_ROOT / "results"
+
+
+def offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").lower() in {"1", "true", "yes"}

@@ -1,0 +1,218 @@
+"""The one training loop every attack and defense uses, and the evaluation helper.
+
+Data lives on the device as uint8 NCHW tensors. Each step gathers a batch by index, augments it as
+a tensor (random crop with 4-pixel zero padding, horizontal flip where the dataset allows) and
+converts it to float; no per-sample Python or PIL work. Defenses and training-controlled attacks
+change what happens per batch through :class:`TrainHooks`, never by copying the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation budget; presets hold one, defenses may derive others from it."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    schedule: str = "onecycle"  # "onecycle" | "cosine" | "constant"
+    warmup_fraction: float = 0.2
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"bad training budget: {self}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}"
+            )
+
+
+def _onecycle(progress: float, warmup: float) -> float:
+    if progress < warmup:
+        return progress / warmup
+    return max(0.0, (1.0 - progress) / (1.0 - warmup))
+
+
+SCHEDULES: dict[str, Callable[[float, float], float]] = {
+    "onecycle": _onecycle,
+    "cosine": lambda p, _w: 0.5 * (1.0 + math.cos(math.pi * p)),
+    "constant": lambda _p, _w: 1.0,
+}
+
+
+@dataclass
+class Batch:
+    """One training batch: float images in [0, 1] (NCHW), labels, and dataset indices."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+
+
+class TrainHooks:
+    """Per-batch extension points. Subclass and override what you need; defaults train plainly."""
+
+    def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Change a batch after augmentation (training-controlled attacks poison here)."""
+        return batch
+
+    def loss(self, logits: torch.Tensor, batch: Batch, config: TrainConfig) -> torch.Tensor:
+        """The scalar loss to minimise. Defenses can weight or reshape per-sample losses here."""
+        return F.cross_entropy(logits, batch.y, label_smoothing=config.label_smoothing)
+
+    def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
+        """Called after each epoch (isolation epochs, logging, early stops)."""
+
+
+@dataclass
+class TrainStats:
+    seconds: float
+    steps: int
+    images: int
+    epoch_losses: list[float] = field(default_factory=list)
+
+
+def random_crop_flip(
+    images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Batched random crop (zero padding ``pad``) and optional horizontal flip of NCHW images."""
+    n, _, h, w = images.shape
+    if pad > 0:
+        padded = F.pad(images, (pad, pad, pad, pad))
+        dev = images.device
+        dy = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
+        rows = (dy + torch.arange(h, device=dev)).view(n, 1, h, 1)
+        cols = (dx + torch.arange(w, device=dev)).view(n, 1, 1, w)
+        batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
+        chans = torch.arange(images.shape[1], device=dev).view(1, -1, 1, 1)
+        images = padded[batch, chans, rows, cols]
+    if flip:
+        mask = torch.rand(n, device=images.device, generator=generator) < 0.5
+        images = torch.where(mask.view(n, 1, 1, 1), images.flip(3), images)
+    return images
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move a model to the device in channels_last layout (faster convolutions on CUDA with AMP,
+    and measured 35-60% faster on CPU too)."""
+    return model.to(device=device, memory_format=torch.channels_last)
+
+
+class Trainer:
+    """SGD with a per-step schedule over uint8 tensors held on ``device``."""
+
+    def __init__(self, device: torch.device | str = "cpu", crop_padding: int = 4):
+        self.device = torch.device(device)
+        self.crop_padding = crop_padding
+
+    def fit(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        config: TrainConfig,
+        *,
+        seed: int,
+        flip: bool,
+        hooks: TrainHooks | None = None,
+        indices: torch.Tensor | None = None,
+        augment: bool = True,
+    ) -> TrainStats:
+        """Train ``model`` in place on ``images[indices]`` (uint8 NCHW) for ``config.epochs``."""
+        hooks = hooks or TrainHooks()
+        dev = self.device
+        model = prepare_model(model, dev)
+        images, labels = images.to(dev), labels.to(dev)
+        pool = torch.arange(len(labels), device=dev) if indices is None else indices.to(dev).long()
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        steps_per_epoch = max(1, math.ceil(len(pool) / config.batch_size))
+        total_steps = max(1, steps_per_epoch * config.epochs)
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov and config.momentum > 0,
+        )
+        shape = SCHEDULES[config.schedule]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: shape(step / total_steps, config.warmup_fraction)
+        )
+        pad = self.crop_padding if augment else 0
+        stats = TrainStats(seconds=0.0, steps=0, images=0)
+        start = time.perf_counter()
+        model.train()
+        for epoch in range(config.epochs):
+            order = pool[torch.randperm(len(pool), device=dev, generator=gen)]
+            loss_sum = torch.zeros((), device=dev)
+            for b in range(steps_per_epoch):
+                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+                x = random_crop_flip(images[idx], pad, flip and augment, gen)
+                x = x.float().div_(255)
+                x = x.contiguous(memory_format=torch.channels_last)
+                batch = hooks.transform_batch(Batch(x, labels[idx], idx), gen)
+                with _autocast(dev):
+                    logits = model(batch.x)
+                loss = hooks.loss(logits.float(), batch, config)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.detach() * len(idx)
+                stats.steps += 1
+                stats.images += len(idx)
+            stats.epoch_losses.append(float(loss_sum) / len(pool))
+            hooks.on_epoch_end(epoch, model)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+
+InputTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1024,
+    transform: InputTransform | None = None,
+) -> torch.Tensor:
+    """Predicted labels for uint8 NCHW ``images`` (``transform`` maps uint8 batches to uint8)."""
+    dev = torch.device(device)
+    # Layout changes happen outside no_grad so the model's parameters stay trainable.
+    model = prepare_model(model, dev).eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(dev)
+            if transform is not None:
+                x = transform(x)
+            x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
+            with _autocast(dev):
+                out.append(model(x).argmax(1).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)

@@ -1,0 +1,1 @@
+"""Built-in backdoor defenses, one module each; registered through the ``bench.defenses`` group."""

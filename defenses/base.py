@@ -1,0 +1,87 @@
+"""The defense protocol: what a defense receives (:class:`DefenseContext`) and returns.
+
+A defense never sees the poison mask. It gets the poisoned training set, optionally a clean
+subset, a model factory, the shared trainer and the preset's budget, and returns the model to
+evaluate, plus an optional test-time input transform and optional flagged training indices.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from bench.params import Configurable
+from bench.train import InputTransform, TrainConfig, Trainer, TrainHooks
+
+#: Resources a defense can ask the harness for.
+NEEDS = frozenset({"poisoned_train", "clean_subset", "backdoored_model"})
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    images: torch.Tensor  # uint8 NCHW
+    labels: torch.Tensor
+
+
+@dataclass
+class DefenseContext:
+    """Everything a defense may use. ``train`` is poisoned; which samples is not revealed."""
+
+    train: LabelledImages
+    num_classes: int
+    allows_flip: bool
+    make_model: Callable[[], nn.Module]
+    trainer: Trainer
+    train_config: TrainConfig
+    device: torch.device
+    seed: int
+    #: Hooks of a training-controlled attack; a defense that trains should pass them through.
+    attack_hooks: TrainHooks | None = None
+    clean_subset: LabelledImages | None = None
+    log: Callable[[str], None] = print
+
+    def train_model(
+        self,
+        images: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        config: TrainConfig | None = None,
+        hooks: TrainHooks | None = None,
+    ) -> nn.Module:
+        """A fresh model trained with the shared trainer (defaults: the poisoned set, budget)."""
+        model = self.make_model()
+        self.trainer.fit(
+            model,
+            self.train.images if images is None else images,
+            self.train.labels if labels is None else labels,
+            config or self.train_config,
+            seed=self.seed,
+            flip=self.allows_flip,
+            hooks=hooks or self.attack_hooks,
+        )
+        return model
+
+
+@dataclass
+class DefenseOutput:
+    model: nn.Module
+    input_transform: InputTransform | None = None
+    flagged: torch.Tensor | None = None  # training indices the defense considers poisoned
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Defense(Configurable):
+    """A backdoor defense. Subclasses set ``name``, ``needs``, ``Params`` and implement ``run``."""
+
+    kind: ClassVar[str] = "defense"
+    needs: ClassVar[frozenset[str]] = frozenset({"poisoned_train"})
+    #: True where no official code exists and the method is reconstructed from the paper.
+    reconstructed: ClassVar[bool] = False
+
+    @abstractmethod
+    def run(self, ctx: DefenseContext) -> DefenseOutput:
+        """Produce the defended model."""

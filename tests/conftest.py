@@ -1,0 +1,25 @@
+"""Shared fixtures. Real data comes from $BENCH_DATA_DIR or the documented defaults
+(``../shared/data`` beside the checkout); decoded arrays are cached once per machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.data import Dataset, load_dataset
+
+
+@pytest.fixture(scope="session")
+def cifar10() -> Dataset:
+    return load_dataset("cifar10")
+
+
+@pytest.fixture(scope="session")
+def gtsrb() -> Dataset:
+    return load_dataset("gtsrb")
+
+
+@pytest.fixture
+def cifar_batch(cifar10: Dataset) -> torch.Tensor:
+    """64 real CIFAR-10 training images of every class (uint8 NCHW)."""
+    return cifar10.subset(64, 1, seed=0).train_x.clone()

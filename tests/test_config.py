@@ -1,0 +1,89 @@
+"""Presets, grid expansion and trial-spec hashing."""
+
+import dataclasses
+
+import pytest
+
+from bench.config import (
+    TrialSpec,
+    builtin_presets,
+    expand_grid,
+    load_preset,
+    parse_preset,
+    with_overrides,
+)
+from bench.errors import BenchError
+
+
+def test_builtin_presets_load_and_expand():
+    assert {"smoke", "quick", "paper"} <= set(builtin_presets())
+    for name in ("smoke", "quick"):
+        specs = expand_grid(load_preset(name))
+        assert specs and all(s.preset == name for s in specs)
+        assert len({s.trial_id for s in specs}) == len(specs)
+
+
+def test_grid_is_the_product_of_its_axes():
+    preset = with_overrides(
+        load_preset("smoke"), attacks=["badnets", "blended"], ratios=[0.1, 0.05], seeds=[0, 1, 2]
+    )
+    specs = expand_grid(preset)
+    assert len(specs) == 2 * 2 * 3
+    assert {(s.attack, s.ratio, s.seed) for s in specs} == {
+        (a, r, s) for a in ("badnets", "blended") for r in (0.1, 0.05) for s in (0, 1, 2)
+    }
+
+
+def test_trial_id_is_stable_and_sensitive():
+    spec = expand_grid(load_preset("smoke"))[0]
+    again = expand_grid(load_preset("smoke"))[0]
+    assert spec.trial_id == again.trial_id
+    assert TrialSpec.from_dict(spec.to_dict()).trial_id == spec.trial_id
+    # Parameter order does not matter; a changed value does.
+    reordered = dataclasses.replace(spec, attack_params=dict(reversed(spec.attack_params.items())))
+    assert reordered.trial_id == spec.trial_id
+    for change in (
+        {"seed": 1},
+        {"ratio": 0.05},
+        {"attack_params": {"size": 4, "value": 255}},
+        {"train": {**spec.train, "epochs": 2}},
+    ):
+        assert dataclasses.replace(spec, **change).trial_id != spec.trial_id
+
+
+def test_resolved_params_include_defaults():
+    spec = expand_grid(with_overrides(load_preset("smoke"), attacks=["blended"]))[0]
+    assert spec.attack_params == {"alpha": 0.2, "key_seed": 0}
+
+
+def test_unknown_names_suggest_the_closest():
+    with pytest.raises(BenchError, match="Did you mean 'badnets'"):
+        expand_grid(with_overrides(load_preset("smoke"), attacks=["badnet"]))
+    with pytest.raises(BenchError, match="unknown defense 'nonee'"):
+        expand_grid(with_overrides(load_preset("smoke"), defenses=["nonee"]))
+    with pytest.raises(BenchError, match="unknown dataset 'cifar100'"):
+        expand_grid(with_overrides(load_preset("smoke"), datasets=["cifar100"]))
+    with pytest.raises(BenchError, match="unknown preset 'quik'"):
+        load_preset("quik")
+
+
+def test_bad_grid_values_are_rejected():
+    smoke = load_preset("smoke")
+    with pytest.raises(BenchError, match=r"ratio must be in \(0, 1\)"):
+        expand_grid(with_overrides(smoke, ratios=[1.5]))
+    bad_target = dataclasses.replace(smoke, grid=dataclasses.replace(smoke.grid, target=10))
+    with pytest.raises(BenchError, match="target class 10 is out of range for cifar10"):
+        expand_grid(bad_target)
+
+
+def test_preset_files_are_validated(tmp_path):
+    with pytest.raises(BenchError, match=r"unknown key\(s\) \['epoch'\] in \[train\]"):
+        parse_preset({"preset": {"name": "x"}, "train": {"epoch": 3}})
+    with pytest.raises(BenchError, match="needs 'attacks'"):
+        parse_preset({"preset": {"name": "x"}, "grid": {"datasets": ["cifar10"]}})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[grid\n")
+    with pytest.raises(BenchError, match="cannot read preset file"):
+        load_preset(broken)
+    with pytest.raises(BenchError, match="does not exist"):
+        load_preset(tmp_path / "missing.toml")

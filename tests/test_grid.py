@@ -1,0 +1,111 @@
+"""The grid end to end through Ray Tune: table, leaderboard, skip on rerun, kill and resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.store import ResultsStore
+
+SMOKE = ["run", "--preset", "smoke", "--datasets", "cifar10"]
+
+
+@pytest.mark.slow
+def test_grid_through_ray_tune_into_the_leaderboard(tmp_path):
+    out = str(tmp_path)
+    # Two real trials plus one that must fail (ratio beyond the non-target pool).
+    code = main([*SMOKE, "--attacks", "badnets,blended", "--results-dir", out])
+    assert code == 0
+    df = pd.read_parquet(tmp_path / "results.parquet")
+    assert len(df) == 2 and set(df["status"]) == {"ok"}
+    assert set(df["attack"]) == {"badnets", "blended"} and set(df["defense"]) == {"none"}
+    for column in (
+        "ca",
+        "asr",
+        "ra",
+        "wall_seconds",
+        "train_seconds",
+        "data_source",
+        "versions",
+        "git_rev",
+        "started_at",
+        "trial_id",
+        "node",
+    ):
+        assert df[column].notna().all(), column
+    assert df["data_source"].str.contains("cifar10").all()
+    assert df["trial_id"].is_unique
+    run_dirs = list((tmp_path / "runs").iterdir())
+    assert (run_dirs[0] / "bench.log").read_text().count("trials done") == 2
+    assert len(list((run_dirs[0] / "trials").glob("*.log"))) == 2
+
+    assert main(["leaderboard", "--results-dir", out]) == 0
+    markdown = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "## cifar10 · preset `smoke` · poison ratio 0.1" in markdown
+    for _, r in df.iterrows():
+        assert f"{100 * r['ca']:.1f} / {100 * r['asr']:.1f}" in markdown
+    plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert plots == ["asr_heatmap_cifar10_smoke_r0.1.png", "ca_vs_asr_cifar10_smoke_r0.1.png"]
+
+    # A rerun skips both trials and leaves the table alone; a failing trial adds an error row.
+    assert main([*SMOKE, "--attacks", "badnets,blended", "--results-dir", out]) == 0
+    assert main([*SMOKE, "--attacks", "badnets", "--ratios", "0.95", "--results-dir", out]) == 3
+    df2 = pd.read_parquet(tmp_path / "results.parquet")
+    assert len(df2) == 3 and (df2["status"] == "error").sum() == 1
+    assert "maximum possible ratio" in df2.loc[df2["status"] == "error", "error"].iloc[0]
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process left in the driver's session (Linux /proc)."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.getsid(int(name)) == sid:
+                    os.kill(int(name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.mark.slow
+def test_killed_driver_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.cli",
+        *SMOKE,
+        "--attacks",
+        "badnets,blended",
+        "--seeds",
+        "0,1,2",
+        "--results-dir",
+        str(tmp_path),
+    ]
+    table = tmp_path / "results.parquet"
+    driver = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 180
+        while not table.exists() and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert table.exists(), "no trial finished before the deadline"
+        driver.send_signal(signal.SIGKILL)  # the driver dies mid-grid
+        driver.wait()
+    finally:
+        _kill_session(driver.pid)  # Ray's orphaned helpers of that session
+    done_before = len(ResultsStore(table).read())
+    assert 1 <= done_before < 6
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{6 - done_before} trials to run ({done_before} already done)" in rerun.stdout
+    df = ResultsStore(table).read()
+    assert len(df) == 6 and df["trial_id"].is_unique and set(df["status"]) == {"ok"}
+    assert sorted(df["seed"].tolist()) == [0, 0, 1, 1, 2, 2]
+    assert not list(Path(tmp_path).glob("*.tmp"))
