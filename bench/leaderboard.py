@@ -118,7 +118,7 @@ def render_plots(df: pd.DataFrame, plot_dir: Path) -> list[Path]:
         slug = _slug(dataset, preset, ratio)
         asr = group.pivot_table(index="defense", columns="attack", values="asr", aggfunc="mean")
         asr = asr.reindex(_ordered(list(asr.index), "none"))
-        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * asr.shape[1], 1.0 + 0.5 * asr.shape[0]))
+        fig, ax = plt.subplots(figsize=(2.5 + 0.9 * asr.shape[1], 1.6 + 0.5 * asr.shape[0]))
         im = ax.imshow(100 * asr.to_numpy(dtype=float), vmin=0, vmax=100, cmap="Reds")
         ax.set_xticks(range(asr.shape[1]), asr.columns, rotation=45, ha="right")
         ax.set_yticks(range(asr.shape[0]), asr.index)
@@ -126,7 +126,10 @@ def render_plots(df: pd.DataFrame, plot_dir: Path) -> list[Path]:
             for j in range(asr.shape[1]):
                 v = asr.iat[i, j]
                 if not math.isnan(v):
-                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=8)
+                    colour = "white" if v > 0.6 else "black"
+                    ax.text(
+                        j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=8, color=colour
+                    )
         fig.colorbar(im, ax=ax, label="ASR (%)")
         ax.set_title(f"ASR · {dataset} · {preset} · ratio {ratio:g}")
         fig.tight_layout()
@@ -150,6 +153,7 @@ def render_plots(df: pd.DataFrame, plot_dir: Path) -> list[Path]:
         ax.set_xlabel("ASR (%)  (lower is better)")
         ax.set_ylabel("CA (%)  (higher is better)")
         ax.set_xlim(-3, 103)
+        ax.set_ylim(0, 100)
         ax.set_title(f"CA vs ASR · {dataset} · {preset} · ratio {ratio:g}")
         ax.legend(title="defense", fontsize=8)
         ax.grid(alpha=0.3)

@@ -123,9 +123,15 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
 class Trainer:
     """SGD with a per-step schedule over uint8 tensors held on ``device``."""
 
-    def __init__(self, device: torch.device | str = "cpu", crop_padding: int = 4):
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        crop_padding: int = 4,
+        progress: Callable[[str], None] | None = None,
+    ):
         self.device = torch.device(device)
         self.crop_padding = crop_padding
+        self.progress = progress  # receives one line per epoch (trial logs)
 
     def fit(
         self,
@@ -185,6 +191,11 @@ class Trainer:
                 stats.images += len(idx)
             stats.epoch_losses.append(float(loss_sum) / len(pool))
             hooks.on_epoch_end(epoch, model)
+            if self.progress is not None:
+                self.progress(
+                    f"epoch {epoch + 1}/{config.epochs} loss {stats.epoch_losses[-1]:.4f} "
+                    f"({time.perf_counter() - start:.0f}s)"
+                )
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         stats.seconds = time.perf_counter() - start

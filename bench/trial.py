@@ -84,7 +84,7 @@ def run_trial(
         num_classes=info.num_classes,
         allows_flip=info.allows_flip,
         make_model=make_model,
-        trainer=Trainer(device),
+        trainer=Trainer(device, progress=report),
         train_config=spec.train_config(),
         device=device,
         seed=spec.seed,
