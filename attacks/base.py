@@ -7,7 +7,7 @@ poisoned test set happen here, once, for every attack.
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -33,7 +33,7 @@ class AttackContext:
     seed: int
 
 
-class Attack(Configurable):
+class Attack(Configurable, ABC):
     """A data-poisoning backdoor attack.
 
     Subclasses set ``name`` and ``label_policy``, declare ``Params`` and implement :meth:`apply`,

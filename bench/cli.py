@@ -146,6 +146,47 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_defense(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.plugins import check_defense
+
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"--params must be a JSON object: {exc}") from exc
+    if not isinstance(params, dict):
+        raise BenchError("--params must be a JSON object, e.g. '{\"epochs\": 5}'")
+    return 0 if check_defense(args.name, params) else 1
+
+
+def cmd_new_defense(args: argparse.Namespace) -> int:
+    from bench.plugins import scaffold_defense
+
+    root = scaffold_defense(args.name, Path(args.dir))
+    print(f"created {root}\nnext: pip install -e {root} && bench check-defense {args.name}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from bench.artifacts import ArtifactCache
+
+    cache = ArtifactCache()
+    entries = cache.entries()
+    if args.action == "ls":
+        for kind, path, size in entries:
+            print(f"{kind:<18} {size / 2**20:8.1f} MiB  {path.name}")
+        print(f"{len(entries)} artifacts in {cache.root}")
+    elif args.action == "du":
+        print(
+            f"{sum(size for _, _, size in entries) / 2**20:.1f} MiB in {len(entries)} artifacts "
+            f"({cache.root})"
+        )
+    else:
+        print(f"removed {cache.clear()} artifacts from {cache.root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -182,6 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--threads", type=int, default=0)
     perf.add_argument("--device", default="auto", help="cpu, cuda or auto")
     perf.set_defaults(fn=cmd_perf)
+
+    check = sub.add_parser("check-defense", help="validate a defense plugin with a smoke trial")
+    check.add_argument("name")
+    check.add_argument("--params", help="JSON object of hyperparameters")
+    check.set_defaults(fn=cmd_check_defense)
+
+    new = sub.add_parser("new-defense", help="scaffold a defense plugin package")
+    new.add_argument("name")
+    new.add_argument("--dir", default=".", help="where to create bench-NAME/")
+    new.set_defaults(fn=cmd_new_defense)
+
+    cache = sub.add_parser("cache", help="list, size or clear cached artifacts")
+    cache.add_argument("action", choices=["ls", "du", "clear"])
+    cache.set_defaults(fn=cmd_cache)
 
     data = sub.add_parser(
         "data", help="decode datasets into the cache and say where they came from"

@@ -49,6 +49,8 @@ class Grid:
     target: int = 0
     #: Poison-label draws skip the target class (the issue's rule); False = BackdoorBench's rule.
     exclude_target_from_poison: bool = True
+    #: Clean training data handed to defenses that declare the 'clean_subset' need.
+    clean_fraction: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,8 @@ class TrialSpec:
     data: Mapping[str, Any]
     exclude_target_from_poison: bool = True
     paper_comparable: bool = False
+    #: Fraction of the training set given to defenses that need clean data (0 if they do not).
+    clean_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.canonical())
@@ -222,7 +226,10 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
             )
         if preset.model_for(dataset) not in model_names():
             raise unknown_name_error("model", preset.model_for(dataset), model_names())
+    if not 0.0 < grid.clean_fraction < 1.0:
+        raise BenchError(f"clean_fraction must be in (0, 1), got {grid.clean_fraction!r}")
     attack_params = {a: _resolved("attack", a, preset.attack_params) for a in attacks}
+    needs = {d: registry.get_entry("defense", d).load().needs for d in defenses}
     defense_params = {d: _resolved("defense", d, preset.defense_params) for d in defenses}
     train = dataclasses.asdict(preset.train)
     data = dataclasses.asdict(preset.data)
@@ -246,6 +253,7 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
                 data=data,
                 exclude_target_from_poison=grid.exclude_target_from_poison,
                 paper_comparable=preset.comparable_with_papers,
+                clean_fraction=grid.clean_fraction if "clean_subset" in needs[defense] else 0.0,
             )
         )
     return specs

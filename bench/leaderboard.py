@@ -11,6 +11,7 @@ import pandas as pd
 from bench.store import OK
 
 GROUP_KEYS = ["dataset", "preset", "ratio"]
+BUILTIN_PACKAGE = "backdoor-leaderboard"
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,45 @@ def _ordered(values: list[str], first: str) -> list[str]:
     return sorted(values, key=lambda v: (v != first, v))
 
 
+def defense_label(
+    name: str, package: str | None, version: str | None, reconstructed: bool | None
+) -> str:
+    """How a defense appears in tables: plugins carry their package, reconstructions say so."""
+    label = name
+    if reconstructed:
+        label += " (reconstructed)"
+    if package and package != BUILTIN_PACKAGE:
+        label += f" [plugin: {package} {version or ''}]".replace(" ]", "]")
+    return label
+
+
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    """A column, or all-missing for tables written before the column existed."""
+    return df[name] if name in df else pd.Series(None, index=df.index, dtype=object)
+
+
+def with_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """Adds ``defense_label`` (tables group by it, so a plugin never hides behind a name)."""
+    df = df.copy()
+    columns = zip(
+        df["defense"],
+        _column(df, "defense_package"),
+        _column(df, "defense_version"),
+        _column(df, "defense_reconstructed"),
+        strict=True,
+    )
+    df["defense_label"] = [
+        defense_label(name, pkg, version, bool(rec) if pd.notna(rec) else False)
+        for name, pkg, version, rec in columns
+    ]
+    return df
+
+
 def cell_table(group: pd.DataFrame) -> pd.DataFrame:
     """Defense x attack table of mean CA / ASR over seeds, plus a mean column."""
-    means = group.groupby(["defense", "attack"])[["ca", "asr", "ra"]].mean()
-    counts = group.groupby(["defense", "attack"]).size()
-    defenses = _ordered(list(group["defense"].unique()), "none")
+    means = group.groupby(["defense_label", "attack"])[["ca", "asr", "ra"]].mean()
+    counts = group.groupby(["defense_label", "attack"]).size()
+    defenses = _ordered(list(group["defense_label"].unique()), "none")
     attacks = sorted(group["attack"].unique())
     table = pd.DataFrame(index=defenses, columns=[*attacks, "mean"], dtype=object)
     for d in defenses:
@@ -70,7 +105,7 @@ def _group_header(group: pd.DataFrame) -> list[str]:
 
 
 def render_markdown(df: pd.DataFrame) -> str:
-    ok = df[df["status"] == OK] if not df.empty else df
+    ok = with_labels(df[df["status"] == OK]) if not df.empty else df
     out = ["# Backdoor defense leaderboard", ""]
     out.append(
         "Cells are **CA / ASR** in percent (clean accuracy / attack success rate), the mean "
@@ -112,11 +147,13 @@ def render_plots(df: pd.DataFrame, plot_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     plot_dir.mkdir(parents=True, exist_ok=True)
-    ok = df[df["status"] == OK] if not df.empty else df
+    ok = with_labels(df[df["status"] == OK]) if not df.empty else df
     written = []
     for (dataset, preset, ratio), group in ok.groupby(GROUP_KEYS, sort=True):
         slug = _slug(dataset, preset, ratio)
-        asr = group.pivot_table(index="defense", columns="attack", values="asr", aggfunc="mean")
+        asr = group.pivot_table(
+            index="defense_label", columns="attack", values="asr", aggfunc="mean"
+        )
         asr = asr.reindex(_ordered(list(asr.index), "none"))
         fig, ax = plt.subplots(figsize=(2.5 + 0.9 * asr.shape[1], 1.6 + 0.5 * asr.shape[0]))
         im = ax.imshow(100 * asr.to_numpy(dtype=float), vmin=0, vmax=100, cmap="Reds")
@@ -138,9 +175,9 @@ def render_plots(df: pd.DataFrame, plot_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-        means = group.groupby(["defense", "attack"])[["ca", "asr"]].mean().reset_index()
+        means = group.groupby(["defense_label", "attack"])[["ca", "asr"]].mean().reset_index()
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        for defense, sub in means.groupby("defense"):
+        for defense, sub in means.groupby("defense_label"):
             ax.scatter(100 * sub["asr"], 100 * sub["ca"], label=defense, s=40)
             for _, r in sub.iterrows():
                 ax.annotate(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from bench.checks import check_component_class
 from bench.errors import BenchError, unknown_name_error
 from bench.params import Configurable
 
@@ -44,6 +45,7 @@ class Entry:
             raise BenchError(f"{where} failed to import: {type(exc).__name__}: {exc}") from exc
         if not (isinstance(obj, type) and issubclass(obj, base)):
             raise BenchError(f"{where} is not a subclass of {base.__module__}.{base.__name__}")
+        check_component_class(obj, self.kind, where)
         if obj.name != self.name:
             raise BenchError(
                 f"{where} declares name {obj.name!r}; the entry point registers {self.name!r}"

@@ -126,6 +126,10 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
 
     env = {k: v for k, v in os.environ.items() if k.startswith("BENCH_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # Keep local workers in the driver's working directory, so relative data paths resolve the
+    # same way there as here.
+    env["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,

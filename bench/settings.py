@@ -18,8 +18,14 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_data_dirs() -> list[Path]:
-    """Documented search path for datasets, after ``$BENCH_DATA_DIR``."""
-    return [PROJECT_ROOT / "data", PROJECT_ROOT.parent / "shared" / "data"]
+    """Documented search path for datasets, after ``$BENCH_DATA_DIR``: ``data/`` and
+    ``../shared/data`` relative to the working directory, then to the harness checkout."""
+    dirs: list[Path] = []
+    for base in (Path.cwd(), PROJECT_ROOT):
+        for candidate in (base / "data", base.parent / "shared" / "data"):
+            if candidate.resolve() not in {d.resolve() for d in dirs}:
+                dirs.append(candidate)
+    return dirs
 
 
 def cache_dir() -> Path:
@@ -33,7 +39,7 @@ def cache_dir() -> Path:
 
 def results_dir() -> Path:
     env = os.environ.get(RESULTS_DIR_ENV)
-    return Path(env).expanduser() if env else PROJECT_ROOT / "results"
+    return (Path(env).expanduser() if env else Path.cwd() / "results").resolve()
 
 
 def offline() -> bool:

@@ -18,13 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
-from attacks.base import AttackContext, poison_test_set, poison_train_set
-from bench import metrics, registry, versions
+from attacks.base import AttackContext, PoisonedTrainSet, poison_test_set, poison_train_set
+from bench import checks, metrics, registry, versions
+from bench.artifacts import ArtifactCache
 from bench.config import TrialSpec
-from bench.data import load_dataset
+from bench.data import Dataset, load_dataset
 from bench.models import build_model
-from bench.train import Trainer, predict
+from bench.train import TrainConfig, Trainer, predict
 from defenses.base import DefenseContext, LabelledImages
 
 log = logging.getLogger("bench.trial")
@@ -39,6 +41,71 @@ def seed_everything(seed: int, device: torch.device) -> None:
     torch.manual_seed(seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def clean_subset_indices(poison_mask: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """round(fraction * N) training indices drawn from the samples that were *not* poisoned."""
+    pool = torch.nonzero(~poison_mask).flatten()
+    count = min(len(pool), round(fraction * len(poison_mask)))
+    gen = torch.Generator().manual_seed(seed + 7919)  # independent of the poison draw
+    return pool[torch.randperm(len(pool), generator=gen)[:count]].sort().values
+
+
+class BackdooredModelLoader:
+    """Loads the undefended model of a trial's cell from the artifact cache (training it once)."""
+
+    def __init__(
+        self,
+        spec: TrialSpec,
+        data: Dataset,
+        poisoned: PoisonedTrainSet,
+        make_model: Callable[[], nn.Module],
+        trainer: Trainer,
+        device: torch.device,
+    ):
+        self.spec, self.data, self.poisoned = spec, data, poisoned
+        self.make_model, self.trainer, self.device = make_model, trainer, device
+        self.cache_status = ""
+        self.train_seconds = math.nan
+
+    def artifact_spec(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "dataset": s.dataset,
+            "data_source": self.data.source,
+            "data": dict(s.data),
+            "attack": s.attack,
+            "attack_params": dict(s.attack_params),
+            "ratio": s.ratio,
+            "target": s.target,
+            "exclude_target_from_poison": s.exclude_target_from_poison,
+            "model": s.model,
+            "train": dict(s.train),
+            "seed": s.seed,
+        }
+
+    def _build(self) -> dict[str, Any]:
+        model = self.make_model()
+        stats = self.trainer.fit(
+            model,
+            self.poisoned.images,
+            self.poisoned.labels,
+            TrainConfig(**self.spec.train),
+            seed=self.spec.seed,
+            flip=self.data.info.allows_flip,
+        )
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        return {"state_dict": state, "train_seconds": stats.seconds}
+
+    def __call__(self) -> nn.Module:
+        fetched = ArtifactCache().get_or_build(
+            "backdoored_model", self.artifact_spec(), self._build
+        )
+        self.cache_status = "hit" if fetched.hit else "built"
+        self.train_seconds = float(fetched.value["train_seconds"])
+        model = self.make_model()
+        model.load_state_dict(fetched.value["state_dict"])
+        return model.to(self.device)
 
 
 def run_trial(
@@ -56,8 +123,12 @@ def run_trial(
         f"data {spec.dataset}: {len(data.train_y)} train / {len(data.test_y)} test ({data.source})"
     )
 
-    attack = registry.create("attack", spec.attack, dict(spec.attack_params))
-    defense = registry.create("defense", spec.defense, dict(spec.defense_params))
+    attack_entry = registry.get_entry("attack", spec.attack)
+    defense_entry = registry.get_entry("defense", spec.defense)
+    attack = attack_entry.load()(**spec.attack_params)
+    defense = defense_entry.load()(**spec.defense_params)
+    who = f"defense {spec.defense!r} ({defense_entry.package})"
+
     t_attack = time.perf_counter()
     attack.fit(
         AttackContext(data.train_x, data.train_y, info.num_classes, spec.target, device, spec.seed)
@@ -76,46 +147,81 @@ def run_trial(
     attack_seconds = time.perf_counter() - t_attack
     report(f"attack {spec.attack}: {int(poisoned.poison_mask.sum())} poisoned samples")
 
-    def make_model() -> torch.nn.Module:
+    def make_model() -> nn.Module:
         return build_model(spec.model, info.num_classes, info.mean, info.std)
 
+    trainer = Trainer(device, progress=report)
+    loader = BackdooredModelLoader(spec, data, poisoned, make_model, trainer, device)
+    clean = None
+    if "clean_subset" in defense.needs:
+        idx = clean_subset_indices(poisoned.poison_mask, spec.clean_fraction, spec.seed)
+        clean = LabelledImages(data.train_x[idx], data.train_y[idx])
     ctx = DefenseContext(
         train=LabelledImages(poisoned.images, poisoned.labels),
         num_classes=info.num_classes,
         allows_flip=info.allows_flip,
         make_model=make_model,
-        trainer=Trainer(device, progress=report),
+        trainer=trainer,
         train_config=spec.train_config(),
         device=device,
         seed=spec.seed,
+        clean_subset=clean,
+        load_backdoored_model=loader if "backdoored_model" in defense.needs else None,
+        name=spec.defense,
         log=report,
     )
     t_defense = time.perf_counter()
     output = defense.run(ctx)
-    defense_seconds = time.perf_counter() - t_defense
+    defense_wall = time.perf_counter() - t_defense
+    built_here = loader.train_seconds if loader.cache_status == "built" else 0.0
+    defense_seconds = max(0.0, defense_wall - built_here)
+
+    probe = data.test_x[:8]
+    checks.check_model(output.model, info.num_classes, probe, device, who)
+    if output.input_transform is not None:
+        checks.check_input_transform(output.input_transform, probe, device, who)
+    flagged = (
+        checks.check_flagged(output.flagged, len(poisoned.labels), who)
+        if output.flagged is not None
+        else None
+    )
 
     t_eval = time.perf_counter()
     transform = output.input_transform
     clean_pred = predict(output.model, data.test_x, device=device, transform=transform)
     bd_pred = predict(output.model, bd_test.images, device=device, transform=transform)
-    row = {
+    scores = {
         "ca": metrics.clean_accuracy(clean_pred, data.test_y),
         "asr": metrics.attack_success_rate(bd_pred, spec.target),
         "ra": metrics.robust_accuracy(bd_pred, bd_test.true_labels),
+    }
+    checks.check_metrics(scores, who)
+    backdoored_seconds = loader.train_seconds
+    row = {
+        **scores,
         "n_train": len(data.train_y),
         "n_test": len(data.test_y),
         "n_poison": int(poisoned.poison_mask.sum()),
+        "n_clean_subset": 0 if clean is None else len(clean.labels),
+        "n_flagged": -1 if flagged is None else len(flagged),
+        "flagged_poison": -1 if flagged is None else int(poisoned.poison_mask[flagged].sum()),
         "data_source": data.source,
+        "attack_package": attack_entry.package,
+        "attack_version": attack_entry.version,
+        "defense_package": defense_entry.package,
+        "defense_version": defense_entry.version,
+        "defense_reconstructed": bool(defense.reconstructed),
+        "backdoored_model_cache": loader.cache_status,
+        "backdoored_train_seconds": backdoored_seconds,
         "attack_seconds": attack_seconds,
         "defense_seconds": defense_seconds,
+        "train_seconds": defense_seconds
+        + (0.0 if math.isnan(backdoored_seconds) else backdoored_seconds),
         "eval_seconds": time.perf_counter() - t_eval,
-        "train_seconds": sum(output.stage_seconds.values()),
         "stage_seconds": json.dumps(output.stage_seconds, sort_keys=True),
+        "wall_seconds": time.perf_counter() - t0,
     }
-    if any(math.isnan(row[k]) for k in ("ca", "asr", "ra")):
-        raise RuntimeError(f"evaluation produced NaN metrics: {row}")
-    row["wall_seconds"] = time.perf_counter() - t0
-    report(f"done: CA {row['ca']:.4f} ASR {row['asr']:.4f} RA {row['ra']:.4f}")
+    report(f"done: CA {scores['ca']:.4f} ASR {scores['asr']:.4f} RA {scores['ra']:.4f}")
     return row
 
 

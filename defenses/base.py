@@ -7,7 +7,7 @@ evaluate, plus an optional test-time input transform and optional flagged traini
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -42,8 +42,29 @@ class DefenseContext:
     seed: int
     #: Hooks of a training-controlled attack; a defense that trains should pass them through.
     attack_hooks: TrainHooks | None = None
+    #: Clean training images the defender is assumed to hold (only if the defense needs them).
     clean_subset: LabelledImages | None = None
+    #: Loads the backdoored (undefended) model from the artifact cache, training it once.
+    load_backdoored_model: Callable[[], nn.Module] | None = None
+    name: str = "defense"
     log: Callable[[str], None] = print
+
+    def backdoored_model(self) -> nn.Module:
+        """The model plain training on the poisoned set produces (trained once, then cached)."""
+        if self.load_backdoored_model is None:
+            raise RuntimeError(
+                f"defense {self.name!r} asked for the backdoored model without declaring "
+                "'backdoored_model' in its needs"
+            )
+        return self.load_backdoored_model()
+
+    def require_clean_subset(self) -> LabelledImages:
+        if self.clean_subset is None:
+            raise RuntimeError(
+                f"defense {self.name!r} asked for the clean subset without declaring "
+                "'clean_subset' in its needs"
+            )
+        return self.clean_subset
 
     def train_model(
         self,
@@ -74,7 +95,7 @@ class DefenseOutput:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-class Defense(Configurable):
+class Defense(Configurable, ABC):
     """A backdoor defense. Subclasses set ``name``, ``needs``, ``Params`` and implement ``run``."""
 
     kind: ClassVar[str] = "defense"

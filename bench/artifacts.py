@@ -1,0 +1,115 @@
+"""Content-addressed artifact cache (backdoored models now; attack state later).
+
+An artifact is keyed by a hash of everything that determines it. It is built once: the first
+process to want it takes a file lock (``filelock``) and builds it while the others wait, then
+everyone loads the same file. Files are published atomically (temp file + fsync + rename), carry a
+sha256 sidecar that is checked before loading, and are read with ``torch.load(weights_only=True)``;
+a truncated or corrupted artifact is deleted and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from bench import settings
+
+log = logging.getLogger("bench.artifacts")
+FORMAT = 1
+
+
+def artifact_key(kind: str, spec: Mapping[str, Any]) -> str:
+    canonical = json.dumps({"format": FORMAT, "kind": kind, **spec}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    value: Any
+    hit: bool  # True: loaded from the cache; False: built by this call
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ArtifactCache:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root else settings.cache_dir() / "artifacts"
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / f"{key}.pt"
+
+    def get_or_build(self, kind: str, spec: Mapping[str, Any], build: Callable[[], Any]) -> Fetched:
+        """The artifact for ``spec``, built by ``build()`` if no valid copy exists yet."""
+        path = self.path(kind, artifact_key(kind, spec))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=-1):
+            value = self._load(path)
+            if value is not None:
+                return Fetched(value, hit=True)
+            value = build()
+            self._save(path, value, spec)
+            return Fetched(value, hit=False)
+
+    def _load(self, path: Path) -> Any | None:
+        digest = path.with_suffix(".sha256")
+        if not path.exists() or not digest.exists():
+            return None
+        try:
+            if _sha256(path) != digest.read_text().strip():
+                raise ValueError("checksum mismatch")
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, corrupted or tampered with: rebuild
+            log.warning("artifact %s is unusable (%s); rebuilding it", path, exc)
+            for p in (path, digest):
+                p.unlink(missing_ok=True)
+            return None
+
+    def _save(self, path: Path, value: Any, spec: Mapping[str, Any]) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(value, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            digest = _sha256(Path(tmp))
+            path.with_suffix(".json").write_text(json.dumps(spec, sort_keys=True, indent=1))
+            # Publish the checksum first: a reader that sees the new .pt also sees its digest.
+            path.with_suffix(".sha256").write_text(digest)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def entries(self) -> list[tuple[str, Path, int]]:
+        """(kind, path, bytes) for every stored artifact."""
+        if not self.root.exists():
+            return []
+        return sorted(
+            (p.parent.name, p, p.stat().st_size) for p in self.root.glob("*/*.pt") if p.is_file()
+        )
+
+    def clear(self) -> int:
+        removed = 0
+        for _, path, _ in self.entries():
+            for suffix in (".pt", ".sha256", ".json", ".pt.lock"):
+                target = path.with_suffix(suffix) if suffix != ".pt.lock" else Path(f"{path}.lock")
+                if target.exists():
+                    target.unlink()
+            removed += 1
+        return removed
