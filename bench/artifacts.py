@@ -49,7 +49,7 @@ def _sha256(path: Path) -> str:
 
 class ArtifactCache:
     def __init__(self, root: Path | None = None):
-        self.root = Path(root) if root else settings.cache_dir() / "artifacts"
+        self.root = Path(root) if root else settings.artifacts_dir()
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / f"{key}.pt"

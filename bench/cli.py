@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ def _results_dir(args: argparse.Namespace) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import expand_grid, load_preset, with_overrides
+    from bench.preflight import check_poison_capacity, check_resources
     from bench.runner import run_grid
 
     preset = with_overrides(
@@ -42,23 +44,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
     )
     specs = expand_grid(preset)
-    res = preset.resources
-    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else res.cpus_per_trial
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else res.gpus_per_trial
-    for value, flag in ((cpus, "--cpus-per-trial"), (gpus, "--gpus-per-trial")):
-        if value < 0:
-            raise BenchError(f"{flag} must be >= 0, got {value}")
-    if cpus <= 0:
-        raise BenchError("--cpus-per-trial must be > 0")
-    log.info("preset %s: %d trials (%s)", preset.name, len(specs), preset.description)
-    summary = run_grid(
-        specs,
-        results_dir=_results_dir(args),
-        cpus_per_trial=cpus,
-        gpus_per_trial=gpus,
-        max_concurrent_trials=args.max_concurrent or res.max_concurrent_trials,
-        address=args.address,
+    overrides = {
+        "cpus_per_trial": args.cpus_per_trial,
+        "gpus_per_trial": args.gpus_per_trial,
+        "max_concurrent_trials": args.max_concurrent,
+        "trial_timeout_s": args.trial_timeout,
+        "retries": args.retries,
+    }
+    resources = dataclasses.replace(
+        preset.resources, **{k: v for k, v in overrides.items() if v is not None}
     )
+    if min(resources.trial_timeout_s, resources.retries, resources.max_concurrent_trials) < 0:
+        raise BenchError("--trial-timeout, --retries and --max-concurrent must be >= 0")
+    check_resources(args.address, resources.cpus_per_trial, resources.gpus_per_trial)
+    check_poison_capacity(specs)
+    log.info("preset %s: %d trials (%s)", preset.name, len(specs), preset.description)
+    summary = run_grid(specs, resources, results_dir=_results_dir(args), address=args.address)
     if summary.errors:
         log.error(
             "%d trial(s) failed; their rows hold the traceback (bench leaderboard lists "
@@ -201,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_csv(int), help="e.g. 0,1,2")
     run.add_argument("--cpus-per-trial", type=float)
     run.add_argument("--gpus-per-trial", type=float, help="fractions pack trials onto a GPU")
-    run.add_argument("--max-concurrent", type=int, default=0)
+    run.add_argument("--max-concurrent", type=int)
+    run.add_argument("--trial-timeout", type=float, help="seconds; 0 = no limit")
+    run.add_argument("--retries", type=int, help="extra attempts for a failed trial")
     run.add_argument("--address", help="join an existing Ray cluster (host:port)")
     run.add_argument("--results-dir", help=f"default: ${settings.RESULTS_DIR_ENV} or ./results")
     run.set_defaults(fn=cmd_run)

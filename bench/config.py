@@ -37,6 +37,8 @@ class Resources:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent_trials: int = 0  # 0: as many as the resources allow
+    trial_timeout_s: float = 0.0  # a trial running longer becomes a 'timeout' row; 0: no limit
+    retries: int = 0  # extra attempts for a trial that fails
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import settings
-from bench.config import TrialSpec
+from bench.config import Resources, TrialSpec
 from bench.errors import BenchError
 from bench.store import OK, ResultsStore
 
@@ -36,7 +36,8 @@ class GridSummary:
 
 
 def _tune_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: run one trial, store its row, report its metrics."""
+    """Ray Tune function trainable: run one trial (retrying failures), store its row, report."""
+    import ray
     from ray import tune
 
     from bench.trial import run_trial_safely
@@ -44,13 +45,26 @@ def _tune_trial(config: dict[str, Any]) -> None:
     spec = TrialSpec.from_dict(json.loads(config["spec"]))
     logger = _trial_logger(Path(config["log_dir"]) / f"{spec.trial_id}.log", spec.trial_id)
     logger.info("trial %s: %s", spec.trial_id, spec.canonical())
-    row = run_trial_safely(spec, gpus=config["gpus"], threads=config["threads"], report=logger.info)
-    if row["status"] != OK:
-        logger.error("%s", row["error"])
+    attempts = 1 + config["retries"]
+    for attempt in range(1, attempts + 1):
+        row = run_trial_safely(
+            spec,
+            gpus=config["gpus"],
+            threads=config["threads"],
+            report=logger.info,
+            time_limit_s=config["timeout"],
+        )
+        if row["status"] == OK:
+            break
+        logger.error("attempt %d/%d: %s", attempt, attempts, row["error"])
+    row["attempts"] = attempt
+    row["ray_node"] = ray.get_runtime_context().get_node_id()
+    row["node_ip"] = ray.util.get_node_ip_address()
     ResultsStore(Path(config["store"])).upsert([row])
     tune.report(
         {
             "ok": row["status"] == OK,
+            "status": row["status"],
             "label": f"{spec.dataset}/{spec.attack}/{spec.defense}/r={spec.ratio}/s={spec.seed}",
             **{k: row.get(k, math.nan) for k in ("ca", "asr", "ra", "wall_seconds")},
         }
@@ -94,7 +108,9 @@ def _progress_callback(total: int, start: float, concurrency: int):
             per_wave = elapsed / max(1, math.ceil(self.done / max(1, concurrency)))
             eta = _format_duration(waves_left * per_wave) if remaining else "0m00s"
             status = (
-                f"CA {result['ca']:.3f} ASR {result['asr']:.3f}" if result.get("ok") else "ERROR"
+                f"CA {result['ca']:.3f} ASR {result['asr']:.3f}"
+                if result.get("ok")
+                else str(result.get("status", "error")).upper()
             )
             log.info(
                 "[%d/%d trials done, %d failed] %s: %s | elapsed %s, ETA %s",
@@ -145,6 +161,8 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
                 "Start it with 'ray start --head' or check the address (host:port)."
             ) from exc
     else:
+        # A local cluster needs no outside peer: bind it to the loopback interface.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(address="local", **kwargs)
     resources = ray.cluster_resources()
     if gpus_per_trial > 0 and resources.get("GPU", 0) < gpus_per_trial:
@@ -163,11 +181,9 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
 
 def run_grid(
     specs: list[TrialSpec],
+    resources: Resources,
     *,
     results_dir: Path | None = None,
-    cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 0.0,
-    max_concurrent_trials: int = 0,
     address: str | None = None,
     run_name: str | None = None,
 ) -> GridSummary:
@@ -176,7 +192,11 @@ def run_grid(
     results_dir = Path(results_dir or settings.results_dir())
     store = ResultsStore(results_dir / "results.parquet")
     done_ids = store.ok_ids()
-    todo = [s for s in specs if s.trial_id not in done_ids]
+    # `none` trials first: they build the backdoored models that post-training defenses reuse,
+    # so those mostly find the artifact ready instead of waiting on its lock.
+    todo = sorted(
+        (s for s in specs if s.trial_id not in done_ids), key=lambda s: s.defense != "none"
+    )
     skipped = len(specs) - len(todo)
     if not todo:
         log.info("all %d trials already have ok rows in %s; nothing to run", len(specs), store.path)
@@ -187,78 +207,20 @@ def run_grid(
     file_handler = logging.FileHandler(run_dir / "bench.log")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("bench").addHandler(file_handler)
+    log.info("%d trials to run (%d already done); logs in %s", len(todo), skipped, run_dir)
     try:
-        return _run_with_tune(
-            todo,
-            skipped,
-            store,
-            run_dir,
-            start,
-            cpus_per_trial,
-            gpus_per_trial,
-            max_concurrent_trials,
-            address,
-        )
+        _connect_ray(address, resources.gpus_per_trial, resources.cpus_per_trial)
+        try:
+            _fit_with_tune(todo, store, run_dir, start, resources)
+        finally:
+            import ray
+
+            ray.shutdown()
     finally:
         logging.getLogger("bench").removeHandler(file_handler)
         file_handler.close()
-
-
-def _run_with_tune(
-    todo: list[TrialSpec],
-    skipped: int,
-    store: ResultsStore,
-    run_dir: Path,
-    start: float,
-    cpus_per_trial: float,
-    gpus_per_trial: float,
-    max_concurrent_trials: int,
-    address: str | None,
-) -> GridSummary:
-    # Tune's own tables would drown the one-line progress; the classic reporter at verbose=0
-    # prints nothing.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import ray
-    from ray import tune
-
-    log.info("%d trials to run (%d already done); logs in %s", len(todo), skipped, run_dir)
-    _connect_ray(address, gpus_per_trial, cpus_per_trial)
-    try:
-        total_cpus = ray.cluster_resources().get("CPU", 1)
-        concurrency = max(1, int(total_cpus // max(cpus_per_trial, 1e-9)))
-        if gpus_per_trial > 0:
-            gpus = ray.cluster_resources().get("GPU", 0)
-            concurrency = min(concurrency, int(gpus // gpus_per_trial))
-        if max_concurrent_trials:
-            concurrency = min(concurrency, max_concurrent_trials)
-        by_id = {s.trial_id: s for s in todo}
-        trainable = tune.with_resources(_tune_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        tuner = tune.Tuner(
-            trainable,
-            param_space={
-                "spec": tune.grid_search([s.canonical() for s in todo]),
-                "store": str(store.path.resolve()),
-                "log_dir": str((run_dir / "trials").resolve()),
-                "gpus": gpus_per_trial,
-                "threads": max(1, int(cpus_per_trial)),
-            },
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=concurrency,
-                trial_name_creator=lambda t: _trial_id_of(t.config),
-                trial_dirname_creator=lambda t: _trial_id_of(t.config),
-            ),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=str(run_dir.resolve()),
-                callbacks=[_progress_callback(len(todo), start, concurrency)],
-                verbose=0,
-            ),
-        )
-        tuner.fit()
-    finally:
-        ray.shutdown()
     rows = store.read()
-    ran = rows[rows["trial_id"].isin(set(by_id))] if not rows.empty else rows
+    ran = rows[rows["trial_id"].isin({s.trial_id for s in todo})] if not rows.empty else rows
     ok = int((ran["status"] == OK).sum()) if not ran.empty else 0
     errors = len(todo) - ok
     seconds = time.time() - start
@@ -270,6 +232,56 @@ def _run_with_tune(
         skipped,
     )
     return GridSummary(len(todo) + skipped, skipped, ok, errors, run_dir, seconds)
+
+
+def _concurrency(resources: Resources) -> int:
+    import ray
+
+    cluster = ray.cluster_resources()
+    slots = max(1, int(cluster.get("CPU", 1) // resources.cpus_per_trial))
+    if resources.gpus_per_trial > 0:
+        slots = min(slots, int(cluster.get("GPU", 0) // resources.gpus_per_trial))
+    if resources.max_concurrent_trials:
+        slots = min(slots, resources.max_concurrent_trials)
+    return max(1, slots)
+
+
+def _fit_with_tune(
+    todo: list[TrialSpec], store: ResultsStore, run_dir: Path, start: float, resources: Resources
+) -> None:
+    # Tune's own tables would drown the one-line progress; the classic reporter at verbose=0
+    # prints nothing.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from ray import tune
+
+    concurrency = _concurrency(resources)
+    trainable = tune.with_resources(
+        _tune_trial, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={
+            "spec": tune.grid_search([s.canonical() for s in todo]),
+            "store": str(store.path.resolve()),
+            "log_dir": str((run_dir / "trials").resolve()),
+            "gpus": resources.gpus_per_trial,
+            "threads": max(1, int(resources.cpus_per_trial)),
+            "timeout": resources.trial_timeout_s,
+            "retries": resources.retries,
+        },
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrency,
+            trial_name_creator=lambda t: _trial_id_of(t.config),
+            trial_dirname_creator=lambda t: _trial_id_of(t.config),
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(run_dir.resolve()),
+            callbacks=[_progress_callback(len(todo), start, concurrency)],
+            verbose=0,
+        ),
+    )
+    tuner.fit()
 
 
 def _trial_id_of(config: dict[str, Any]) -> str:

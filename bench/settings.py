@@ -9,6 +9,8 @@ from pathlib import Path
 DATA_DIR_ENV = "BENCH_DATA_DIR"
 #: Where decoded datasets and other artifacts are cached.
 CACHE_DIR_ENV = "BENCH_CACHE_DIR"
+#: Where artifacts (backdoored models, attack state) are cached; shared storage on a cluster.
+ARTIFACT_DIR_ENV = "BENCH_ARTIFACT_DIR"
 #: Where the results table, leaderboard and run logs are written.
 RESULTS_DIR_ENV = "BENCH_RESULTS_DIR"
 #: Set to 1 to forbid network downloads (tests, air-gapped clusters).
@@ -35,6 +37,11 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "backdoor-leaderboard"
+
+
+def artifacts_dir() -> Path:
+    env = os.environ.get(ARTIFACT_DIR_ENV)
+    return Path(env).expanduser() if env else cache_dir() / "artifacts"
 
 
 def results_dir() -> Path:

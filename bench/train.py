@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.limits import check_time_limit
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -174,6 +176,7 @@ class Trainer:
             order = pool[torch.randperm(len(pool), device=dev, generator=gen)]
             loss_sum = torch.zeros((), device=dev)
             for b in range(steps_per_epoch):
+                check_time_limit()
                 idx = order[b * config.batch_size : (b + 1) * config.batch_size]
                 x = random_crop_flip(images[idx], pad, flip and augment, gen)
                 x = x.float().div_(255)
@@ -220,6 +223,7 @@ def predict(
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
+            check_time_limit()
             x = images[start : start + batch_size].to(dev)
             if transform is not None:
                 x = transform(x)

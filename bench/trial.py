@@ -25,6 +25,7 @@ from bench import checks, metrics, registry, versions
 from bench.artifacts import ArtifactCache
 from bench.config import TrialSpec
 from bench.data import Dataset, load_dataset
+from bench.limits import TrialTimeout, time_limit
 from bench.models import build_model
 from bench.train import TrainConfig, Trainer, predict
 from defenses.base import DefenseContext, LabelledImages
@@ -231,15 +232,25 @@ def run_trial_safely(
     gpus: float = 0.0,
     threads: int | None = None,
     report: Callable[[str], None] = log.info,
+    time_limit_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Run a trial and return its complete result row, ``status`` ``ok`` or ``error``."""
+    """Run a trial and return its complete result row, ``status`` ``ok``, ``error`` or
+    ``timeout`` (past ``time_limit_s`` seconds; 0 means no limit)."""
     if threads:
         torch.set_num_threads(max(1, int(threads)))
     device = pick_device(gpus)
     started = time.time()
     t0 = time.perf_counter()
     try:
-        row = {"status": "ok", "error": "", **run_trial(spec, device=device, report=report)}
+        with time_limit(time_limit_s):
+            row = {"status": "ok", "error": "", **run_trial(spec, device=device, report=report)}
+    except TrialTimeout as exc:
+        report(f"trial stopped: {exc}")
+        row = {
+            "status": "timeout",
+            "error": f"{exc}\n{traceback.format_exc()}",
+            "wall_seconds": time.perf_counter() - t0,
+        }
     except Exception as exc:  # one failing trial must never sink the grid
         report(f"trial failed: {type(exc).__name__}: {exc}")
         row = {

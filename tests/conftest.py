@@ -9,6 +9,13 @@ import torch
 from bench.data import Dataset, load_dataset
 
 
+@pytest.fixture(autouse=True)
+def _private_artifacts(tmp_path, monkeypatch):
+    """Every test trains its own models: a cached backdoored model from an earlier run must
+    never let a training test pass without training."""
+    monkeypatch.setenv("BENCH_ARTIFACT_DIR", str(tmp_path / "artifacts"))
+
+
 @pytest.fixture(scope="session")
 def cifar10() -> Dataset:
     return load_dataset("cifar10")

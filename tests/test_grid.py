@@ -53,12 +53,18 @@ def test_grid_through_ray_tune_into_the_leaderboard(tmp_path):
     plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert plots == ["asr_heatmap_cifar10_smoke_r0.1.png", "ca_vs_asr_cifar10_smoke_r0.1.png"]
 
-    # A rerun skips both trials and leaves the table alone; a failing trial adds an error row.
+    # A rerun skips both trials and leaves the table alone.
     assert main([*SMOKE, "--attacks", "badnets,blended", "--results-dir", out]) == 0
-    assert main([*SMOKE, "--attacks", "badnets", "--ratios", "0.95", "--results-dir", out]) == 3
+    assert len(pd.read_parquet(tmp_path / "results.parquet")) == 2
+    # A trial past its time limit becomes a 'timeout' row after its retries; the grid completes.
+    argv = [*SMOKE, "--attacks", "badnets,blended", "--seeds", "7", "--results-dir", out]
+    assert main([*argv, "--trial-timeout", "0.01", "--retries", "1"]) == 3
     df2 = pd.read_parquet(tmp_path / "results.parquet")
-    assert len(df2) == 3 and (df2["status"] == "error").sum() == 1
-    assert "maximum possible ratio" in df2.loc[df2["status"] == "error", "error"].iloc[0]
+    failed = df2[df2["status"] != "ok"]
+    assert len(df2) == 4 and list(failed["status"]) == ["timeout", "timeout"]
+    assert (failed["attempts"] == 2).all()
+    assert failed["error"].str.contains("exceeded its time limit of 0.01 s").all()
+    assert "[plugin" not in (tmp_path / "LEADERBOARD.md").read_text()
 
 
 def _kill_session(sid: int) -> None:

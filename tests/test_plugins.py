@@ -9,6 +9,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -287,9 +288,13 @@ def test_new_defense_scaffold_is_a_valid_plugin(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- the example package
 
 
-def _bench(*args, cwd=None):
+def _bench(*args, env=None):
     return subprocess.run(
-        [str(BIN / "bench"), *args], capture_output=True, text=True, timeout=600, cwd=cwd
+        [str(BIN / "bench"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -313,10 +318,24 @@ def test_example_plugin_installs_runs_and_lands_on_the_leaderboard(tmp_path):
         assert (
             "finetune     bench-finetune 0.1.0  (needs backdoored_model, clean_subset)" in listing
         )
+        # `none` and `finetune` both need the cell's backdoored model and run at the same time
+        # (two CPUs, two trials): it is trained once, by one of them.
+        artifacts = tmp_path / "artifacts"
         run = _bench(
-            "run", "--preset", "smoke", "--defenses", "finetune", "--results-dir", str(tmp_path)
+            "run",
+            "--preset",
+            "smoke",
+            "--defenses",
+            "none,finetune",
+            "--results-dir",
+            str(tmp_path),
+            env={"BENCH_ARTIFACT_DIR": str(artifacts)},
         )
         assert run.returncode == 0, run.stdout + run.stderr
+        rows = pd.read_parquet(tmp_path / "results.parquet")
+        assert sorted(rows["backdoored_model_cache"]) == ["built", "hit"]
+        assert rows["started_at"].max() < rows["finished_at"].min(), "trials did not overlap"
+        assert len(list(artifacts.glob("backdoored_model/*.pt"))) == 1
         assert _bench("leaderboard", "--results-dir", str(tmp_path)).returncode == 0
         board = (tmp_path / "LEADERBOARD.md").read_text()
         assert "| finetune [plugin: bench-finetune 0.1.0] |" in board
