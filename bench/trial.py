@@ -115,6 +115,8 @@ def run_trial(
     """Execute ``spec`` and return its metrics (the caller adds bookkeeping columns)."""
     t0 = time.perf_counter()
     seed_everything(spec.seed, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     budget = spec.data_budget()
     data = load_dataset(spec.dataset).subset(
         budget.train_size, budget.test_size, budget.subset_seed
@@ -186,6 +188,7 @@ def run_trial(
         if output.flagged is not None
         else None
     )
+    detection = detection_columns(flagged, output.scores, poisoned.poison_mask, who)
 
     t_eval = time.perf_counter()
     transform = output.input_transform
@@ -204,8 +207,8 @@ def run_trial(
         "n_test": len(data.test_y),
         "n_poison": int(poisoned.poison_mask.sum()),
         "n_clean_subset": 0 if clean is None else len(clean.labels),
-        "n_flagged": -1 if flagged is None else len(flagged),
-        "flagged_poison": -1 if flagged is None else int(poisoned.poison_mask[flagged].sum()),
+        **detection,
+        "peak_memory_mb": peak_memory_mb(device),
         "data_source": data.source,
         "attack_package": attack_entry.package,
         "attack_version": attack_entry.version,
@@ -271,6 +274,39 @@ def run_trial_safely(
         "git_rev": versions.git_revision(),
         "python": platform.python_version(),
     }
+
+
+def detection_columns(
+    flagged: torch.Tensor | None, scores: torch.Tensor | None, mask: torch.Tensor, who: str
+) -> dict[str, float]:
+    """Detection metrics of flagged samples (and AUROC of scores) against the hidden mask."""
+    nan = math.nan
+    cols = {f"det_{k}": nan for k in ("tp", "fp", "fn", "tn", "tpr", "fpr", "precision", "f1")}
+    cols["det_auroc"] = nan
+    cols["n_flagged"] = -1
+    if flagged is not None:
+        counts = metrics.detection_counts(flagged, mask)
+        cols.update({f"det_{k}": float(v) for k, v in counts.items()})
+        cols.update({f"det_{k}": v for k, v in metrics.detection_rates(**counts).items()})
+        cols["n_flagged"] = len(flagged)
+    if scores is not None:
+        scores = torch.as_tensor(scores).detach().cpu().flatten()
+        if scores.shape != mask.shape or not torch.isfinite(scores.double()).all():
+            raise checks.PluginError(
+                f"{who}: scores must hold one finite value per training sample "
+                f"({len(mask)}), got shape {tuple(scores.shape)}"
+            )
+        cols["det_auroc"] = metrics.auroc(scores, mask)
+    return cols
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory of this trial, or the worker process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def flatten_spec(spec: TrialSpec) -> dict[str, Any]:

@@ -92,6 +92,8 @@ class DefenseOutput:
     model: nn.Module
     input_transform: InputTransform | None = None
     flagged: torch.Tensor | None = None  # training indices the defense considers poisoned
+    #: Optional per-training-sample suspicion (higher = more likely poisoned), for AUROC.
+    scores: torch.Tensor | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
