@@ -29,6 +29,12 @@ class Configurable:
         return dataclasses.asdict(self.params)
 
 
+def require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """For ``Params.__post_init__``: a string parameter must be one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}, not {value!r}")
+
+
 def build_params(cls: type[Configurable], overrides: dict[str, Any]) -> Any:
     params_cls = cls.Params
     fields = {f.name: f for f in dataclasses.fields(params_cls)}

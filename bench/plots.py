@@ -122,7 +122,7 @@ def der_bars(group: pd.DataFrame, title: str, path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.set_ylabel("DER (50 = no change)")
     if defenses:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"DER · {title}")
     return _save(fig, path)
 

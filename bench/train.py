@@ -34,6 +34,7 @@ class TrainConfig:
     schedule: str = "onecycle"  # "onecycle" | "cosine" | "constant"
     warmup_fraction: float = 0.2
     label_smoothing: float = 0.0
+    optimizer: str = "sgd"  # "sgd" | "adam" (Adam ignores momentum and nesterov)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -42,6 +43,8 @@ class TrainConfig:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}"
             )
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'")
 
 
 def _onecycle(progress: float, warmup: float) -> float:
@@ -64,6 +67,8 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     idx: torch.Tensor
+    #: Per-sample target distributions, for hooks that train on soft labels (MixMatch).
+    soft_targets: torch.Tensor | None = None
 
 
 class TrainHooks:
@@ -77,8 +82,15 @@ class TrainHooks:
         """The scalar loss to minimise. Defenses can weight or reshape per-sample losses here."""
         return F.cross_entropy(logits, batch.y, label_smoothing=config.label_smoothing)
 
+    def on_train_start(self, model: nn.Module) -> None:
+        """Called once the model is in train mode (e.g. to freeze BatchNorm statistics)."""
+
     def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
         """Called after each epoch (isolation epochs, logging, early stops)."""
+
+    def should_stop(self) -> bool:
+        """Checked after each epoch; True ends training early."""
+        return False
 
 
 @dataclass
@@ -122,6 +134,18 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device=device, memory_format=torch.channels_last)
 
 
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov and config.momentum > 0,
+    )
+
+
 class Trainer:
     """SGD with a per-step schedule over uint8 tensors held on ``device``."""
 
@@ -157,13 +181,7 @@ class Trainer:
         gen = torch.Generator(device=dev).manual_seed(seed)
         steps_per_epoch = max(1, math.ceil(len(pool) / config.batch_size))
         total_steps = max(1, steps_per_epoch * config.epochs)
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=config.nesterov and config.momentum > 0,
-        )
+        optimizer = make_optimizer(model, config)
         shape = SCHEDULES[config.schedule]
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: shape(step / total_steps, config.warmup_fraction)
@@ -172,6 +190,7 @@ class Trainer:
         stats = TrainStats(seconds=0.0, steps=0, images=0)
         start = time.perf_counter()
         model.train()
+        hooks.on_train_start(model)
         for epoch in range(config.epochs):
             order = pool[torch.randperm(len(pool), device=dev, generator=gen)]
             loss_sum = torch.zeros((), device=dev)
@@ -199,6 +218,8 @@ class Trainer:
                     f"epoch {epoch + 1}/{config.epochs} loss {stats.epoch_losses[-1]:.4f} "
                     f"({time.perf_counter() - start:.0f}s)"
                 )
+            if hooks.should_stop():
+                break
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         stats.seconds = time.perf_counter() - start
@@ -208,7 +229,7 @@ class Trainer:
 InputTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def predict(
+def predict_logits(
     model: nn.Module,
     images: torch.Tensor,
     *,
@@ -216,7 +237,9 @@ def predict(
     batch_size: int = 1024,
     transform: InputTransform | None = None,
 ) -> torch.Tensor:
-    """Predicted labels for uint8 NCHW ``images`` (``transform`` maps uint8 batches to uint8)."""
+    """Float32 logits (on the CPU) for uint8 NCHW ``images``, in eval mode, no augmentation.
+
+    ``transform`` maps uint8 batches to uint8 batches (a defense's test-time transform)."""
     dev = torch.device(device)
     # Layout changes happen outside no_grad so the model's parameters stay trainable.
     model = prepare_model(model, dev).eval()
@@ -229,5 +252,20 @@ def predict(
                 x = transform(x)
             x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
             with _autocast(dev):
-                out.append(model(x).argmax(1).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+                out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1024,
+    transform: InputTransform | None = None,
+) -> torch.Tensor:
+    """Predicted labels for uint8 NCHW ``images``."""
+    logits = predict_logits(
+        model, images, device=device, batch_size=batch_size, transform=transform
+    )
+    return logits.argmax(1) if len(logits) else torch.empty(0, dtype=torch.long)
