@@ -108,34 +108,23 @@ class DLP(Defense):
             weight_decay=0.0,
             schedule="constant",
         )
-        if p.au_mode == "ascent":
-            ctx.trainer.fit(
-                model,
-                images,
-                labels,
-                au,
-                seed=ctx.seed + 1,
-                flip=ctx.allows_flip,
-                augment=False,
-                indices=flagged,
-                hooks=GradientAscent(
-                    p.au_objective,
-                    p.au_stop_accuracy,
-                    images[flagged],
-                    labels[flagged],
-                    ctx.device,
-                ),
+        if p.au_mode == "ascent":  # on the flagged samples only, as seen (no augmentation)
+            hooks = GradientAscent(
+                p.au_objective, p.au_stop_accuracy, images[flagged], labels[flagged], ctx.device
             )
-        else:
-            ctx.trainer.fit(
-                model,
-                images,
-                labels,
-                au,
-                seed=ctx.seed + 1,
-                flip=ctx.allows_flip,
-                hooks=JointUnlearning(flagged, n, p.au_weight),
-            )
+            only_flagged = {"augment": False, "indices": flagged}
+        else:  # descend on everything else while ascending on the flagged samples
+            hooks, only_flagged = JointUnlearning(flagged, n, p.au_weight), {}
+        ctx.trainer.fit(
+            model,
+            images,
+            labels,
+            au,
+            seed=ctx.seed + 1,
+            flip=ctx.allows_flip,
+            hooks=hooks,
+            **only_flagged,
+        )
         stages["unlearning"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -16,6 +16,15 @@ def _private_artifacts(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_ARTIFACT_DIR", str(tmp_path / "artifacts"))
 
 
+@pytest.fixture
+def two_threads():
+    """Training tests use both cores (and measured their floors that way)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def cifar10() -> Dataset:
     return load_dataset("cifar10")

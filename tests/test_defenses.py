@@ -24,12 +24,7 @@ from defenses.shared import (
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 # --------------------------------------------------------------------------- losses by hand

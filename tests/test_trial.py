@@ -23,12 +23,7 @@ def _spec(attack: str, train_size: int, epochs: int, **changes) -> TrialSpec:
     )
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 @pytest.mark.slow
