@@ -7,23 +7,43 @@ poisoned test set happen here, once, for every attack.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
+from bench.artifacts import ArtifactCache
 from bench.errors import BenchError
 from bench.params import Configurable
+from bench.train import TrainConfig, Trainer, TrainHooks
 
 POISON_LABEL = "poison-label"
 CLEAN_LABEL = "clean-label"
 
 
-@dataclass(frozen=True)
+class ArtifactMissing(BenchError):
+    """An attack artifact is not in the cache and the caller asked not to build it."""
+
+
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    """A content hash of tensors (the training split an artifact was built from)."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
 class AttackContext:
-    """What an attack may use to prepare itself: the clean training split and the trial's seed."""
+    """What an attack may use to prepare itself: the clean training split, the trial's seed,
+    and (for attacks that train something: a surrogate, a generator, an encoder) the victim's
+    model factory, the preset's training budget and the shared trainer."""
 
     images: torch.Tensor  # uint8 NCHW, clean
     labels: torch.Tensor
@@ -31,6 +51,58 @@ class AttackContext:
     target: int
     device: torch.device
     seed: int
+    ratio: float = 0.1
+    make_model: Callable[[], nn.Module] | None = None
+    model_name: str = ""
+    train_config: TrainConfig = field(default_factory=TrainConfig)
+    allows_flip: bool = True
+    #: False: only load artifacts from the cache (the leaderboard's gallery never trains).
+    build_artifacts: bool = True
+    log: Callable[[str], None] = lambda _msg: None
+    #: (kind, "hit" | "built", seconds) for every artifact the attack fetched; for result rows.
+    artifact_log: list[tuple[str, str, float]] = field(default_factory=list)
+    _fingerprint: str = ""
+
+    @property
+    def trainer(self) -> Trainer:
+        return Trainer(self.device, progress=self.log)
+
+    def data_fingerprint(self) -> str:
+        if not self._fingerprint:
+            self._fingerprint = tensor_fingerprint(self.images, self.labels)
+        return self._fingerprint
+
+    def new_model(self) -> nn.Module:
+        if self.make_model is None:
+            raise BenchError("this attack needs a model factory in its AttackContext")
+        return self.make_model()
+
+    def artifact(self, kind: str, params: Mapping[str, Any], build: Callable[[], Any]) -> Any:
+        """The attack artifact ``kind`` for ``params`` on this training split, built once.
+
+        The key holds the data's content hash, the seed, the model and the training budget, so
+        any change to what the artifact depends on builds a new one."""
+        spec = {
+            "data": self.data_fingerprint(),
+            "seed": self.seed,
+            "target": self.target,
+            "model": self.model_name,
+            "train": dict(vars(self.train_config)),
+            **params,
+        }
+        cache = ArtifactCache()
+        start = time.perf_counter()
+        if not self.build_artifacts:
+            fetched = cache.lookup(f"attack_{kind}", spec)
+            if fetched is None:
+                raise ArtifactMissing(f"attack artifact {kind!r} is not built yet")
+        else:
+            fetched = cache.get_or_build(f"attack_{kind}", spec, build)
+        seconds = time.perf_counter() - start
+        status = "hit" if fetched.hit else "built"
+        self.artifact_log.append((kind, status, seconds))
+        self.log(f"attack artifact {kind}: {status} ({seconds:.1f}s)")
+        return fetched.value
 
 
 class Attack(Configurable, ABC):
@@ -44,6 +116,8 @@ class Attack(Configurable, ABC):
     label_policy: ClassVar[str] = POISON_LABEL
     #: Training-controlled attacks (WaNet, IAD, BPP) change batches inside the training loop.
     controls_training: ClassVar[bool] = False
+    #: Attacks that add cross/noise/negative samples (labels kept) beside the backdoor samples.
+    has_cross: ClassVar[bool] = False
 
     def fit(self, ctx: AttackContext) -> None:
         """Prepare state from clean data (a trigger, a generator, a surrogate). Optional."""
@@ -56,22 +130,51 @@ class Attack(Configurable, ABC):
         """Stamp the test-time trigger (the training trigger unless the attack says otherwise)."""
         return self.apply(images)
 
+    # Cross / noise / negative samples (WaNet, IAD, BPP): perturbed without the backdoor, label
+    # kept, so the model learns the exact trigger rather than "any such perturbation".
+
+    def cross_count(self, n_poison: float, n_total: int) -> int:
+        """How many cross samples go with ``n_poison`` backdoor samples among ``n_total``."""
+        return 0
+
+    def apply_cross(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The cross transform of a uint8 batch (labels are kept)."""
+        raise NotImplementedError(f"attack {self.name!r} has no cross samples")
+
+    def training_hooks(self, ratio: float, target: int) -> TrainHooks | None:
+        """Per-batch poisoning for the attacker's own training run (training-controlled attacks)."""
+        return None
+
 
 @dataclass(frozen=True)
 class PoisonedTrainSet:
-    """The poisoned training split. ``poison_mask`` is ground truth, never shown to defenses."""
+    """The poisoned training split (Mode B, the static set). The masks are ground truth, never
+    shown to defenses: ``poison_mask`` marks backdoor samples (indicator 1), ``cross_mask`` the
+    cross/noise/negative samples that keep their labels (indicator 2)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     poison_mask: torch.Tensor
+    cross_mask: torch.Tensor | None = None
+
+    @property
+    def indicator(self) -> torch.Tensor:
+        """0 clean, 1 backdoor, 2 cross (the spec's 3-valued indicator)."""
+        out = self.poison_mask.to(torch.int8)
+        if self.cross_mask is not None:
+            out[self.cross_mask] = 2
+        return out
 
 
 @dataclass(frozen=True)
 class PoisonedTestSet:
-    """Every non-target test image, triggered; ``true_labels`` kept for robust accuracy."""
+    """Every non-target test image, triggered; ``true_labels`` kept for robust accuracy. Attacks
+    with cross samples add every test image with the cross transform and its true label."""
 
     images: torch.Tensor
     true_labels: torch.Tensor
+    cross_images: torch.Tensor | None = None
+    cross_labels: torch.Tensor | None = None
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +249,8 @@ def poison_train_set(
     device: torch.device,
     exclude_target: bool = True,
 ) -> PoisonedTrainSet:
-    """Stamp the chosen training images and relabel them per the attack's label policy."""
+    """Stamp the chosen training images and relabel them per the attack's label policy; attacks
+    with cross samples also perturb a disjoint random draw of other images, labels kept."""
     idx = select_poison_indices(
         labels,
         ratio,
@@ -162,12 +266,40 @@ def poison_train_set(
         poisoned_labels[idx] = target
     mask = torch.zeros(len(labels), dtype=torch.bool)
     mask[idx] = True
-    return PoisonedTrainSet(poisoned_images, poisoned_labels, mask)
+    cross_mask = None
+    n_cross = attack.cross_count(len(idx), len(labels))
+    if n_cross > 0:
+        gen = torch.Generator().manual_seed(seed + 104729)  # independent of the poison draw
+        pool = torch.nonzero(~mask).flatten()
+        if n_cross > len(pool):
+            raise BenchError(
+                f"{attack.name}: {n_cross} cross samples do not fit beside {len(idx)} poisoned "
+                f"ones in {len(labels)} images; lower the ratio or the cross ratio"
+            )
+        cross = pool[torch.randperm(len(pool), generator=gen)[:n_cross]].sort().values
+        cross_gen = torch.Generator(device=device).manual_seed(seed + 15485863)
+        poisoned_images[cross] = map_batches(
+            lambda x: attack.apply_cross(x, cross_gen), images[cross], device
+        )
+        cross_mask = torch.zeros(len(labels), dtype=torch.bool)
+        cross_mask[cross] = True
+    return PoisonedTrainSet(poisoned_images, poisoned_labels, mask, cross_mask)
 
 
 def poison_test_set(
-    attack: Attack, images: torch.Tensor, labels: torch.Tensor, target: int, device: torch.device
+    attack: Attack,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    target: int,
+    device: torch.device,
+    seed: int = 0,
 ) -> PoisonedTestSet:
-    """All non-target test images with the test-time trigger, their true labels kept."""
+    """All non-target test images with the test-time trigger, their true labels kept; plus the
+    cross test set (every test image, true labels) for attacks that have cross samples."""
     keep = labels != target
-    return PoisonedTestSet(map_batches(attack.apply_test, images[keep], device), labels[keep])
+    triggered = map_batches(attack.apply_test, images[keep], device)
+    if not attack.has_cross:
+        return PoisonedTestSet(triggered, labels[keep])
+    gen = torch.Generator(device=device).manual_seed(seed + 32452843)
+    cross = map_batches(lambda x: attack.apply_cross(x, gen), images, device)
+    return PoisonedTestSet(triggered, labels[keep], cross, labels.clone())

@@ -1,4 +1,5 @@
-"""Content-addressed artifact cache (backdoored models now; attack state later).
+"""Content-addressed artifact cache: backdoored models and attack state (surrogates, triggers,
+generators, encoders).
 
 An artifact is keyed by a hash of everything that determines it. It is built once: the first
 process to want it takes a file lock (``filelock``) and builds it while the others wait, then
@@ -65,6 +66,15 @@ class ArtifactCache:
             value = build()
             self._save(path, value, spec)
             return Fetched(value, hit=False)
+
+    def lookup(self, kind: str, spec: Mapping[str, Any]) -> Fetched | None:
+        """The artifact for ``spec`` if a valid copy exists; never builds."""
+        path = self.path(kind, artifact_key(kind, spec))
+        if not path.exists():
+            return None
+        with FileLock(str(path) + ".lock", timeout=-1):
+            value = self._load(path)
+        return None if value is None else Fetched(value, hit=True)
 
     def _load(self, path: Path) -> Any | None:
         digest = path.with_suffix(".sha256")

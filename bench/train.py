@@ -85,6 +85,9 @@ class TrainHooks:
     def on_train_start(self, model: nn.Module) -> None:
         """Called once the model is in train mode (e.g. to freeze BatchNorm statistics)."""
 
+    def on_step_end(self) -> None:
+        """Called after each optimiser step (e.g. to step a generator trained alongside)."""
+
     def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
         """Called after each epoch (isolation epochs, logging, early stops)."""
 
@@ -208,6 +211,7 @@ class Trainer:
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                hooks.on_step_end()
                 loss_sum += loss.detach() * len(idx)
                 stats.steps += 1
                 stats.images += len(idx)

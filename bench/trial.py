@@ -27,7 +27,7 @@ from bench.config import TrialSpec
 from bench.data import Dataset, load_dataset
 from bench.limits import TrialTimeout, time_limit
 from bench.models import build_model
-from bench.train import TrainConfig, Trainer, predict
+from bench.train import TrainConfig, Trainer, TrainHooks, predict
 from defenses.base import DefenseContext, LabelledImages
 
 log = logging.getLogger("bench.trial")
@@ -52,8 +52,47 @@ def clean_subset_indices(poison_mask: torch.Tensor, fraction: float, seed: int) 
     return pool[torch.randperm(len(pool), generator=gen)[:count]].sort().values
 
 
+def model_factory(spec: TrialSpec, data: Dataset) -> Callable[[], nn.Module]:
+    info = data.info
+
+    def make_model() -> nn.Module:
+        return build_model(spec.model, info.num_classes, info.mean, info.std)
+
+    return make_model
+
+
+def attack_context(
+    spec: TrialSpec,
+    data: Dataset,
+    device: torch.device,
+    report: Callable[[str], None] = log.info,
+    build_artifacts: bool = True,
+) -> AttackContext:
+    """What the trial's attack may use to prepare itself (shared with the attack gallery, so
+    both find the same cached artifacts)."""
+    return AttackContext(
+        images=data.train_x,
+        labels=data.train_y,
+        num_classes=data.info.num_classes,
+        target=spec.target,
+        device=device,
+        seed=spec.seed,
+        ratio=spec.ratio,
+        make_model=model_factory(spec, data),
+        model_name=spec.model,
+        train_config=spec.train_config(),
+        allows_flip=data.info.allows_flip,
+        build_artifacts=build_artifacts,
+        log=report,
+    )
+
+
 class BackdooredModelLoader:
-    """Loads the undefended model of a trial's cell from the artifact cache (training it once)."""
+    """Loads the undefended model of a trial's cell from the artifact cache (training it once).
+
+    This is the attacker's own training run (Mode A, spec 2.7): plain training on the static
+    poisoned set, or, for a training-controlled attack, training on the clean split with the
+    attack poisoning every batch through its hooks."""
 
     def __init__(
         self,
@@ -63,9 +102,11 @@ class BackdooredModelLoader:
         make_model: Callable[[], nn.Module],
         trainer: Trainer,
         device: torch.device,
+        attack_hooks: TrainHooks | None = None,
     ):
         self.spec, self.data, self.poisoned = spec, data, poisoned
         self.make_model, self.trainer, self.device = make_model, trainer, device
+        self.attack_hooks = attack_hooks
         self.cache_status = ""
         self.train_seconds = math.nan
 
@@ -87,13 +128,18 @@ class BackdooredModelLoader:
 
     def _build(self) -> dict[str, Any]:
         model = self.make_model()
+        if self.attack_hooks is None:
+            images, labels = self.poisoned.images, self.poisoned.labels
+        else:
+            images, labels = self.data.train_x, self.data.train_y
         stats = self.trainer.fit(
             model,
-            self.poisoned.images,
-            self.poisoned.labels,
+            images,
+            labels,
             TrainConfig(**self.spec.train),
             seed=self.spec.seed,
             flip=self.data.info.allows_flip,
+            hooks=self.attack_hooks,
         )
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         return {"state_dict": state, "train_seconds": stats.seconds}
@@ -133,9 +179,8 @@ def run_trial(
     who = f"defense {spec.defense!r} ({defense_entry.package})"
 
     t_attack = time.perf_counter()
-    attack.fit(
-        AttackContext(data.train_x, data.train_y, info.num_classes, spec.target, device, spec.seed)
-    )
+    attack_ctx = attack_context(spec, data, device, report)
+    attack.fit(attack_ctx)
     poisoned = poison_train_set(
         attack,
         data.train_x,
@@ -146,15 +191,25 @@ def run_trial(
         device=device,
         exclude_target=spec.exclude_target_from_poison,
     )
-    bd_test = poison_test_set(attack, data.test_x, data.test_y, spec.target, device)
+    bd_test = poison_test_set(attack, data.test_x, data.test_y, spec.target, device, spec.seed)
     attack_seconds = time.perf_counter() - t_attack
-    report(f"attack {spec.attack}: {int(poisoned.poison_mask.sum())} poisoned samples")
+    n_cross = 0 if poisoned.cross_mask is None else int(poisoned.cross_mask.sum())
+    report(
+        f"attack {spec.attack}: {int(poisoned.poison_mask.sum())} poisoned samples, "
+        f"{n_cross} cross samples ({attack_seconds:.1f}s)"
+    )
 
-    def make_model() -> nn.Module:
-        return build_model(spec.model, info.num_classes, info.mean, info.std)
-
+    make_model = model_factory(spec, data)
     trainer = Trainer(device, progress=report)
-    loader = BackdooredModelLoader(spec, data, poisoned, make_model, trainer, device)
+    loader = BackdooredModelLoader(
+        spec,
+        data,
+        poisoned,
+        make_model,
+        trainer,
+        device,
+        attack_hooks=attack.training_hooks(spec.ratio, spec.target),
+    )
     clean = None
     if "clean_subset" in defense.needs:
         idx = clean_subset_indices(poisoned.poison_mask, spec.clean_fraction, spec.seed)
@@ -200,12 +255,22 @@ def run_trial(
         "ra": metrics.robust_accuracy(bd_pred, bd_test.true_labels),
     }
     checks.check_metrics(scores, who)
+    cross_acc = math.nan
+    if bd_test.cross_images is not None and bd_test.cross_labels is not None:
+        cross_pred = predict(output.model, bd_test.cross_images, device=device, transform=transform)
+        cross_acc = metrics.clean_accuracy(cross_pred, bd_test.cross_labels)
     backdoored_seconds = loader.train_seconds
     row = {
         **scores,
         "n_train": len(data.train_y),
         "n_test": len(data.test_y),
+        "cross_acc": cross_acc,
         "n_poison": int(poisoned.poison_mask.sum()),
+        "n_cross": n_cross,
+        "attack_mode": "training-controlled" if attack.controls_training else "static",
+        "attack_artifacts": json.dumps(
+            [{"kind": k, "cache": c, "seconds": round(t, 2)} for k, c, t in attack_ctx.artifact_log]
+        ),
         "n_clean_subset": 0 if clean is None else len(clean.labels),
         **detection,
         "peak_memory_mb": peak_memory_mb(device),

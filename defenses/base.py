@@ -3,6 +3,11 @@
 A defense never sees the poison mask. It gets the poisoned training set, optionally a clean
 subset, a model factory, the shared trainer and the preset's budget, and returns the model to
 evaluate, plus an optional test-time input transform and optional flagged training indices.
+
+Training-time defenses see the static poisoned set (Mode B in the attack spec; for
+training-controlled attacks, the backdoor and cross samples the attack exports). The backdoored
+model (``ctx.backdoored_model()``) is the attacker's own training run (Mode A): for WaNet, IAD
+and BPP that is the per-batch poisoning loop.
 """
 
 from __future__ import annotations
@@ -40,8 +45,6 @@ class DefenseContext:
     train_config: TrainConfig
     device: torch.device
     seed: int
-    #: Hooks of a training-controlled attack; a defense that trains should pass them through.
-    attack_hooks: TrainHooks | None = None
     #: Clean training images the defender is assumed to hold (only if the defense needs them).
     clean_subset: LabelledImages | None = None
     #: Loads the backdoored (undefended) model from the artifact cache, training it once.
@@ -82,7 +85,7 @@ class DefenseContext:
             config or self.train_config,
             seed=self.seed,
             flip=self.allows_flip,
-            hooks=hooks or self.attack_hooks,
+            hooks=hooks,
         )
         return model
 
