@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -92,12 +93,22 @@ class AttackContext:
         }
         cache = ArtifactCache()
         start = time.perf_counter()
+
+        def seeded_build() -> Any:
+            # Weight init and sampling inside the build draw from a stream seeded by (seed, kind)
+            # and leave the caller's RNG untouched, so a cache hit and a fresh build give the
+            # trial identical numbers.
+            cuda = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(self.seed * 1_000_003 + zlib.crc32(kind.encode()))
+                return build()
+
         if not self.build_artifacts:
             fetched = cache.lookup(f"attack_{kind}", spec)
             if fetched is None:
                 raise ArtifactMissing(f"attack artifact {kind!r} is not built yet")
         else:
-            fetched = cache.get_or_build(f"attack_{kind}", spec, build)
+            fetched = cache.get_or_build(f"attack_{kind}", spec, seeded_build)
         seconds = time.perf_counter() - start
         status = "hit" if fetched.hit else "built"
         self.artifact_log.append((kind, status, seconds))

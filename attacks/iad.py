@@ -198,7 +198,6 @@ class InputAware(TrainingControlledAttack):
         p = self.params
 
         def build() -> dict:
-            torch.manual_seed(ctx.seed + 3301)
             dev = ctx.device
             g = InputAwareGenerator(3, p.width).to(dev)
             m = InputAwareGenerator(1, p.width).to(dev)

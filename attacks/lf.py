@@ -20,6 +20,7 @@ from torch import nn
 
 from attacks.base import POISON_LABEL, Attack, AttackContext, quantize
 from attacks.surrogate import clean_surrogate
+from bench.errors import BenchError
 
 
 def gaussian_low_pass(v: torch.Tensor, taps: int = 30, sigma: float = 6.0) -> torch.Tensor:
@@ -160,6 +161,12 @@ class LowFrequency(Attack):
                 max_value=p.max_value,
                 generator=gen,
             )
+            if not bool(v.any()):
+                raise BenchError(
+                    "lf: targeted DeepFool never converged on the clean surrogate, so the "
+                    "universal pattern stayed zero; the surrogate is too weak (train it longer: "
+                    "the preset's [train] budget) or raise max_iter"
+                )
             pattern = torch.round(v.cpu() * 255).to(torch.uint8)
             return {"pattern": pattern, "fooling_rates": torch.tensor(rates)}
 

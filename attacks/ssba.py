@@ -39,17 +39,32 @@ class _Up(nn.Module):
 
 
 class StegaEncoder(nn.Module):
-    def __init__(self, secret_len: int, size: int):
+    """``width`` 32 is StegaStamp's; ``residual`` adds the output (tanh) to the image instead of
+    producing the image through a sigmoid (BackdoorBox's variant; starts near the identity, so
+    it trains in far fewer steps)."""
+
+    def __init__(self, secret_len: int, size: int, width: int = 32, residual: bool = False):
         super().__init__()
-        self.size = size
+        self.size, self.residual = size, residual
+        w = (width, width, 2 * width, 4 * width, 8 * width)
         self.secret_dense = nn.Linear(secret_len, 16 * 16 * 3)
-        widths = ((6, 32, 1), (32, 32, 2), (32, 64, 2), (64, 128, 2), (128, 256, 2))
+        widths = ((6, w[0], 1), (w[0], w[1], 2), (w[1], w[2], 2), (w[2], w[3], 2), (w[3], w[4], 2))
         self.down = nn.ModuleList([_conv(c_in, c_out, s) for c_in, c_out, s in widths])
-        self.up = nn.ModuleList([_Up(256, 128), _Up(128, 64), _Up(64, 32), _Up(32, 32)])
-        self.merge = nn.ModuleList(
-            [_conv(256, 128), _conv(128, 64), _conv(64, 32), _conv(32 + 32 + 6, 32)]
+        self.up = nn.ModuleList(
+            [_Up(w[4], w[3]), _Up(w[3], w[2]), _Up(w[2], w[1]), _Up(w[1], w[0])]
         )
-        self.out = nn.Sequential(_conv(32, 32), nn.Conv2d(32, 3, 1))
+        self.merge = nn.ModuleList(
+            [
+                _conv(2 * w[3], w[3]),
+                _conv(2 * w[2], w[2]),
+                _conv(2 * w[1], w[1]),
+                _conv(2 * w[0] + 6, w[0]),
+            ]
+        )
+        self.out = nn.Sequential(_conv(w[0], w[0]), nn.Conv2d(w[0], 3, 1))
+        if residual:  # start at the identity: the first encoded image is the image itself
+            nn.init.zeros_(self.out[1].weight)
+            nn.init.zeros_(self.out[1].bias)
 
     def forward(self, secret: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         s = F.relu(self.secret_dense(secret)).view(-1, 3, 16, 16)
@@ -65,6 +80,8 @@ class StegaEncoder(nn.Module):
             skip = skips.pop()
             extra = [inputs] if not skips else []
             x = merge(torch.cat([skip, up(x), *extra], 1))
+        if self.residual:
+            return (image + torch.tanh(self.out(x))).clamp(0, 1)
         return torch.sigmoid(self.out(x))
 
 
@@ -158,6 +175,8 @@ class SSBA(Attack):
         l2_delay_steps: int = 1000
         l2_ramp_steps: int = 3000
         secret_seed: int = 0  # seed of the fixed secret s*
+        width: int = 32  # encoder base width (StegaStamp: 32)
+        residual: bool = False  # encoded = image + residual (BackdoorBox) instead of sigmoid
 
         def __post_init__(self) -> None:
             if self.secret_len < 1 or self.epochs < 1 or self.batch_size < 1:
@@ -175,9 +194,8 @@ class SSBA(Attack):
         size = ctx.images.shape[-1]
 
         def build() -> dict:
-            torch.manual_seed(ctx.seed + 4409)
             dev = ctx.device
-            encoder = StegaEncoder(p.secret_len, size).to(dev)
+            encoder = StegaEncoder(p.secret_len, size, p.width, p.residual).to(dev)
             decoder = StegaDecoder(p.secret_len, size).to(dev)
             gen = torch.Generator(device=dev).manual_seed(ctx.seed + 4410)
             images = ctx.images
@@ -204,7 +222,7 @@ class SSBA(Attack):
 
         params = {k: v for k, v in self.describe().items() if k != "secret_seed"}
         value = ctx.artifact("ssba_stegastamp", params, build)
-        self.encoder = StegaEncoder(p.secret_len, size)
+        self.encoder = StegaEncoder(p.secret_len, size, p.width, p.residual)
         self.encoder.load_state_dict(value["encoder"])
         self.encoder.eval().requires_grad_(False)
         self.decoder = StegaDecoder(p.secret_len, size)

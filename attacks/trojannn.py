@@ -47,7 +47,7 @@ def optimise_trigger(
         trigger.requires_grad_(True)
         acts = penultimate_features(model, trigger * mask)[:, neurons]
         loss = ((acts - target_value) ** 2).sum()
-        loss_value = float(loss)
+        loss_value = loss.item()
         if loss_value < 1e-3:
             break
         (grad,) = torch.autograd.grad(loss, trigger)

@@ -155,3 +155,21 @@ def check_metrics(values: dict[str, float], who: str) -> None:
     bad = [k for k, v in values.items() if not isinstance(v, float) or math.isnan(v)]
     if bad:
         raise PluginError(f"{who}: evaluation produced NaN for {bad}")
+
+
+def check_rejections(reject: Any, images: torch.Tensor, who: str) -> float:
+    """The fraction of ``images`` a defense's rejection rule refuses (one bool per image)."""
+    if not callable(reject):
+        raise PluginError(f"{who}: reject must be callable, got {type(reject).__name__}")
+    try:
+        out = reject(images)
+    except Exception as exc:
+        raise PluginError(
+            f"{who}: reject fails on a uint8 batch: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or out.shape != (len(images),):
+        raise PluginError(
+            f"{who}: reject must return one boolean per image, shape ({len(images)},), got "
+            f"{getattr(out, 'shape', type(out).__name__)}"
+        )
+    return out.bool().float().mean().item() if len(images) else math.nan

@@ -81,6 +81,23 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attacks_gallery(args: argparse.Namespace) -> int:
+    """Render the gallery from a preset's trial specs, building attack artifacts as needed."""
+    from bench.config import expand_grid, load_preset, with_overrides
+    from bench.plots import attack_gallery
+
+    preset = with_overrides(
+        load_preset(args.preset), datasets=args.datasets, attacks=args.attacks, defenses=["none"]
+    )
+    specs = {(s.attack, s.dataset): s for s in expand_grid(preset)}
+    out = Path(args.out) if args.out else _results_dir(args) / "plots" / "attacks.png"
+    path = attack_gallery(list(specs.values()), out, build=True)
+    if path is None:
+        raise BenchError("no dataset could be loaded for the gallery (see the warnings above)")
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from bench import registry
     from bench.config import builtin_presets
@@ -212,6 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="render LEADERBOARD.md and plots from the results")
     lb.add_argument("--results-dir")
     lb.set_defaults(fn=cmd_leaderboard)
+
+    attacks = sub.add_parser("attacks", help="attack tools")
+    attack_sub = attacks.add_subparsers(dest="attacks_command", required=True)
+    gallery = attack_sub.add_parser(
+        "gallery", help="render plots/attacks.png: clean, triggered, difference per attack"
+    )
+    gallery.add_argument("--preset", default="quick")
+    gallery.add_argument("--datasets", type=_csv(), default=["cifar10", "gtsrb"])
+    gallery.add_argument("--attacks", type=_csv(), help="default: the preset's attacks")
+    gallery.add_argument("--out", help="default: <results dir>/plots/attacks.png")
+    gallery.add_argument("--results-dir")
+    gallery.set_defaults(fn=cmd_attacks_gallery)
 
     ls = sub.add_parser("list", help="attacks, defenses (with their packages), datasets, models")
     ls.set_defaults(fn=cmd_list)

@@ -53,6 +53,12 @@ class Grid:
     exclude_target_from_poison: bool = True
     #: Clean training data handed to defenses that declare the 'clean_subset' need.
     clean_fraction: float = 0.05
+    #: Per-attack ratios replacing ``ratios`` (clean-label attacks whose target class cannot
+    #: supply the grid's ratio run at their spec's recommended one), e.g. {"sig": [0.05]}.
+    attack_ratios: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def ratios_for(self, attack: str) -> tuple[float, ...]:
+        return tuple(self.attack_ratios.get(attack, self.ratios))
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,9 @@ def parse_preset(raw: Mapping[str, Any], where: str = "preset") -> Preset:
             if axis not in grid_raw:
                 raise BenchError(f"{where}: [grid] needs {axis!r}")
             grid_raw[axis] = tuple(grid_raw[axis])
+        grid_raw["attack_ratios"] = {
+            str(k): tuple(v) for k, v in dict(grid_raw.get("attack_ratios", {})).items()
+        }
         models = dict(raw.get("models", {}))
         models.setdefault("default", "cnn_small")
         return Preset(
@@ -146,7 +155,9 @@ def parse_preset(raw: Mapping[str, Any], where: str = "preset") -> Preset:
 
 def with_overrides(preset: Preset, **axes: Iterable[Any] | None) -> Preset:
     """The preset with some grid axes (datasets, attacks, ...) replaced; None keeps an axis."""
-    changes = {k: tuple(v) for k, v in axes.items() if v is not None}
+    changes: dict[str, Any] = {k: tuple(v) for k, v in axes.items() if v is not None}
+    if "ratios" in changes:  # explicit ratios apply to every attack
+        changes["attack_ratios"] = {}
     return dataclasses.replace(preset, grid=dataclasses.replace(preset.grid, **changes))
 
 
@@ -213,7 +224,7 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
     }.items():
         if not values:
             raise BenchError(f"the grid axis {axis!r} is empty")
-    for ratio in grid.ratios:
+    for ratio in [*grid.ratios, *(r for rs in grid.attack_ratios.values() for r in rs)]:
         if not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
             raise BenchError(f"poison ratio must be in (0, 1), got {ratio!r}")
     for seed in grid.seeds:
@@ -236,9 +247,12 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
     train = dataclasses.asdict(preset.train)
     data = dataclasses.asdict(preset.data)
     specs = []
-    for dataset, attack, ratio, seed, defense in itertools.product(
-        grid.datasets, attacks, grid.ratios, grid.seeds, defenses
-    ):
+    cells = [
+        (dataset, attack, ratio, seed, defense)
+        for dataset, attack in itertools.product(grid.datasets, attacks)
+        for ratio, seed, defense in itertools.product(grid.ratios_for(attack), grid.seeds, defenses)
+    ]
+    for dataset, attack, ratio, seed, defense in cells:
         specs.append(
             TrialSpec(
                 dataset=dataset,

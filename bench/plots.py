@@ -161,17 +161,51 @@ def asr_vs_ratio(table: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def attack_gallery(attacks: list[str], datasets: list[str], path: Path) -> Path | None:
-    """For each attack: a clean image, its triggered version and the amplified difference."""
-    from attacks.base import AttackContext
+def gallery_specs(df: pd.DataFrame, datasets: list[str]) -> list:
+    """One trial spec per (attack, dataset) for the gallery, taken from the results so the
+    gallery finds the artifacts those trials built; datasets without results reuse another
+    dataset's spec (artifact-free attacks render, the others show "not built")."""
+    import dataclasses
+    import json
+
+    from bench.config import TrialSpec
+
+    specs = []
+    for _, rows in df.groupby("attack", sort=True):
+        by_dataset = {r["dataset"]: r["spec"] for _, r in rows.iterrows() if r.get("spec")}
+        if not by_dataset:
+            continue
+        fallback = TrialSpec.from_dict(json.loads(next(iter(by_dataset.values()))))
+        for dataset in datasets:
+            if dataset in by_dataset:
+                specs.append(TrialSpec.from_dict(json.loads(by_dataset[dataset])))
+            else:
+                specs.append(dataclasses.replace(fallback, dataset=dataset))
+    return specs
+
+
+def attack_gallery(specs: list, path: Path, build: bool = False) -> Path | None:
+    """For each attack and dataset: a clean test image, its triggered version and the amplified
+    difference. ``specs`` holds one trial spec per (attack, dataset); attacks that need trained
+    artifacts use the cached ones (built first only when ``build`` is True)."""
+    from attacks.base import ArtifactMissing
     from bench import registry
     from bench.data import load_dataset
     from bench.errors import BenchError
+    from bench.trial import attack_context
 
-    try:
-        samples = {d: load_dataset(d) for d in datasets}
-    except BenchError as exc:
-        log.warning("attack gallery skipped: %s", exc)
+    if not specs:
+        return None
+    attacks = sorted({s.attack for s in specs})
+    datasets = sorted({s.dataset for s in specs})
+    loaded = {}
+    for name in datasets:
+        try:
+            loaded[name] = load_dataset(name)
+        except BenchError as exc:
+            log.warning("attack gallery: %s skipped (%s)", name, exc)
+    datasets = [d for d in datasets if d in loaded]
+    if not datasets:
         return None
     fig, axes = plt.subplots(
         len(attacks),
@@ -179,28 +213,34 @@ def attack_gallery(attacks: list[str], datasets: list[str], path: Path) -> Path 
         figsize=(1.6 * 3 * len(datasets), 1.7 * len(attacks) + 0.4),
         squeeze=False,
     )
-    for i, name in enumerate(attacks):
-        attack = registry.create("attack", name)
-        for j, (dname, data) in enumerate(samples.items()):
-            x = data.test_x[data.test_y != 0][:1]
-            sub = data.subset(2000, 10, seed=0)
-            attack.fit(
-                AttackContext(
-                    sub.train_x, sub.train_y, data.info.num_classes, 0, torch.device("cpu"), 0
-                )
-            )
+    cpu = torch.device("cpu")
+    for spec in specs:
+        if spec.dataset not in loaded:
+            continue
+        i, j = attacks.index(spec.attack), datasets.index(spec.dataset)
+        budget = spec.data_budget()
+        data = loaded[spec.dataset].subset(budget.train_size, budget.test_size, budget.subset_seed)
+        x = data.test_x[data.test_y != spec.target][:1]
+        cells = axes[i, 3 * j : 3 * j + 3]
+        try:
+            attack = registry.create("attack", spec.attack, dict(spec.attack_params))
+            attack.fit(attack_context(spec, data, cpu, build_artifacts=build))
             stamped = attack.apply_test(x)
-            diff = (stamped.float() - x.float()).abs()
-            linf = int(diff.max())
-            amplified = (diff / max(1.0, diff.max().item()) * 255).to(torch.uint8)
-            for k, (img, caption) in enumerate(
-                ((x, f"{dname} clean"), (stamped, f"{name}"), (amplified, f"|diff| (L∞={linf})"))
-            ):
-                ax = axes[i, 3 * j + k]
-                ax.imshow(img[0].permute(1, 2, 0).numpy(), interpolation="nearest")
-                ax.set_title(caption, fontsize=7)
+        except ArtifactMissing:
+            for ax in cells:
                 ax.axis("off")
+            cells[1].text(0.5, 0.5, f"{spec.attack}\n(not built)", ha="center", va="center")
+            continue
+        diff = (stamped.float() - x.float()).abs()
+        linf = int(diff.max())
+        amplified = (diff / max(1.0, diff.max().item()) * 255).to(torch.uint8)
+        captions = (f"{spec.dataset} clean", spec.attack, f"|diff| (L∞={linf})")
+        for ax, img, caption in zip(cells, (x, stamped, amplified), captions, strict=True):
+            ax.imshow(img[0].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_title(caption, fontsize=7)
+            ax.axis("off")
     fig.suptitle("Attack gallery: clean, triggered, amplified difference", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, path)
 
 
@@ -229,9 +269,7 @@ def render_all(
                 )
             )
     if gallery:
-        path = attack_gallery(
-            sorted(agg["attack"].unique()), ["cifar10", "gtsrb"], plot_dir / "attacks.png"
-        )
+        path = attack_gallery(gallery_specs(df, ["cifar10", "gtsrb"]), plot_dir / "attacks.png")
         if path is not None:
             written.append(path)
     return written

@@ -25,6 +25,7 @@ from bench import checks, metrics, registry, versions
 from bench.artifacts import ArtifactCache
 from bench.config import TrialSpec
 from bench.data import Dataset, load_dataset
+from bench.errors import BenchError
 from bench.limits import TrialTimeout, time_limit
 from bench.models import build_model
 from bench.train import TrainConfig, Trainer, TrainHooks, predict
@@ -213,6 +214,12 @@ def run_trial(
     clean = None
     if "clean_subset" in defense.needs:
         idx = clean_subset_indices(poisoned.poison_mask, spec.clean_fraction, spec.seed)
+        if len(idx) == 0:
+            raise BenchError(
+                f"defense {spec.defense!r} needs a clean subset, but clean_fraction "
+                f"{spec.clean_fraction} of {len(poisoned.labels)} images selects none; set "
+                "[grid] clean_fraction in the preset (default 0.05)"
+            )
         clean = LabelledImages(data.train_x[idx], data.train_y[idx])
     ctx = DefenseContext(
         train=LabelledImages(poisoned.images, poisoned.labels),
@@ -255,6 +262,12 @@ def run_trial(
         "ra": metrics.robust_accuracy(bd_pred, bd_test.true_labels),
     }
     checks.check_metrics(scores, who)
+    rejection = {"clean_reject_rate": math.nan, "bd_reject_rate": math.nan}
+    if output.reject is not None:
+        rejection = {
+            "clean_reject_rate": checks.check_rejections(output.reject, data.test_x, who),
+            "bd_reject_rate": checks.check_rejections(output.reject, bd_test.images, who),
+        }
     cross_acc = math.nan
     if bd_test.cross_images is not None and bd_test.cross_labels is not None:
         cross_pred = predict(output.model, bd_test.cross_images, device=device, transform=transform)
@@ -265,6 +278,7 @@ def run_trial(
         "n_train": len(data.train_y),
         "n_test": len(data.test_y),
         "cross_acc": cross_acc,
+        **rejection,
         "n_poison": int(poisoned.poison_mask.sum()),
         "n_cross": n_cross,
         "attack_mode": "training-controlled" if attack.controls_training else "static",

@@ -26,14 +26,7 @@ from dataclasses import dataclass
 from bench.params import require_choice
 from bench.train import TrainConfig
 from defenses.base import Defense, DefenseContext, DefenseOutput
-from defenses.shared import (
-    GradientAscent,
-    JointUnlearning,
-    LossGuidedIsolation,
-    complement,
-    lowest_fraction,
-    per_sample_losses,
-)
+from defenses.shared import GradientAscent, JointUnlearning, complement, isolate_by_loss
 
 
 class ABL(Defense):
@@ -93,18 +86,19 @@ class ABL(Defense):
             weight_decay=p.weight_decay,
             schedule="constant",
         )
-        ctx.trainer.fit(
+        found = isolate_by_loss(
             model,
             images,
             labels,
+            ctx.trainer,
             isolation,
+            gamma=p.gamma,
+            per_sample=p.isolation_loss == "lga",
+            fraction=p.isolation_ratio,
             seed=ctx.seed,
             flip=ctx.allows_flip,
-            augment=False,
-            hooks=LossGuidedIsolation(p.gamma, per_sample=p.isolation_loss == "lga"),
         )
-        losses = per_sample_losses(model, images, labels, ctx.device)
-        isolated = lowest_fraction(losses, p.isolation_ratio)
+        losses, isolated = found.losses, found.isolated
         stages["isolation"] = time.perf_counter() - start
         ctx.log(f"abl: isolated {len(isolated)} samples (loss <= {losses[isolated].max():.4f})")
 

@@ -98,6 +98,9 @@ class DefenseOutput:
     #: Optional per-training-sample suspicion (higher = more likely poisoned), for AUROC.
     scores: torch.Tensor | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: Optional test-time rejection rule: True for inputs the defense refuses to classify. The
+    #: harness reports the rejection rates of clean and triggered test inputs.
+    reject: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class Defense(Configurable, ABC):

@@ -7,11 +7,20 @@ none has a training loop of its own.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.train import Batch, TrainConfig, TrainHooks, predict_logits, random_crop_flip
+from bench.train import (
+    Batch,
+    TrainConfig,
+    Trainer,
+    TrainHooks,
+    predict_logits,
+    random_crop_flip,
+)
 
 # --------------------------------------------------------------------------- ranking
 
@@ -74,6 +83,43 @@ class LossGuidedIsolation(TrainHooks):
             losses = F.cross_entropy(logits, batch.y, reduction="none")
             return (torch.sign(losses - self.gamma) * losses).mean()
         return (F.cross_entropy(logits, batch.y) - self.gamma).abs() + self.gamma
+
+
+@dataclass
+class Isolation:
+    model: nn.Module  # the model trained with the isolation loss
+    losses: torch.Tensor  # per-sample CE of every training sample under it
+    isolated: torch.Tensor  # sorted indices of the lowest-loss fraction
+
+
+def isolate_by_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    trainer: Trainer,
+    config: TrainConfig,
+    *,
+    gamma: float,
+    per_sample: bool,
+    fraction: float,
+    seed: int,
+    flip: bool,
+) -> Isolation:
+    """Loss-guided isolation (ABL phase A, NAB's LGA detector): train ``model`` with the
+    flooding/LGA loss and no augmentation, then take the ``fraction`` of samples with the lowest
+    loss: backdoor samples are learned first, so they sink to the bottom."""
+    trainer.fit(
+        model,
+        images,
+        labels,
+        config,
+        seed=seed,
+        flip=flip,
+        augment=False,
+        hooks=LossGuidedIsolation(gamma, per_sample=per_sample),
+    )
+    losses = per_sample_losses(model, images, labels, trainer.device)
+    return Isolation(model, losses, lowest_fraction(losses, fraction))
 
 
 # --------------------------------------------------------------------------- unlearning

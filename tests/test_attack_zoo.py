@@ -1,0 +1,251 @@
+"""The ten attacks on real CIFAR-10 / GTSRB images: trigger placement and size, invisibility
+bounds, label policy, poison counts, cross samples, determinism and cached artifacts.
+
+Artifacts (surrogates, generators, encoders) are built with tiny budgets here: these tests check
+what each trigger *is*; whether it implants a backdoor is measured by whole trials."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attacks.base import (
+    CLEAN_LABEL,
+    ArtifactMissing,
+    AttackContext,
+    poison_test_set,
+    poison_train_set,
+)
+from attacks.bpp import squeeze
+from attacks.iad import binarise_mask
+from attacks.lc import corner_pattern
+from attacks.sig import sinusoid
+from attacks.ssba import psnr
+from attacks.wanet import identity_grid, warp_grid
+from bench import registry
+from bench.data import Dataset
+from bench.models import build_model
+from bench.train import TrainConfig
+
+CPU = torch.device("cpu")
+ALL = ["badnets", "blended", "trojannn", "sig", "lc", "wanet", "iad", "bpp", "ssba", "lf"]
+# Small artifact budgets: enough to exercise every code path in seconds.
+TINY = {
+    "trojannn": {"iterations": 30},
+    "lf": {"max_passes": 2, "num_images": 20},
+    "lc": {"steps": 5},
+    "iad": {"mask_epochs": 1, "generator_epochs": 1, "width": 8},
+    "ssba": {"epochs": 1, "secret_len": 16, "train_images": 512},
+}
+pytestmark = pytest.mark.usefixtures("two_threads")
+
+
+@pytest.fixture(scope="module")
+def small(cifar10: Dataset) -> Dataset:
+    return cifar10.subset(1000, 300, seed=0)
+
+
+def context(data: Dataset, ratio: float = 0.05, seed: int = 0, **kw) -> AttackContext:
+    info = data.info
+    return AttackContext(
+        data.train_x,
+        data.train_y,
+        info.num_classes,
+        0,
+        CPU,
+        seed,
+        ratio=ratio,
+        make_model=lambda: build_model("cnn_small", info.num_classes, info.mean, info.std),
+        model_name="cnn_small",
+        train_config=TrainConfig(epochs=3, batch_size=64),
+        allows_flip=info.allows_flip,
+        **kw,
+    )
+
+
+def fitted(name: str, data: Dataset, **params):
+    attack = registry.create("attack", name, {**TINY.get(name, {}), **params})
+    attack.fit(context(data))
+    return attack
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_protocol_counts_labels_dtype_and_test_set(name, small):
+    attack = fitted(name, small)
+    ratio = 0.05
+    poisoned = poison_train_set(attack, small.train_x, small.train_y, ratio, 0, seed=0, device=CPU)
+    mask = poisoned.poison_mask
+    assert int(mask.sum()) == round(ratio * len(small.train_y))
+    assert poisoned.images.dtype == torch.uint8 and poisoned.images.shape == small.train_x.shape
+    if attack.label_policy == CLEAN_LABEL:
+        assert (small.train_y[mask] == 0).all() and torch.equal(poisoned.labels, small.train_y)
+    else:
+        assert (poisoned.labels[mask] == 0).all() and (small.train_y[mask] != 0).all()
+    untouched = ~mask if poisoned.cross_mask is None else ~(mask | poisoned.cross_mask)
+    assert torch.equal(poisoned.images[untouched], small.train_x[untouched])
+    assert torch.equal(poisoned.labels[~mask], small.train_y[~mask])  # cross samples keep labels
+    assert (poisoned.images[mask] != small.train_x[mask]).flatten(1).any(1).float().mean() > 0.95
+    bd = poison_test_set(attack, small.test_x, small.test_y, 0, CPU)
+    assert len(bd.true_labels) == int((small.test_y != 0).sum()) and (bd.true_labels != 0).all()
+    assert bd.images.dtype == torch.uint8
+    if attack.has_cross:
+        assert poisoned.cross_mask is not None and not (poisoned.cross_mask & mask).any()
+        assert int(poisoned.cross_mask.sum()) == attack.cross_count(int(mask.sum()), 1000)
+        assert bd.cross_images is not None and torch.equal(bd.cross_labels, small.test_y)
+        assert torch.equal(poisoned.indicator.unique(), torch.tensor([0, 1, 2], dtype=torch.int8))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_poisoned_set_even_when_artifacts_are_rebuilt(
+    name, small, tmp_path, monkeypatch
+):
+    def run():
+        attack = fitted(name, small)
+        return poison_train_set(attack, small.train_x, small.train_y, 0.05, 0, seed=3, device=CPU)
+
+    first = run()
+    monkeypatch.setenv("BENCH_ARTIFACT_DIR", str(tmp_path / "fresh"))
+    second = run()
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+
+
+@pytest.mark.parametrize("name", ["trojannn", "lf", "lc", "iad", "ssba"])
+def test_artifacts_round_trip_through_the_cache(name, small):
+    ctx = context(small)
+    attack = registry.create("attack", name, TINY[name])
+    attack.fit(ctx)
+    assert all(status == "built" for _, status, _ in ctx.artifact_log)
+    again_ctx = context(small, build_artifacts=False)  # load only: must not train
+    again = registry.create("attack", name, TINY[name])
+    again.fit(again_ctx)
+    assert again_ctx.artifact_log and all(s == "hit" for _, s, _ in again_ctx.artifact_log)
+    x = small.test_x[:16]
+    assert torch.equal(attack.apply_test(x), again.apply_test(x))
+
+
+def test_missing_artifact_without_building_is_a_clear_error(small):
+    with pytest.raises(ArtifactMissing, match="not built"):
+        registry.create("attack", "lf", TINY["lf"]).fit(context(small, build_artifacts=False))
+
+
+# --------------------------------------------------------------------------- per trigger
+
+
+def test_sig_is_the_specified_sinusoid(cifar_batch):
+    v = sinusoid(32, 40.0, 6.0, CPU)
+    expected = [0, 37.0, 28.3, -15.3, -40.0, -15.3, 28.3, 37.0]
+    assert torch.allclose(v[:8], torch.tensor(expected), atol=0.05)
+    out = registry.create("attack", "sig").apply(cifar_batch)
+    assert torch.equal(out, (cifar_batch.float() + v).clamp(0, 255).to(torch.uint8))
+
+
+def test_clean_label_attacks_on_gtsrb_name_the_maximum_ratio(gtsrb):
+    from bench.errors import BenchError
+
+    for name in ("sig", "lc"):
+        attack = registry.create("attack", name, {"steps": 0} if name == "lc" else {})
+        with pytest.raises(BenchError, match=r"maximum possible ratio here is 0\.0054"):
+            poison_train_set(attack, gtsrb.train_x, gtsrb.train_y, 0.1, 0, seed=0, device=CPU)
+
+
+def test_wanet_warp_is_subpixel_smooth_and_seeded():
+    grid = warp_grid(32, 4, 0.5, 1.0, seed=0)
+    shift_px = ((grid - identity_grid(32)) * 31 / 2).norm(dim=-1)  # grid units -> pixels
+    # Spec A6: the largest displacement of the field is about half a pixel (0.7 at most).
+    assert 0.3 < shift_px.max() < 0.8 and shift_px.mean() < 0.4
+    assert torch.equal(grid, warp_grid(32, 4, 0.5, 1.0, seed=0))
+    assert not torch.equal(grid, warp_grid(32, 4, 0.5, 1.0, seed=1))
+
+
+def test_wanet_backdoor_and_noise_warps_differ(cifar_batch):
+    attack = registry.create("attack", "wanet")
+    gen = torch.Generator().manual_seed(0)
+    bd, noise = attack.apply(cifar_batch), attack.apply_cross(cifar_batch, gen)
+    assert torch.equal(bd, attack.apply(cifar_batch))
+    assert not torch.equal(bd, noise)
+    # A warp moves pixels by under a pixel: images stay close, mostly at edges.
+    assert (bd.float() - cifar_batch.float()).abs().mean() < 12
+
+
+def test_bpp_squeezes_to_eight_levels_with_bounded_change(cifar_batch):
+    out = registry.create("attack", "bpp").apply(cifar_batch)
+    levels = torch.unique(squeeze(torch.arange(256.0), 8).to(torch.uint8))
+    assert torch.isin(out.unique(), levels).all()
+    assert (out.float() - cifar_batch.float()).abs().max() <= 255 / 7 / 2 + 1
+
+
+def test_trojannn_patch_sits_in_the_square_mask(small):
+    attack = fitted("trojannn", small)
+    x = small.test_x[:32]
+    out = attack.apply(x)
+    changed = (out != x).any(1).any(0)
+    assert not changed[:20].any() and not changed[:, :20].any() and not changed[30:].any()
+    inside = out[:, :, 20:30, 20:30].float()
+    assert (inside >= 0.7 * 255 - 1).all()  # T starts at 1 and moves at most 0.3
+    assert torch.equal(out[:, :, 20:30, 20:30], out[:1, :, 20:30, 20:30].expand_as(inside))
+
+
+def test_lf_pattern_is_smooth_nonnegative_and_bounded(small):
+    attack = fitted("lf", small)
+    pattern = attack.pattern.float()
+    assert pattern.min() == 0 and 50 <= pattern.max() <= 51
+    # Low frequency: neighbouring pixels differ by far less than the pattern's range.
+    assert pattern.diff(dim=2).abs().max() < 6 and pattern.diff(dim=1).abs().max() < 6
+    x = small.test_x[:16]
+    assert torch.equal(attack.apply(x), (x.float() + pattern).clamp(0, 255).to(torch.uint8))
+
+
+def test_lc_adds_invisible_noise_at_train_time_and_only_corners_at_test(small):
+    attack = fitted("lc", small)
+    x = small.train_x[small.train_y == 0][:32]
+    train, test = attack.apply(x), attack.apply_test(x)
+    corners = corner_pattern(32, 1.0) != 0
+    inner = ~corners
+    eps = 8 / 255 * 255
+    assert (train.float() - x.float()).abs()[:, :, inner].max() <= math.ceil(eps) + 1
+    assert (train != x)[:, :, inner].float().mean() > 0.3  # PGD touched most pixels
+    assert torch.equal(test[:, :, inner], x[:, :, inner])
+    expected = (x.float() + corner_pattern(32, 1.0)).clamp(0, 255).to(torch.uint8)
+    assert torch.equal(test, expected)
+    assert (test[:, :, 0, 0] == 255).all() and (test[:, :, 0, 1] == 0).all()
+
+
+def test_iad_triggers_are_sample_specific_masked_and_crossable(small):
+    attack = fitted("iad", small)
+    x = small.test_x[:32]
+    out = attack.apply(x)
+    delta = (out.float() - x.float()).abs().sum(1)  # N x H x W
+    assert not torch.equal(delta[0], delta[1])  # a different trigger for a different image
+    mask = binarise_mask(attack.m(x.float() / 255))
+    assert mask.shape == (32, 1, 32, 32) and mask.min() >= 0 and mask.max() <= 1
+    cross = attack.apply_cross(x, torch.Generator().manual_seed(0))
+    assert not torch.equal(cross, out)
+
+
+def test_ssba_encoder_learns_the_secret_and_stays_close_to_the_image(small):
+    ctx = context(small)
+    attack = registry.create(
+        "attack",
+        "ssba",
+        {
+            "epochs": 10,
+            "batch_size": 16,
+            "width": 8,
+            "secret_len": 16,
+            "lr": 3e-4,
+            "l2_delay_steps": 20,
+            "l2_ramp_steps": 60,
+        },
+    )
+    attack.fit(ctx)
+    x = small.test_x[:64]
+    out = attack.apply(x)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    bits = (attack.decoder(out.float() / 255) > 0).float() == attack.secret
+    assert bits.float().mean() > 0.8  # the secret is readable from the poisoned image
+    # the L2 term pulled the encoded image back towards the input (BCE alone gives ~9 dB here)
+    assert psnr(out, x).mean() > 15
+    per_image = (out.float() - x.float()).abs().flatten(1).mean(1)
+    assert not torch.allclose(per_image, per_image[0])  # sample-specific
