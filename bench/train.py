@@ -85,6 +85,12 @@ class TrainHooks:
     def on_train_start(self, model: nn.Module) -> None:
         """Called once the model is in train mode (e.g. to freeze BatchNorm statistics)."""
 
+    def epoch_indices(self, epoch: int, model: nn.Module) -> torch.Tensor | None:
+        """The training indices to draw from this epoch (None: the ones ``fit`` was given).
+        Must keep their count, so the schedule's length stays fixed (DBD re-splits per epoch).
+        The model is put back in train mode afterwards."""
+        return None
+
     def on_step_end(self) -> None:
         """Called after each optimiser step (e.g. to step a generator trained alongside)."""
 
@@ -195,6 +201,12 @@ class Trainer:
         model.train()
         hooks.on_train_start(model)
         for epoch in range(config.epochs):
+            chosen = hooks.epoch_indices(epoch, model)
+            if chosen is not None:
+                if len(chosen) != len(pool):
+                    raise ValueError("epoch_indices must keep the number of training indices")
+                pool = chosen.to(dev).long()
+                model.train()  # choosing may have evaluated the model
             order = pool[torch.randperm(len(pool), device=dev, generator=gen)]
             loss_sum = torch.zeros((), device=dev)
             for b in range(steps_per_epoch):

@@ -234,6 +234,7 @@ def run_trial(
         load_backdoored_model=loader if "backdoored_model" in defense.needs else None,
         name=spec.defense,
         log=report,
+        dataset=spec.dataset,
     )
     t_defense = time.perf_counter()
     output = defense.run(ctx)

@@ -51,6 +51,8 @@ class DefenseContext:
     load_backdoored_model: Callable[[], nn.Module] | None = None
     name: str = "defense"
     log: Callable[[str], None] = print
+    #: The dataset's registry name (for per-dataset defaults such as DBD's lambda_u).
+    dataset: str = ""
 
     def backdoored_model(self) -> nn.Module:
         """The model plain training on the poisoned set produces (trained once, then cached)."""

@@ -1,0 +1,124 @@
+"""DBD's pieces: NT-Xent against a direct computation, SCE and MixMatch on tiny inputs, the
+batched SimCLR augmentations, and the split on real data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attacks.badnets import BadNets
+from attacks.base import poison_train_set
+from bench.models import build_model
+from bench.train import Batch, TrainConfig, Trainer
+from defenses.base import DefenseContext, LabelledImages
+from defenses.dbd import DBD, symmetric_cross_entropy
+from defenses.shared import MixMatch
+from defenses.ssl import color_jitter, nt_xent, random_resized_crop, simclr_view
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("two_threads")
+
+
+def test_nt_xent_equals_a_direct_computation():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(4, 5), torch.randn(4, 5)
+    tau = 0.5
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = len(z)
+
+    def anchor_loss(i: int) -> float:
+        positive = (i + 4) % n
+        num = math.exp(float(z[i] @ z[positive]) / tau)
+        den = sum(math.exp(float(z[i] @ z[k]) / tau) for k in range(n) if k != i)
+        return -math.log(num / den)
+
+    first_views = sum(anchor_loss(i) for i in range(4)) / 4
+    all_views = sum(anchor_loss(i) for i in range(n)) / n
+    assert nt_xent(z1, z2, tau) == pytest.approx(first_views, rel=1e-5)
+    assert nt_xent(z1, z2, tau, symmetric=True) == pytest.approx(all_views, rel=1e-5)
+    # identical views of well-separated images: near-zero loss
+    eye = torch.eye(4, 5) * 10
+    assert nt_xent(eye, eye, 0.1) < 1e-3
+
+
+def test_sce_is_ce_plus_reverse_ce_and_bounded_for_noisy_labels():
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    labels = torch.tensor([0, 0])
+    sce = symmetric_cross_entropy(logits, labels, alpha=0.1, beta=1.0)
+    p = F.softmax(logits, 1)
+    rce = -(p * torch.tensor([[0.0, math.log(1e-4), math.log(1e-4)]])).sum(1)
+    expected = 0.1 * F.cross_entropy(logits, labels, reduction="none") + rce
+    assert torch.allclose(sce, expected, atol=1e-5)
+    # a confidently "wrong" label costs at most -log(1e-4) from RCE: robust to label noise
+    very_wrong = symmetric_cross_entropy(torch.tensor([[0.0, 100.0, 0.0]]), torch.tensor([0]))
+    assert very_wrong.item() < 0.1 * 100.0 + -math.log(1e-4) + 1e-3
+    assert sce[0] < sce[1]
+
+
+def test_mixmatch_sharpens_guesses_mixes_and_weights_the_unlabelled_loss():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
+    hook = MixMatch(images, torch.arange(10, 20), 3, flip=False, lambda_u=10.0, rampup_steps=4)
+    hook.on_train_start(model)
+    gen = torch.Generator().manual_seed(0)
+    x = images[:4].float() / 255
+    out = hook.transform_batch(Batch(x, torch.tensor([0, 1, 2, 0]), torch.arange(4)), gen)
+    assert out.x.shape == (12, 3, 8, 8)  # 4 labelled + 2 views of 4 unlabelled
+    soft = out.soft_targets
+    assert torch.allclose(soft.sum(1), torch.ones(12), atol=1e-5)
+    # the labelled part dominates its own mixture (lambda' = max(lambda, 1 - lambda) >= 0.5)
+    assert (soft[torch.arange(4), torch.tensor([0, 1, 2, 0])] >= 0.5 - 1e-6).all()
+    logits = torch.zeros(12, 3)
+    first = hook.loss(logits, out, TrainConfig())
+    supervised = -(soft[:4] * F.log_softmax(logits[:4], 1)).sum(1).mean()
+    unsupervised = ((F.softmax(logits[4:], 1) - soft[4:]) ** 2).mean()
+    assert first == pytest.approx(float(supervised + 10.0 * 0.25 * unsupervised), rel=1e-5)
+
+
+def test_batched_simclr_augmentations_stay_valid_and_vary_per_image(cifar_batch):
+    x = cifar_batch.float() / 255
+    gen = torch.Generator().manual_seed(0)
+    crops = random_resized_crop(x, gen, flip=False)
+    assert crops.shape == x.shape and not torch.allclose(crops, x)
+    full = random_resized_crop(x[:4], gen, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
+    assert torch.allclose(full, x[:4], atol=1e-4)  # a full-size crop is the image itself
+    jittered = color_jitter(x, gen, p=1.0)
+    assert jittered.min() >= 0 and jittered.max() <= 1
+    same_hue = color_jitter(x[:4], gen, strength=0.0, hue=0.0, p=1.0)
+    assert torch.allclose(same_hue, x[:4], atol=1e-4)  # zero strength is the identity
+    a, b = simclr_view(x, gen), simclr_view(x, gen)
+    assert not torch.allclose(a, b)
+
+
+def test_dbd_split_keeps_fewer_poisoned_samples_than_chance(cifar10):
+    sub = cifar10.subset(2000, 10, seed=0)
+    poisoned = poison_train_set(BadNets(), sub.train_x, sub.train_y, 0.1, 0, seed=0, device=CPU)
+    ctx = DefenseContext(
+        train=LabelledImages(poisoned.images, poisoned.labels),
+        num_classes=10,
+        allows_flip=True,
+        make_model=lambda: build_model("cnn_small", 10, sub.info.mean, sub.info.std),
+        trainer=Trainer(CPU),
+        train_config=TrainConfig(epochs=1),
+        device=CPU,
+        seed=0,
+        dataset="cifar10",
+    )
+    dbd = DBD(
+        simclr_epochs=6,
+        simclr_schedule_epochs=6,
+        simclr_batch_size=256,
+        warmup_epochs=5,
+        semi_epochs=1,
+    )
+    out = dbd.run(ctx)
+    labelled = torch.ones(2000, dtype=torch.bool)
+    labelled[out.flagged] = False
+    assert int(labelled.sum()) == 1000
+    poisoned_share = poisoned.poison_mask[labelled].float().mean().item()
+    assert poisoned_share < 0.1 / 2  # chance would be 10%
+    assert set(out.stage_seconds) == {"simclr", "linear", "mixmatch"}
