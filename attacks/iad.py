@@ -162,7 +162,7 @@ def pretrain_mask(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(x1)
+            total += loss.item() * len(x1)
         scheduler.step()
         losses.append(total / max(1, len(images)))
     mask_gen.eval()

@@ -73,15 +73,25 @@ class LabelConsistent(Attack):
 
     def __init__(self, **overrides):
         super().__init__(**overrides)
-        self.surrogate: nn.Module | None = None
+        self._surrogate: nn.Module | None = None
+        self._ctx: AttackContext | None = None
         self.target = 0
 
     def fit(self, ctx: AttackContext) -> None:
+        # The robust surrogate is only needed to poison training images; it is fetched (or
+        # trained) on first use, so test-time stamping (the gallery) never trains it.
         self.target = ctx.target
-        if self.params.steps > 0 and self.params.eps > 0:
-            self.surrogate = robust_surrogate(ctx, self.params.eps)
-            for param in self.surrogate.parameters():
+        self._ctx = ctx
+
+    @property
+    def surrogate(self) -> nn.Module:
+        if self._surrogate is None:
+            if self._ctx is None:
+                raise RuntimeError("LabelConsistent.apply before fit: PGD needs the surrogate")
+            self._surrogate = robust_surrogate(self._ctx, self.params.eps)
+            for param in self._surrogate.parameters():
                 param.requires_grad_(False)
+        return self._surrogate
 
     def corners(self, images: torch.Tensor) -> torch.Tensor:
         pattern = corner_pattern(images.shape[-1], self.params.amplitude).to(images.device)
@@ -91,8 +101,6 @@ class LabelConsistent(Attack):
         p = self.params
         if p.steps == 0 or p.eps == 0:
             return self.corners(images)
-        if self.surrogate is None:
-            raise RuntimeError("LabelConsistent.apply before fit: PGD needs the surrogate")
         model = self.surrogate.to(images.device)
         labels = torch.full((len(images),), self.target, device=images.device)
         adv = pgd_away_from_label(

@@ -150,7 +150,7 @@ def train_stegastamp(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            correct += float(bits) * len(x)
+            correct += bits.item() * len(x)
             total += len(x)
             step += 1
         history["bit_accuracy"].append(correct / max(1.0, total))

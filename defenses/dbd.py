@@ -167,6 +167,8 @@ class DBD(Defense):
         for param in classifier.parameters():
             param.requires_grad_(True)
         stages["linear"] = time.perf_counter() - start
+        probe = predict_logits(classifier, images, device=ctx.device).argmax(1)
+        ctx.log(f"dbd: linear probe on SimCLR features fits {probe.eq(labels).float().mean():.3f}")
 
         start = time.perf_counter()
         n_labelled = max(1, round(p.labelled_fraction * len(labels)))

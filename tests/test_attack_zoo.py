@@ -27,7 +27,7 @@ from attacks.wanet import identity_grid, warp_grid
 from bench import registry
 from bench.data import Dataset
 from bench.models import build_model
-from bench.train import TrainConfig
+from bench.train import Batch, TrainConfig
 
 CPU = torch.device("cpu")
 ALL = ["badnets", "blended", "trojannn", "sig", "lc", "wanet", "iad", "bpp", "ssba", "lf"]
@@ -116,18 +116,27 @@ def test_artifacts_round_trip_through_the_cache(name, small):
     ctx = context(small)
     attack = registry.create("attack", name, TINY[name])
     attack.fit(ctx)
-    assert all(status == "built" for _, status, _ in ctx.artifact_log)
+    x = small.test_x[:16]
+    first = attack.apply(x)  # LC fetches its surrogate on first use
+    assert ctx.artifact_log and all(status == "built" for _, status, _ in ctx.artifact_log)
     again_ctx = context(small, build_artifacts=False)  # load only: must not train
     again = registry.create("attack", name, TINY[name])
     again.fit(again_ctx)
+    assert torch.equal(first, again.apply(x)) and torch.equal(
+        attack.apply_test(x), again.apply_test(x)
+    )
     assert again_ctx.artifact_log and all(s == "hit" for _, s, _ in again_ctx.artifact_log)
-    x = small.test_x[:16]
-    assert torch.equal(attack.apply_test(x), again.apply_test(x))
 
 
 def test_missing_artifact_without_building_is_a_clear_error(small):
     with pytest.raises(ArtifactMissing, match="not built"):
         registry.create("attack", "lf", TINY["lf"]).fit(context(small, build_artifacts=False))
+    lc = registry.create("attack", "lc", TINY["lc"])
+    lc.fit(context(small, build_artifacts=False))  # test-time corners need no surrogate
+    x = small.test_x[:4]
+    assert torch.equal(lc.apply_test(x), lc.corners(x))
+    with pytest.raises(ArtifactMissing, match="not built"):
+        lc.apply(x)
 
 
 # --------------------------------------------------------------------------- per trigger
@@ -249,3 +258,23 @@ def test_ssba_encoder_learns_the_secret_and_stays_close_to_the_image(small):
     assert psnr(out, x).mean() > 15
     per_image = (out.float() - x.float()).abs().flatten(1).mean(1)
     assert not torch.allclose(per_image, per_image[0])  # sample-specific
+
+
+@pytest.mark.parametrize("name", ["wanet", "bpp", "iad"])
+def test_training_controlled_attacks_poison_each_batch_through_hooks(name, small):
+    attack = fitted(name, small)
+    hooks = attack.training_hooks(0.1, target=0)
+    x = small.train_x[:128].float() / 255
+    y = small.train_y[:128]
+    batch = Batch(x, y, torch.arange(128))
+    out = hooks.transform_batch(batch, torch.Generator().manual_seed(0))
+    n_bd = 12  # floor(0.1 * 128)
+    n_cross = attack.cross_count(n_bd, 128)
+    assert (out.y[:n_bd] == 0).all() and torch.equal(out.y[n_bd:], y[n_bd:])
+    changed = (out.x - x).abs().flatten(1).amax(1) > 1e-6
+    assert changed[: n_bd + n_cross].float().mean() > 0.9
+    assert not changed[n_bd + n_cross :].any()
+    assert out.x.min() >= 0 and out.x.max() <= 1
+    # the per-batch trigger is the static trigger (up to uint8 truncation)
+    static = attack.apply(small.train_x[:n_bd]).float() / 255
+    assert (out.x[:n_bd] - static).abs().max() <= 1.01 / 255
