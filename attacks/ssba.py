@@ -40,8 +40,9 @@ class _Up(nn.Module):
 
 class StegaEncoder(nn.Module):
     """``width`` 32 is StegaStamp's; ``residual`` adds the output (tanh) to the image instead of
-    producing the image through a sigmoid (BackdoorBox's variant; starts near the identity, so
-    it trains in far fewer steps)."""
+    producing the image through a sigmoid (BackdoorBox's variant, starting at the identity). On
+    this CPU's budgets the residual form did not learn the secret any faster (bit accuracy 0.5
+    after 234 steps), so the quick preset keeps BackdoorBench's sigmoid form."""
 
     def __init__(self, secret_len: int, size: int, width: int = 32, residual: bool = False):
         super().__init__()
@@ -160,6 +161,23 @@ def train_stegastamp(
     return history
 
 
+def quality(
+    encoder: StegaEncoder,
+    decoder: StegaDecoder,
+    images: torch.Tensor,
+    secret_len: int,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Bit accuracy of random secrets read back from encoded uint8 images, and their PSNR."""
+    with torch.no_grad():
+        secret = (
+            torch.rand(len(images), secret_len, device=images.device, generator=generator) < 0.5
+        ).float()
+        encoded = quantize(encoder(secret, images.float() / 255) * 255)
+        bits = ((decoder(encoded.float() / 255) > 0).float() == secret).float().mean()
+        return {"check_bit_accuracy": bits.cpu(), "psnr": psnr(encoded, images).mean().cpu()}
+
+
 class SSBA(Attack):
     name = "ssba"
     label_policy = POISON_LABEL
@@ -214,14 +232,20 @@ class SSBA(Attack):
                 l2_ramp_steps=p.l2_ramp_steps,
                 generator=gen,
             )
+            check = quality(encoder, decoder, ctx.images[-500:].to(dev), p.secret_len, gen)
             return {
                 "encoder": cpu_state(encoder),
                 "decoder": cpu_state(decoder),
                 "bit_accuracy": torch.tensor(history["bit_accuracy"]),
+                **check,
             }
 
         params = {k: v for k, v in self.describe().items() if k != "secret_seed"}
         value = ctx.artifact("ssba_stegastamp", params, build)
+        if "psnr" in value:  # the spec's acceptance checks: bit accuracy >= 0.9, PSNR >= 25 dB
+            psnr_db, bits = float(value["psnr"]), float(value["check_bit_accuracy"])
+            verdict = "ok" if bits >= 0.9 and psnr_db >= 25 else "BELOW the spec's acceptance bar"
+            ctx.log(f"ssba encoder: bit accuracy {bits:.3f}, PSNR {psnr_db:.1f} dB ({verdict})")
         self.encoder = StegaEncoder(p.secret_len, size, p.width, p.residual)
         self.encoder.load_state_dict(value["encoder"])
         self.encoder.eval().requires_grad_(False)
