@@ -27,13 +27,11 @@ def warp_grid(size: int, k: int, strength: float, rescale: float, seed: int) -> 
     noise = noise / noise.abs().mean()
     noise = F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=True)
     noise = noise.permute(0, 2, 3, 1)
-    line = torch.linspace(-1, 1, size)
-    rows, cols = torch.meshgrid(line, line, indexing="ij")
-    identity = torch.stack((cols, rows), dim=2)[None]
-    return ((identity + strength * noise / size) * rescale).clamp(-1, 1)
+    return ((identity_grid(size) + strength * noise / size) * rescale).clamp(-1, 1)
 
 
 def identity_grid(size: int) -> torch.Tensor:
+    """The sampling grid that reproduces the image (1 x H x W x 2, (x, y) order)."""
     line = torch.linspace(-1, 1, size)
     rows, cols = torch.meshgrid(line, line, indexing="ij")
     return torch.stack((cols, rows), dim=2)[None]

@@ -66,10 +66,14 @@ class ResplitMixMatch(MixMatch):
         self.all_images, self.all_labels = images, labels
         self.labelled_fraction, self.device = labelled_fraction, device
         self.labelled = torch.empty(0, dtype=torch.long)
+        self.fit_accuracy = float("nan")  # of the given labels at the last split
         super().__init__(images, torch.empty(0, dtype=torch.long), **kw)
 
     def split(self, model: nn.Module) -> torch.Tensor:
-        losses = sce_losses(model, self.all_images, self.all_labels, self.device)
+        logits = predict_logits(model, self.all_images, device=self.device)
+        labels = self.all_labels.cpu()
+        self.fit_accuracy = logits.argmax(1).eq(labels).float().mean().item()
+        losses = symmetric_cross_entropy(logits, labels)
         self.labelled = lowest_fraction(losses, self.labelled_fraction)
         self.unlabelled = complement(self.labelled, len(self.all_labels)).to(self.images.device)
         return self.labelled
@@ -167,8 +171,6 @@ class DBD(Defense):
         for param in classifier.parameters():
             param.requires_grad_(True)
         stages["linear"] = time.perf_counter() - start
-        probe = predict_logits(classifier, images, device=ctx.device).argmax(1)
-        ctx.log(f"dbd: linear probe on SimCLR features fits {probe.eq(labels).float().mean():.3f}")
 
         start = time.perf_counter()
         n_labelled = max(1, round(p.labelled_fraction * len(labels)))
@@ -195,6 +197,7 @@ class DBD(Defense):
             schedule="constant",
         )
         first = hooks.split(classifier)
+        ctx.log(f"dbd: the linear probe on SimCLR features fits {hooks.fit_accuracy:.3f} of labels")
         ctx.trainer.fit(
             classifier, images, labels, semi, seed=ctx.seed + 2, flip=ctx.allows_flip,
             hooks=hooks, indices=first,

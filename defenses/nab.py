@@ -21,7 +21,6 @@ The stamp is the top-left 2x2 patch set to 0 in normalised space, i.e. the datas
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -107,7 +106,8 @@ class NAB(Defense):
         )
         labeller = ctx.train_model(clean.images, clean.labels, vd)
         pseudo = predict(labeller, stamp(images[flagged]), device=ctx.device)
-        relabel = flagged[pseudo != labels[flagged]]
+        differs = pseudo != labels[flagged]
+        relabel = flagged[differs]
         stages["pseudo_label"] = time.perf_counter() - start
         ctx.log(
             f"nab: flagged {len(flagged)}, stamped and relabelled {len(relabel)} "
@@ -118,9 +118,8 @@ class NAB(Defense):
         processed = images.clone()
         processed[relabel] = stamp(images[relabel])
         new_labels = labels.clone()
-        new_labels[relabel] = pseudo[pseudo != labels[flagged]]
-        config = dataclasses.replace(ctx.train_config)
-        model = ctx.train_model(processed, new_labels, config)
+        new_labels[relabel] = pseudo[differs]
+        model = ctx.train_model(processed, new_labels, ctx.train_config)
         stages["train"] = time.perf_counter() - start
 
         def reject(x: torch.Tensor) -> torch.Tensor:
