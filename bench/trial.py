@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import AttackContext, PoisonedTrainSet, poison_test_set, poison_train_set
+from attacks.base import AttackContext, PoisonedTrainSet
 from bench import checks, metrics, registry, versions
 from bench.artifacts import ArtifactCache
 from bench.config import TrialSpec
@@ -28,6 +28,7 @@ from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
 from bench.limits import TrialTimeout, time_limit
 from bench.models import build_model
+from bench.poisoning import cell_spec, poisoned_sets
 from bench.train import TrainConfig, Trainer, TrainHooks, predict
 from defenses.base import DefenseContext, LabelledImages
 
@@ -112,20 +113,7 @@ class BackdooredModelLoader:
         self.train_seconds = math.nan
 
     def artifact_spec(self) -> dict[str, Any]:
-        s = self.spec
-        return {
-            "dataset": s.dataset,
-            "data_source": self.data.source,
-            "data": dict(s.data),
-            "attack": s.attack,
-            "attack_params": dict(s.attack_params),
-            "ratio": s.ratio,
-            "target": s.target,
-            "exclude_target_from_poison": s.exclude_target_from_poison,
-            "model": s.model,
-            "train": dict(s.train),
-            "seed": s.seed,
-        }
+        return cell_spec(self.spec, self.data)
 
     def _build(self) -> dict[str, Any]:
         model = self.make_model()
@@ -182,17 +170,9 @@ def run_trial(
     t_attack = time.perf_counter()
     attack_ctx = attack_context(spec, data, device, report)
     attack.fit(attack_ctx)
-    poisoned = poison_train_set(
-        attack,
-        data.train_x,
-        data.train_y,
-        spec.ratio,
-        spec.target,
-        seed=spec.seed,
-        device=device,
-        exclude_target=spec.exclude_target_from_poison,
-    )
-    bd_test = poison_test_set(attack, data.test_x, data.test_y, spec.target, device, spec.seed)
+    sets = poisoned_sets(spec, data, attack, device, attack_entry.version)
+    poisoned, bd_test = sets.train, sets.test
+    seed_everything(spec.seed + 1, device)  # the same RNG state whether the sets were cached
     attack_seconds = time.perf_counter() - t_attack
     n_cross = 0 if poisoned.cross_mask is None else int(poisoned.cross_mask.sum())
     report(
@@ -296,6 +276,7 @@ def run_trial(
         "defense_version": defense_entry.version,
         "defense_reconstructed": bool(defense.reconstructed),
         "backdoored_model_cache": loader.cache_status,
+        "poisoned_sets_cache": sets.cache,
         "backdoored_train_seconds": backdoored_seconds,
         "attack_seconds": attack_seconds,
         "defense_seconds": defense_seconds,

@@ -1,6 +1,7 @@
 """Whole trials on real CIFAR-10 subsets: attacks succeed without a defense; seeds reproduce."""
 
 import dataclasses
+import shutil
 
 import pytest
 import torch
@@ -51,6 +52,20 @@ def test_same_seed_reproduces_numbers_on_cpu(tmp_path, monkeypatch):
         assert first[key] == second[key]
     other = run_trial(dataclasses.replace(spec, seed=1), device=CPU)
     assert (other["ca"], other["asr"]) != (first["ca"], first["asr"])
+
+
+def test_cached_poisoned_sets_give_the_numbers_of_a_rebuild(tmp_path, monkeypatch):
+    """Every defense of a cell reuses its poisoned sets; a cache hit must change nothing
+    downstream (here the undefended model is retrained on the cached sets)."""
+    monkeypatch.setenv("BENCH_ARTIFACT_DIR", str(tmp_path))
+    spec = _spec("badnets", 1000, 1)
+    first = run_trial(spec, device=CPU)
+    shutil.rmtree(tmp_path / "backdoored_model")
+    second = run_trial(spec, device=CPU)
+    assert (first["poisoned_sets_cache"], second["poisoned_sets_cache"]) == ("built", "hit")
+    assert second["backdoored_model_cache"] == "built"
+    for key in ("ca", "asr", "ra", "n_poison"):
+        assert first[key] == second[key]
 
 
 def test_a_failing_trial_becomes_an_error_row_with_traceback():
