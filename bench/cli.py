@@ -81,6 +81,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_timing(args: argparse.Namespace) -> int:
+    from bench.store import ResultsStore
+    from bench.timing import write_timing
+
+    out = _results_dir(args)
+    print(write_timing(ResultsStore(out / "results.parquet").read(), out).read_text(), end="")
+    return 0
+
+
 def cmd_attacks_gallery(args: argparse.Namespace) -> int:
     """Render the gallery from a preset's trial specs, building attack artifacts as needed."""
     from bench.config import expand_grid, load_preset, with_overrides
@@ -229,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="render LEADERBOARD.md and plots from the results")
     lb.add_argument("--results-dir")
     lb.set_defaults(fn=cmd_leaderboard)
+
+    timing = sub.add_parser("timing", help="per-defense, per-stage time of the results' trials")
+    timing.add_argument("--results-dir")
+    timing.set_defaults(fn=cmd_timing)
 
     attacks = sub.add_parser("attacks", help="attack tools")
     attack_sub = attacks.add_subparsers(dest="attacks_command", required=True)

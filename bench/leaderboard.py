@@ -53,7 +53,7 @@ def cell_table(group: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     esc = [[str(v).replace("|", "\\|") for v in r] for r in [header, *rows]]
     return [
         "| " + " | ".join(esc[0]) + " |",
@@ -98,12 +98,12 @@ def render_markdown(df: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
         out += [f"## {dataset} · preset `{preset}` · poison ratio {ratio:g}", ""]
         out += [*_header_lines(group), ""]
         table = cell_table(group)
-        out += _md_table(
+        out += md_table(
             ["defense \\ attack", *table.columns], [[idx, *row] for idx, row in table.iterrows()]
         )
         out += ["", "Ranking:", ""]
         rk = ranks[(ranks[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
-        out += _md_table(
+        out += md_table(
             ["rank", "defense", "mean DER", "mean CA", "mean ASR", "cost vs none"],
             [
                 [
@@ -124,7 +124,7 @@ def render_markdown(df: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
                 "Poisoned-sample detection (flagged training samples vs the hidden poison mask):",
                 "",
             ]
-            out += _md_table(
+            out += md_table(
                 ["defense", "attack", "TPR", "FPR", "precision", "F1", "AUROC"],
                 [
                     [
@@ -143,7 +143,7 @@ def render_markdown(df: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
     failed = df[df["status"] != OK] if not df.empty and "status" in df else pd.DataFrame()
     if not failed.empty:
         out += ["## Failed trials", ""]
-        out += _md_table(
+        out += md_table(
             ["trial", "dataset", "attack", "defense", "status", "error"],
             [
                 [
@@ -169,7 +169,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def render(df: pd.DataFrame, out_dir: Path, gallery: bool = True) -> Rendered:
     """Write LEADERBOARD.md, index.html, leaderboard.{csv,parquet} and plots/ under out_dir."""
-    from bench import page, plots
+    from bench import page, plots, timing
 
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(df)
@@ -181,6 +181,7 @@ def render(df: pd.DataFrame, out_dir: Path, gallery: bool = True) -> Rendered:
         agg.to_parquet(exports[1], index=False)
     else:
         exports.pop()
+    timing.write_timing(df, out_dir)
     plot_files = plots.render_all(df, agg, out_dir / "plots", gallery=gallery)
     html = out_dir / "index.html"
     _write_text(html, page.render_page(df, agg, ranking(agg), plot_files))

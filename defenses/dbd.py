@@ -122,13 +122,26 @@ class DBD(Defense):
                 raise ValueError("labelled_fraction must be in (0, 1)")
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
-        p = self.params
-        images, labels = ctx.train.images, ctx.train.labels
         stages: dict[str, float] = {}
+        start = time.perf_counter()
+        contrastive = self.pretrain(ctx)
+        stages["simclr"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        classifier = ctx.make_model()
-        contrastive = Contrastive(classifier, p.projection_dim)
+        classifier = self.fit_linear_head(ctx, contrastive)
+        stages["linear"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        hooks = self.finetune(ctx, classifier)
+        stages["mixmatch"] = time.perf_counter() - start
+        losses = sce_losses(classifier, ctx.train.images, ctx.train.labels, ctx.device)
+        flagged = complement(hooks.labelled, len(ctx.train.labels))
+        return DefenseOutput(classifier, flagged=flagged, scores=losses, stage_seconds=stages)
+
+    def pretrain(self, ctx: DefenseContext) -> Contrastive:
+        """Stage 1: SimCLR on the training images, labels unused."""
+        p = self.params
+        contrastive = Contrastive(ctx.make_model(), p.projection_dim)
         simclr = TrainConfig(
             epochs=p.simclr_schedule_epochs,  # the schedule's length ...
             batch_size=p.simclr_batch_size,
@@ -138,20 +151,23 @@ class DBD(Defense):
         )
         ctx.trainer.fit(
             contrastive,
-            images,
-            labels,
+            ctx.train.images,
+            ctx.train.labels,
             simclr,
             seed=ctx.seed,
             flip=ctx.allows_flip,
             augment=False,
             hooks=_StopAfter(SimCLRHooks(p.temperature, ctx.allows_flip), p.simclr_epochs),
         )  # ... of which the first simclr_epochs run
-        stages["simclr"] = time.perf_counter() - start
+        return contrastive
 
-        start = time.perf_counter()
+    def fit_linear_head(self, ctx: DefenseContext, contrastive: Contrastive) -> nn.Module:
+        """Stage 2: a fresh linear head on the frozen backbone, trained with SCE. Returns the
+        classifier with every parameter trainable again."""
+        p = self.params
         parent, attr = contrastive.head_slot
         setattr(parent, attr, nn.Linear(contrastive.feature_dim, ctx.num_classes))
-        head = getattr(parent, attr)
+        classifier, head = contrastive.backbone, getattr(parent, attr)
         for param in classifier.parameters():
             param.requires_grad_(False)
         for param in head.parameters():
@@ -165,29 +181,35 @@ class DBD(Defense):
             schedule="constant",
         )
         ctx.trainer.fit(
-            classifier, images, labels, warmup, seed=ctx.seed + 1, flip=ctx.allows_flip,
-            hooks=LinearProbe(),
+            classifier, ctx.train.images, ctx.train.labels, warmup, seed=ctx.seed + 1,
+            flip=ctx.allows_flip, hooks=LinearProbe(),
         )  # fmt: skip
         for param in classifier.parameters():
             param.requires_grad_(True)
-        stages["linear"] = time.perf_counter() - start
+        return classifier
 
-        start = time.perf_counter()
-        n_labelled = max(1, round(p.labelled_fraction * len(labels)))
+    def split_hooks(self, ctx: DefenseContext) -> ResplitMixMatch:
+        """Stage 3's MixMatch hooks (they also compute the SCE split)."""
+        p = self.params
+        n_labelled = max(1, round(p.labelled_fraction * len(ctx.train.labels)))
         steps = p.semi_epochs * math.ceil(n_labelled / p.semi_batch_size)
-        lambda_u = p.lambda_u or (15.0 if ctx.dataset == "cifar10" else 6.0)
-        hooks = ResplitMixMatch(
-            images.to(ctx.device),
-            labels,
+        return ResplitMixMatch(
+            ctx.train.images.to(ctx.device),
+            ctx.train.labels,
             p.labelled_fraction,
             ctx.device,
             num_classes=ctx.num_classes,
             flip=ctx.allows_flip,
             temperature=p.mixmatch_temperature,
             alpha=p.mixmatch_alpha,
-            lambda_u=lambda_u,
+            lambda_u=p.lambda_u or (15.0 if ctx.dataset == "cifar10" else 6.0),
             rampup_steps=steps,
         )
+
+    def finetune(self, ctx: DefenseContext, classifier: nn.Module) -> ResplitMixMatch:
+        """Stage 3: MixMatch on the whole model, the split recomputed every epoch."""
+        p = self.params
+        hooks = self.split_hooks(ctx)
         semi = TrainConfig(
             epochs=p.semi_epochs,
             batch_size=p.semi_batch_size,
@@ -199,13 +221,10 @@ class DBD(Defense):
         first = hooks.split(classifier)
         ctx.log(f"dbd: the linear probe on SimCLR features fits {hooks.fit_accuracy:.3f} of labels")
         ctx.trainer.fit(
-            classifier, images, labels, semi, seed=ctx.seed + 2, flip=ctx.allows_flip,
-            hooks=hooks, indices=first,
+            classifier, ctx.train.images, ctx.train.labels, semi, seed=ctx.seed + 2,
+            flip=ctx.allows_flip, hooks=hooks, indices=first,
         )  # fmt: skip
-        stages["mixmatch"] = time.perf_counter() - start
-        losses = sce_losses(classifier, images, labels, ctx.device)
-        flagged = complement(hooks.labelled, len(labels))
-        return DefenseOutput(classifier, flagged=flagged, scores=losses, stage_seconds=stages)
+        return hooks
 
 
 class _StopAfter(TrainHooks):

@@ -1,0 +1,96 @@
+"""Where a grid's time went: per-defense totals of each stage, from the results table alone.
+
+A trial's wall time splits into poisoning (the attack's fit and its poisoned sets), training the
+undefended model (only where this trial built it; later trials of the cell load it), the
+defense's own work (with the stages it reports, e.g. DBD's simclr / linear / mixmatch), and
+evaluation. Summing per defense shows which one to cut first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.leaderboard import md_table
+from bench.store import OK
+
+STAGES = ["attack_seconds", "backdoored_seconds", "defense_seconds", "eval_seconds"]
+
+
+def _seconds(df: pd.DataFrame, name: str) -> pd.Series:
+    """A timing column as floats (NaN where missing; tables may predate a column)."""
+    if name not in df:
+        return pd.Series(math.nan, index=df.index)
+    return pd.to_numeric(df[name], errors="coerce")
+
+
+def _built_backdoored_seconds(df: pd.DataFrame) -> pd.Series:
+    """Seconds spent training the undefended model, counted only in the trial that built it."""
+    seconds = _seconds(df, "backdoored_train_seconds").fillna(0.0)
+    if "backdoored_model_cache" not in df:
+        return seconds * 0.0
+    return seconds.where(df["backdoored_model_cache"].eq("built"), 0.0)
+
+
+def _defense_stages(df: pd.DataFrame) -> pd.DataFrame:
+    """One column per stage a defense reported (``stage_seconds`` JSON), NaN elsewhere."""
+    column = df["stage_seconds"] if "stage_seconds" in df else [""] * len(df)
+    parsed = [json.loads(s) if isinstance(s, str) and s else {} for s in column]
+    stages = pd.DataFrame(parsed, index=df.index)
+    return stages.drop(columns=["load"], errors="ignore")  # ``none``'s model load: not a stage
+
+
+def stage_breakdown(df: pd.DataFrame) -> pd.DataFrame:
+    """Per defense: trials, total seconds per stage, its own stages, and the wall total."""
+    rows = df[df["status"] == OK].copy() if "status" in df else df.iloc[:0]
+    if rows.empty:
+        return pd.DataFrame()
+    rows["backdoored_seconds"] = _built_backdoored_seconds(rows)
+    timed = pd.DataFrame({c: _seconds(rows, c) for c in [*STAGES, "wall_seconds"]})
+    table = pd.concat([rows[["defense"]], timed, _defense_stages(rows)], axis=1)
+    out = table.groupby("defense").sum(min_count=1)
+    out.insert(0, "trials", rows.groupby("defense").size())
+    total = out.drop(columns="trials").sum(min_count=1).to_frame("all").T
+    total.insert(0, "trials", len(rows))
+    return pd.concat([out, total])
+
+
+def grid_wall_seconds(df: pd.DataFrame) -> float:
+    """First trial start to last trial end (what the user waited), from the rows' timestamps."""
+    if df.empty or "started_at" not in df or "finished_at" not in df:
+        return math.nan
+    start = pd.to_numeric(df["started_at"], errors="coerce").min()  # Unix seconds
+    end = pd.to_numeric(df["finished_at"], errors="coerce").max()
+    return float(end - start) if pd.notna(start) and pd.notna(end) else math.nan
+
+
+def render_markdown(df: pd.DataFrame) -> str:
+    """The breakdown as a markdown table in minutes, plus the grid's wall time."""
+    table = stage_breakdown(df)
+    if table.empty:
+        return "no successful trials\n"
+    minutes = table.drop(columns="trials").div(60)
+    header = ["defense", "trials", *(c.removesuffix("_seconds") for c in minutes.columns)]
+    body = [
+        [name, str(int(table.loc[name, "trials"]))]
+        + ["" if pd.isna(v) else f"{v:.1f}" for v in minutes.loc[name]]
+        for name in minutes.index
+    ]
+    wall = grid_wall_seconds(df)
+    head = (
+        f"Grid wall time {wall / 60:.1f} min for {int(table.loc['all', 'trials'])} trials. "
+        "Stage totals in minutes (summed over concurrent trials, so they can exceed the wall "
+        "time); `backdoored` counts only trials that trained the undefended model.\n\n"
+    )
+    return head + "\n".join(md_table(header, body)) + "\n"
+
+
+def write_timing(df: pd.DataFrame, out_dir: Path) -> Path:
+    path = out_dir / "TIMING.md"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("# Where the time went\n\n" + render_markdown(df))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,47 @@
+"""The per-stage time breakdown of a grid, from result rows."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from bench.timing import grid_wall_seconds, render_markdown, stage_breakdown
+
+
+def _row(defense, started, wall, cache, stages, status="ok"):
+    return {
+        "defense": defense,
+        "status": status,
+        "attack_seconds": 2.0,
+        "backdoored_model_cache": cache,
+        "backdoored_train_seconds": 100.0,
+        "defense_seconds": sum(stages.values()),
+        "eval_seconds": 5.0,
+        "wall_seconds": wall,
+        "stage_seconds": json.dumps(stages),
+        "started_at": started,
+        "finished_at": started + wall,
+    }
+
+
+def test_breakdown_counts_the_undefended_model_once_and_expands_defense_stages():
+    df = pd.DataFrame(
+        [
+            _row("none", 1000.0, 110.0, "built", {"load": 0.1}),
+            _row("dbd", 1000.0, 400.0, "hit", {"simclr": 300.0, "linear": 20.0, "mixmatch": 70.0}),
+            _row("dbd", 1400.0, 50.0, "", {}, status="error"),
+        ]
+    )
+    table = stage_breakdown(df)
+    assert table.loc["none", "backdoored_seconds"] == 100.0  # built there
+    assert table.loc["dbd", "backdoored_seconds"] == 0.0  # loaded from the cache
+    assert table.loc["dbd", "simclr"] == 300.0 and math.isnan(table.loc["none", "simclr"])
+    assert "load" not in table.columns
+    assert table.loc["all", "trials"] == 2  # the error row is not timed
+    assert table.loc["all", "wall_seconds"] == pytest.approx(510.0)
+    assert grid_wall_seconds(df) == pytest.approx(450.0)  # first start to last end
+    text = render_markdown(df)
+    assert "Grid wall time 7.5 min for 2 trials" in text
+    assert "| defense | trials | attack | backdoored | defense | eval | wall | simclr |" in text
+    assert "| dbd | 1 | 0.0 | 0.0 | 6.5 | 0.1 | 6.7 | 5.0 | 0.3 | 1.2 |" in text
