@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
     )
     specs = expand_grid(preset)
+    if args.compile:
+        os.environ[settings.COMPILE_ENV] = "1"  # forwarded to the workers with every BENCH_*
     overrides = {
         "cpus_per_trial": args.cpus_per_trial,
         "gpus_per_trial": args.gpus_per_trial,
@@ -149,7 +152,12 @@ def cmd_perf(args: argparse.Namespace) -> int:
     for name in args.models:
         steps = args.steps or (20 if "cnn" in name else 4)
         r = measure(
-            name, batch_size=args.batch_size, steps=steps, repeats=args.repeats, device=args.device
+            name,
+            batch_size=args.batch_size,
+            steps=steps,
+            repeats=args.repeats,
+            device=args.device,
+            compile=args.compile,
         )
         print(
             f"{name:<18}{r.limit_img_s:>13.0f}{r.loop_img_s:>13.0f}{100 * r.overhead:>9.1f}%",
@@ -233,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retries", type=int, help="extra attempts for a failed trial")
     run.add_argument("--address", help="join an existing Ray cluster (host:port)")
     run.add_argument("--results-dir", help=f"default: ${settings.RESULTS_DIR_ENV} or ./results")
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        help=f"torch.compile training forward passes (sets ${settings.COMPILE_ENV}=1; for GPUs)",
+    )
     run.set_defaults(fn=cmd_run)
 
     lb = sub.add_parser("leaderboard", help="render LEADERBOARD.md and plots from the results")
@@ -267,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--repeats", type=int, default=3)
     perf.add_argument("--threads", type=int, default=0)
     perf.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    perf.add_argument("--compile", action="store_true", help="measure the torch.compile'd model")
     perf.set_defaults(fn=cmd_perf)
 
     check = sub.add_parser("check-defense", help="validate a defense plugin with a smoke trial")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.models import build_model
-from bench.train import TrainConfig, Trainer, prepare_model
+from bench.train import TrainConfig, Trainer, autocast, prepare_model
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ def _limit_seconds(
     model.train()
     start = time.perf_counter()
     for x, y in zip(batches, labels, strict=True):
-        loss = F.cross_entropy(model(x), y)
+        with autocast(device):  # the same precision as the loop (bf16 on CUDA)
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -59,8 +61,10 @@ def measure(
     repeats: int = 3,
     device: str = "cpu",
     num_classes: int = 10,
+    compile: bool = False,
 ) -> PerfResult:
-    """Best-of-``repeats`` images/s for the limit and for the loop, interleaved."""
+    """Best-of-``repeats`` images/s for the limit and for the loop, interleaved (with
+    ``compile``, both run the ``torch.compile``d model)."""
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     n = batch_size * steps
@@ -75,15 +79,16 @@ def measure(
     ]
     batch_labels = [labels[i : i + batch_size].to(dev) for i in range(0, n, batch_size)]
     config = TrainConfig(epochs=1, batch_size=batch_size, lr=0.01)
-    trainer = Trainer(dev)
-    # Warm-up: allocator, oneDNN/cuDNN kernel selection.
-    _limit_seconds(model, batches[:2], batch_labels[:2], dev)
+    trainer = Trainer(dev, compile=compile)
+    limit_model = torch.compile(model) if compile else model
+    # Warm-up: allocator, oneDNN/cuDNN kernel selection, compilation.
+    _limit_seconds(limit_model, batches[:2], batch_labels[:2], dev)
     trainer.fit(
         model, images[: 2 * batch_size], labels[: 2 * batch_size], config, seed=0, flip=True
     )
     limit_best = loop_best = float("inf")
     for _ in range(repeats):
-        limit_best = min(limit_best, _limit_seconds(model, batches, batch_labels, dev))
+        limit_best = min(limit_best, _limit_seconds(limit_model, batches, batch_labels, dev))
         stats = trainer.fit(model, images, labels, config, seed=0, flip=True)
         loop_best = min(loop_best, stats.seconds)
     return PerfResult(model_name, batch_size, steps, n / limit_best, n / loop_best)

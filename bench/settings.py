@@ -15,6 +15,8 @@ ARTIFACT_DIR_ENV = "BENCH_ARTIFACT_DIR"
 RESULTS_DIR_ENV = "BENCH_RESULTS_DIR"
 #: Set to 1 to forbid network downloads (tests, air-gapped clusters).
 OFFLINE_ENV = "BENCH_OFFLINE"
+#: Set to 1 to run training forward passes through ``torch.compile`` (worth it on GPUs).
+COMPILE_ENV = "BENCH_COMPILE"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,3 +53,7 @@ def results_dir() -> Path:
 
 def offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").lower() in {"1", "true", "yes"}
+
+
+def compile_models() -> bool:
+    return os.environ.get(COMPILE_ENV, "").lower() in {"1", "true", "yes"}

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import settings
 from bench.limits import check_time_limit
 
 
@@ -131,7 +132,8 @@ def random_crop_flip(
     return images
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (AMP), full precision elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -163,10 +165,13 @@ class Trainer:
         device: torch.device | str = "cpu",
         crop_padding: int = 4,
         progress: Callable[[str], None] | None = None,
+        compile: bool | None = None,
     ):
         self.device = torch.device(device)
         self.crop_padding = crop_padding
         self.progress = progress  # receives one line per epoch (trial logs)
+        #: Forward passes through ``torch.compile`` (default: ``$BENCH_COMPILE``).
+        self.compile = settings.compile_models() if compile is None else compile
 
     def fit(
         self,
@@ -185,6 +190,7 @@ class Trainer:
         hooks = hooks or TrainHooks()
         dev = self.device
         model = prepare_model(model, dev)
+        net = torch.compile(model) if self.compile else model  # shares model's parameters
         images, labels = images.to(dev), labels.to(dev)
         pool = torch.arange(len(labels), device=dev) if indices is None else indices.to(dev).long()
         gen = torch.Generator(device=dev).manual_seed(seed)
@@ -216,8 +222,8 @@ class Trainer:
                 x = x.float().div_(255)
                 x = x.contiguous(memory_format=torch.channels_last)
                 batch = hooks.transform_batch(Batch(x, labels[idx], idx), gen)
-                with _autocast(dev):
-                    logits = model(batch.x)
+                with autocast(dev):
+                    logits = net(batch.x)
                 loss = hooks.loss(logits.float(), batch, config)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -267,7 +273,7 @@ def predict_logits(
             if transform is not None:
                 x = transform(x)
             x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
-            with _autocast(dev):
+            with autocast(dev):
                 out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
