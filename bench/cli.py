@@ -69,8 +69,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             "them). Rerun the same command to retry only those.",
             summary.errors,
         )
-        return 3
-    return 0
+    if summary.not_run:
+        log.error(
+            "%d trial(s) did not run (interrupted); rerun the same command to run only those.",
+            summary.not_run,
+        )
+    return 3 if summary.errors or summary.not_run else 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ class GridSummary:
     errors: int
     run_dir: Path | None
     seconds: float
+    not_run: int = 0  # trials with no row at all (the run was interrupted)
 
 
 def _tune_trial(config: dict[str, Any]) -> None:
@@ -222,16 +223,19 @@ def run_grid(
     rows = store.read()
     ran = rows[rows["trial_id"].isin({s.trial_id for s in todo})] if not rows.empty else rows
     ok = int((ran["status"] == OK).sum()) if not ran.empty else 0
-    errors = len(todo) - ok
+    errors = len(ran) - ok
+    not_run = len(todo) - len(ran)
     seconds = time.time() - start
     log.info(
-        "grid finished in %s: %d ok, %d failed, %d skipped (already done)",
+        "grid finished in %s: %d ok, %d failed, %d not run, %d skipped (already done)",
         _format_duration(seconds),
         ok,
         errors,
+        not_run,
         skipped,
     )
-    return GridSummary(len(todo) + skipped, skipped, ok, errors, run_dir, seconds)
+    summary = GridSummary(len(todo) + skipped, skipped, ok, errors, run_dir, seconds, not_run)
+    return summary
 
 
 def _concurrency(resources: Resources) -> int:

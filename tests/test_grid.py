@@ -120,3 +120,16 @@ def test_killed_driver_then_rerun_loses_and_duplicates_nothing(tmp_path):
     assert len(df) == 6 and df["trial_id"].is_unique and set(df["status"]) == {"ok"}
     assert sorted(df["seed"].tolist()) == [0, 0, 1, 1, 2, 2]
     assert not list(Path(tmp_path).glob("*.tmp"))
+
+
+def test_an_interrupted_grid_counts_unrun_trials_apart_from_failures(tmp_path, monkeypatch):
+    """Trials that never ran (Ctrl-C) are 'not run', not 'failed': they have no traceback."""
+    from bench import runner
+    from bench.config import expand_grid, load_preset, with_overrides
+
+    monkeypatch.setattr(runner, "_connect_ray", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "_fit_with_tune", lambda *a, **k: None)  # stopped at once
+    preset = with_overrides(load_preset("smoke"), datasets=["cifar10"], attacks=["badnets"])
+    specs = expand_grid(preset)
+    summary = runner.run_grid(specs, preset.resources, results_dir=tmp_path)
+    assert (summary.ok, summary.errors, summary.not_run) == (0, 0, len(specs))
