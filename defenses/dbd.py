@@ -60,11 +60,25 @@ class LinearProbe(TrainHooks):
 
 
 class ResplitMixMatch(MixMatch):
-    """MixMatch whose labelled/unlabelled split is recomputed from SCE at every epoch start."""
+    """MixMatch whose labelled/unlabelled split is recomputed from SCE at every epoch start.
 
-    def __init__(self, images, labels, labelled_fraction: float, device, **kw):
+    With ``samples_per_epoch`` an epoch is that many labelled draws (the official epoch is 1024
+    iterations of 64, about 2.6 passes over CIFAR-10's labelled half) rather than one pass."""
+
+    def __init__(
+        self,
+        images,
+        labels,
+        labelled_fraction: float,
+        device,
+        samples_per_epoch: int = 0,
+        seed: int = 0,
+        **kw,
+    ):
         self.all_images, self.all_labels = images, labels
         self.labelled_fraction, self.device = labelled_fraction, device
+        self.samples_per_epoch = samples_per_epoch
+        self.generator = torch.Generator().manual_seed(seed)
         self.labelled = torch.empty(0, dtype=torch.long)
         self.fit_accuracy = float("nan")  # of the given labels at the last split
         super().__init__(images, torch.empty(0, dtype=torch.long), **kw)
@@ -76,7 +90,17 @@ class ResplitMixMatch(MixMatch):
         losses = symmetric_cross_entropy(logits, labels)
         self.labelled = lowest_fraction(losses, self.labelled_fraction)
         self.unlabelled = complement(self.labelled, len(self.all_labels)).to(self.images.device)
-        return self.labelled
+        return self.epoch_pool()
+
+    def epoch_pool(self) -> torch.Tensor:
+        """The labelled indices one epoch draws from: each once, or tiled (whole copies, then a
+        random remainder) to ``samples_per_epoch``."""
+        n = self.samples_per_epoch
+        if n <= 0:
+            return self.labelled
+        copies, rest = divmod(n, len(self.labelled))
+        extra = torch.randperm(len(self.labelled), generator=self.generator)[:rest]
+        return torch.cat([self.labelled.repeat(copies), self.labelled[extra]])
 
     def epoch_indices(self, epoch: int, model: nn.Module) -> torch.Tensor | None:
         return None if epoch == 0 else self.split(model)  # epoch 0 uses the caller's split
@@ -107,6 +131,7 @@ class DBD(Defense):
         # Stage 3: MixMatch
         labelled_fraction: float = 0.5  # epsilon
         semi_epochs: int = 190
+        semi_iterations: int = 1024  # per epoch, as the official code; 0: one labelled pass
         semi_lr: float = 2e-3
         semi_batch_size: int = 64
         mixmatch_temperature: float = 0.5
@@ -116,6 +141,8 @@ class DBD(Defense):
         def __post_init__(self) -> None:
             if min(self.simclr_epochs, self.warmup_epochs, self.semi_epochs) < 1:
                 raise ValueError("every DBD stage needs at least one epoch")
+            if self.semi_iterations < 0:
+                raise ValueError("semi_iterations must be >= 0 (0: one pass per epoch)")
             if self.simclr_schedule_epochs < self.simclr_epochs:
                 raise ValueError("simclr_schedule_epochs must be >= simclr_epochs")
             if not 0 < self.labelled_fraction < 1:
@@ -192,12 +219,15 @@ class DBD(Defense):
         """Stage 3's MixMatch hooks (they also compute the SCE split)."""
         p = self.params
         n_labelled = max(1, round(p.labelled_fraction * len(ctx.train.labels)))
-        steps = p.semi_epochs * math.ceil(n_labelled / p.semi_batch_size)
+        per_epoch = p.semi_iterations * p.semi_batch_size or n_labelled
+        steps = p.semi_epochs * math.ceil(per_epoch / p.semi_batch_size)
         return ResplitMixMatch(
             ctx.train.images.to(ctx.device),
             ctx.train.labels,
             p.labelled_fraction,
             ctx.device,
+            samples_per_epoch=p.semi_iterations * p.semi_batch_size,
+            seed=ctx.seed + 3,
             num_classes=ctx.num_classes,
             flip=ctx.allows_flip,
             temperature=p.mixmatch_temperature,

@@ -14,8 +14,8 @@ from attacks.base import poison_train_set
 from bench.models import build_model
 from bench.train import Batch, TrainConfig, Trainer
 from defenses.base import DefenseContext, LabelledImages
-from defenses.dbd import DBD, symmetric_cross_entropy
-from defenses.shared import MixMatch
+from defenses.dbd import DBD, ResplitMixMatch, symmetric_cross_entropy
+from defenses.shared import MixMatch, lowest_fraction
 from defenses.ssl import color_jitter, nt_xent, random_resized_crop, simclr_view
 
 CPU = torch.device("cpu")
@@ -94,13 +94,24 @@ def test_batched_simclr_augmentations_stay_valid_and_vary_per_image(cifar_batch)
     assert not torch.allclose(a, b)
 
 
-def test_dbd_runs_all_three_stages_and_flags_the_low_credibility_half(cifar10):
-    """Plumbing on real data. Whether the split beats chance needs a SimCLR backbone trained
-    far longer than a test can afford: at 2,000 images x 4 epochs the labelled half held 13%
-    poisoned samples (chance: 10%); see the DBD notes in README."""
-    sub = cifar10.subset(600, 10, seed=0)
-    poisoned = poison_train_set(BadNets(), sub.train_x, sub.train_y, 0.1, 0, seed=0, device=CPU)
-    ctx = DefenseContext(
+def test_an_official_mixmatch_epoch_tiles_the_labelled_split():
+    """An epoch of 1,024 iterations x 64 draws every labelled sample equally often (whole copies,
+    then a random remainder), and the flagged half stays the unique low-credibility samples."""
+    losses = torch.arange(10.0)
+    images = torch.zeros(10, 3, 4, 4, dtype=torch.uint8)
+    hooks = ResplitMixMatch(images, torch.zeros(10, dtype=torch.long), 0.5, CPU,
+                            samples_per_epoch=12, num_classes=2, flip=False)  # fmt: skip
+    hooks.labelled = lowest_fraction(losses, 0.5)
+    pool = hooks.epoch_pool()
+    assert len(pool) == 12 and set(pool.tolist()) == {0, 1, 2, 3, 4}
+    counts = torch.bincount(pool, minlength=5)
+    assert counts.min() >= 2 and counts.max() <= 3
+    hooks.samples_per_epoch = 0
+    assert hooks.epoch_pool().tolist() == [0, 1, 2, 3, 4]
+
+
+def _context(sub, poisoned) -> DefenseContext:
+    return DefenseContext(
         train=LabelledImages(poisoned.images, poisoned.labels),
         num_classes=10,
         allows_flip=True,
@@ -111,8 +122,15 @@ def test_dbd_runs_all_three_stages_and_flags_the_low_credibility_half(cifar10):
         seed=0,
         dataset="cifar10",
     )
+
+
+def test_dbd_runs_all_three_stages_and_flags_the_low_credibility_half(cifar10):
+    """Plumbing on real data (tiny budgets)."""
+    sub = cifar10.subset(600, 10, seed=0)
+    poisoned = poison_train_set(BadNets(), sub.train_x, sub.train_y, 0.1, 0, seed=0, device=CPU)
+    ctx = _context(sub, poisoned)
     dbd = DBD(simclr_epochs=1, simclr_schedule_epochs=1, simclr_batch_size=128, warmup_epochs=1)
-    out = DBD(**{**dbd.describe(), "semi_epochs": 2}).run(ctx)
+    out = DBD(**{**dbd.describe(), "semi_epochs": 2, "semi_iterations": 3}).run(ctx)
     assert len(out.flagged) == 300 and out.scores.shape == (600,)
     assert set(out.stage_seconds) == {"simclr", "linear", "mixmatch"}
     assert all(p.requires_grad for p in out.model.parameters())  # the backbone was unfrozen
