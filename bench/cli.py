@@ -145,7 +145,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_perf(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.perf import measure
+    from bench.perf import measure, measure_simclr_augmentation
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,6 +165,14 @@ def cmd_perf(args: argparse.Namespace) -> int:
         )
         print(
             f"{name:<18}{r.limit_img_s:>13.0f}{r.loop_img_s:>13.0f}{100 * r.overhead:>9.1f}%",
+            flush=True,
+        )
+    print("DBD's SimCLR step (two batched views of each image):")
+    for name in args.models:
+        a = measure_simclr_augmentation(name, batch_size=args.batch_size, device=args.device)
+        print(
+            f"  {name:<16} augmentation {1000 * a.augment_s:6.1f} ms of a "
+            f"{1000 * a.step_s:7.1f} ms step ({100 * a.share:.1f}%)",
             flush=True,
         )
     return 0

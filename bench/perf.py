@@ -92,3 +92,55 @@ def measure(
         stats = trainer.fit(model, images, labels, config, seed=0, flip=True)
         loop_best = min(loop_best, stats.seconds)
     return PerfResult(model_name, batch_size, steps, n / limit_best, n / loop_best)
+
+
+@dataclass(frozen=True)
+class AugmentationShare:
+    model: str
+    batch_size: int
+    augment_s: float  # two SimCLR views of one batch
+    step_s: float  # the whole SimCLR step: views, forward, NT-Xent, backward, optimiser
+
+    @property
+    def share(self) -> float:
+        return self.augment_s / self.step_s
+
+
+def measure_simclr_augmentation(
+    model_name: str, *, batch_size: int = 256, steps: int = 5, device: str = "cpu"
+) -> AugmentationShare:
+    """How much of a DBD SimCLR step the batched augmentations take (best of ``steps``)."""
+    from defenses.ssl import Contrastive, nt_xent, simclr_view
+
+    dev = torch.device(device)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, device=dev)
+    model = prepare_model(Contrastive(build_model(model_name, 10)), dev).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def views() -> torch.Tensor:
+        batch = x.float().div(255)
+        out = torch.cat([simclr_view(batch, gen), simclr_view(batch, gen)])
+        return out.contiguous(memory_format=torch.channels_last)
+
+    augment = step = float("inf")
+    for _ in range(steps + 1):  # the first round warms up
+        sync()
+        t0 = time.perf_counter()
+        v = views()
+        sync()
+        t1 = time.perf_counter()
+        with autocast(dev):
+            z = model(v)
+        loss = nt_xent(*z.float().chunk(2), temperature=0.5)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync()
+        t2 = time.perf_counter()
+        augment, step = min(augment, t1 - t0), min(step, t2 - t0)
+    return AugmentationShare(model_name, batch_size, augment, step)
