@@ -59,6 +59,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
             break
         logger.error("attempt %d/%d: %s", attempt, attempts, row["error"])
     row["attempts"] = attempt
+    row["run"] = Path(config["log_dir"]).parent.name  # the results/runs/<run> that ran it
     row["ray_node"] = ray.get_runtime_context().get_node_id()
     row["node_ip"] = ray.util.get_node_ip_address()
     ResultsStore(Path(config["store"])).upsert([row])

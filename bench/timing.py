@@ -81,11 +81,19 @@ def render_markdown(df: pd.DataFrame) -> str:
     ]
     wall = grid_wall_seconds(df)
     head = (
-        f"Grid wall time {wall / 60:.1f} min for {int(table.loc['all', 'trials'])} trials. "
-        "Stage totals in minutes (summed over concurrent trials, so they can exceed the wall "
-        "time); `backdoored` counts only trials that trained the undefended model.\n\n"
+        f"Wall time {wall / 60:.1f} min from the first trial's start to the last one's end, "
+        f"{int(table.loc['all', 'trials'])} trials. Stage totals in minutes (summed over "
+        "concurrent trials, so they can exceed the wall time); `backdoored` counts only trials "
+        "that trained the undefended model.\n\n"
     )
-    return head + "\n".join(md_table(header, body)) + "\n"
+    runs = ""
+    if "run" in df and df["run"].notna().any():
+        per_run = [
+            f"- run `{name}`: {len(rows)} trials, {grid_wall_seconds(rows) / 60:.1f} min"
+            for name, rows in df.groupby("run", sort=True)
+        ]
+        runs = "\nPer run (`results/runs/<run>`):\n\n" + "\n".join(per_run) + "\n"
+    return head + "\n".join(md_table(header, body)) + "\n" + runs
 
 
 def write_timing(df: pd.DataFrame, out_dir: Path) -> Path:

@@ -42,6 +42,17 @@ def test_breakdown_counts_the_undefended_model_once_and_expands_defense_stages()
     assert table.loc["all", "wall_seconds"] == pytest.approx(510.0)
     assert grid_wall_seconds(df) == pytest.approx(450.0)  # first start to last end
     text = render_markdown(df)
-    assert "Grid wall time 7.5 min for 2 trials" in text
+    assert "Wall time 7.5 min from the first trial's start to the last one's end, 2 trials" in text
     assert "| defense | trials | attack | backdoored | defense | eval | wall | simclr |" in text
     assert "| dbd | 1 | 0.0 | 0.0 | 6.5 | 0.1 | 6.7 | 5.0 | 0.3 | 1.2 |" in text
+
+
+def test_wall_time_is_also_given_per_run():
+    df = pd.DataFrame(
+        [
+            {**_row("none", 0.0, 60.0, "built", {}), "run": "a"},
+            {**_row("none", 600.0, 120.0, "hit", {}), "run": "b"},
+        ]
+    )
+    text = render_markdown(df)
+    assert "- run `a`: 1 trials, 1.0 min" in text and "- run `b`: 1 trials, 2.0 min" in text
