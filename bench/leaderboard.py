@@ -161,7 +161,7 @@ def render_markdown(df: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
     return "\n".join(out)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -174,7 +174,7 @@ def render(df: pd.DataFrame, out_dir: Path, gallery: bool = True) -> Rendered:
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(df)
     md = out_dir / "LEADERBOARD.md"
-    _write_text(md, render_markdown(df, agg))
+    write_text_atomic(md, render_markdown(df, agg))
     exports = [out_dir / "leaderboard.csv", out_dir / "leaderboard.parquet"]
     agg.to_csv(exports[0], index=False)
     if not agg.empty:
@@ -184,5 +184,5 @@ def render(df: pd.DataFrame, out_dir: Path, gallery: bool = True) -> Rendered:
     timing.write_timing(df, out_dir)
     plot_files = plots.render_all(df, agg, out_dir / "plots", gallery=gallery)
     html = out_dir / "index.html"
-    _write_text(html, page.render_page(df, agg, ranking(agg), plot_files))
+    write_text_atomic(html, page.render_page(df, agg, ranking(agg), plot_files))
     return Rendered(markdown=md, page=html, exports=exports, plots=plot_files)

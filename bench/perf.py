@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.models import build_model
-from bench.train import TrainConfig, Trainer, autocast, prepare_model
+from bench.train import Batch, TrainConfig, Trainer, autocast, prepare_model
 
 
 @dataclass(frozen=True)
@@ -109,34 +109,32 @@ class AugmentationShare:
 def measure_simclr_augmentation(
     model_name: str, *, batch_size: int = 256, steps: int = 5, device: str = "cpu"
 ) -> AugmentationShare:
-    """How much of a DBD SimCLR step the batched augmentations take (best of ``steps``)."""
-    from defenses.ssl import Contrastive, nt_xent, simclr_view
+    """How much of a DBD SimCLR step the batched augmentations take (best of ``steps``), timed
+    through the hooks DBD trains with."""
+    from defenses.ssl import Contrastive, SimCLRHooks
 
     dev = torch.device(device)
     gen = torch.Generator(device=dev).manual_seed(0)
     x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, device=dev)
+    batch = Batch(x.float().div(255), torch.zeros(batch_size, dtype=torch.long, device=dev), x)
     model = prepare_model(Contrastive(build_model(model_name, 10)), dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    hooks, config = SimCLRHooks(temperature=0.5, flip=True), TrainConfig()
 
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    def views() -> torch.Tensor:
-        batch = x.float().div(255)
-        out = torch.cat([simclr_view(batch, gen), simclr_view(batch, gen)])
-        return out.contiguous(memory_format=torch.channels_last)
-
     augment = step = float("inf")
     for _ in range(steps + 1):  # the first round warms up
         sync()
         t0 = time.perf_counter()
-        v = views()
+        views = hooks.transform_batch(batch, gen)
         sync()
         t1 = time.perf_counter()
         with autocast(dev):
-            z = model(v)
-        loss = nt_xent(*z.float().chunk(2), temperature=0.5)
+            z = model(views.x)
+        loss = hooks.loss(z.float(), views, config)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

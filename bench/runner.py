@@ -235,8 +235,7 @@ def run_grid(
         not_run,
         skipped,
     )
-    summary = GridSummary(len(todo) + skipped, skipped, ok, errors, run_dir, seconds, not_run)
-    return summary
+    return GridSummary(len(todo) + skipped, skipped, ok, errors, run_dir, seconds, not_run)
 
 
 def _concurrency(resources: Resources) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.leaderboard import md_table
+from bench.leaderboard import md_table, write_text_atomic
 from bench.store import OK
 
 STAGES = ["attack_seconds", "backdoored_seconds", "defense_seconds", "eval_seconds"]
@@ -98,7 +98,5 @@ def render_markdown(df: pd.DataFrame) -> str:
 
 def write_timing(df: pd.DataFrame, out_dir: Path) -> Path:
     path = out_dir / "TIMING.md"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("# Where the time went\n\n" + render_markdown(df))
-    tmp.replace(path)
+    write_text_atomic(path, "# Where the time went\n\n" + render_markdown(df))
     return path
