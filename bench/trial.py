@@ -29,6 +29,7 @@ from bench.errors import BenchError
 from bench.limits import TrialTimeout, time_limit
 from bench.models import build_model
 from bench.poisoning import cell_spec, poisoned_sets
+from bench.stages import CellStageCache
 from bench.train import TrainConfig, Trainer, TrainHooks, predict
 from defenses.base import DefenseContext, LabelledImages
 
@@ -134,9 +135,12 @@ class BackdooredModelLoader:
         return {"state_dict": state, "train_seconds": stats.seconds}
 
     def __call__(self) -> nn.Module:
-        fetched = ArtifactCache().get_or_build(
-            "backdoored_model", self.artifact_spec(), self._build
-        )
+        # Building must not move the global RNG: what runs after this call sees the same RNG
+        # state whether the model was trained here or loaded.
+        with torch.random.fork_rng(devices=[]):
+            fetched = ArtifactCache().get_or_build(
+                "backdoored_model", self.artifact_spec(), self._build
+            )
         self.cache_status = "hit" if fetched.hit else "built"
         self.train_seconds = float(fetched.value["train_seconds"])
         model = self.make_model()
@@ -191,6 +195,7 @@ def run_trial(
         device,
         attack_hooks=attack.training_hooks(spec.ratio, spec.target),
     )
+    stage_cache = CellStageCache(cell_spec(spec, data))
     clean = None
     if "clean_subset" in defense.needs:
         idx = clean_subset_indices(poisoned.poison_mask, spec.clean_fraction, spec.seed)
@@ -215,6 +220,8 @@ def run_trial(
         name=spec.defense,
         log=report,
         dataset=spec.dataset,
+        stage_cache=stage_cache,
+        plain_backdoored_model=loader if loader.attack_hooks is None else None,
     )
     t_defense = time.perf_counter()
     output = defense.run(ctx)
@@ -266,6 +273,7 @@ def run_trial(
         "attack_artifacts": json.dumps(
             [{"kind": k, "cache": c, "seconds": round(t, 2)} for k, c, t in attack_ctx.artifact_log]
         ),
+        "defense_artifacts": json.dumps(stage_cache.log),
         "n_clean_subset": 0 if clean is None else len(clean.labels),
         **detection,
         "peak_memory_mb": peak_memory_mb(device),

@@ -78,7 +78,6 @@ class ABL(Defense):
         stages: dict[str, float] = {}
 
         start = time.perf_counter()
-        model = ctx.make_model()
         isolation = TrainConfig(
             epochs=p.isolation_epochs,
             batch_size=p.batch_size,
@@ -87,18 +86,13 @@ class ABL(Defense):
             schedule="constant",
         )
         found = isolate_by_loss(
-            model,
-            images,
-            labels,
-            ctx.trainer,
+            ctx,
             isolation,
             gamma=p.gamma,
             per_sample=p.isolation_loss == "lga",
             fraction=p.isolation_ratio,
-            seed=ctx.seed,
-            flip=ctx.allows_flip,
         )
-        losses, isolated = found.losses, found.isolated
+        model, losses, isolated = found.model, found.losses, found.isolated
         stages["isolation"] = time.perf_counter() - start
         ctx.log(f"abl: isolated {len(isolated)} samples (loss <= {losses[isolated].max():.4f})")
 

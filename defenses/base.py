@@ -13,9 +13,9 @@ and BPP that is the per-batch poisoning loop.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -25,6 +25,15 @@ from bench.train import InputTransform, TrainConfig, Trainer, TrainHooks
 
 #: Resources a defense can ask the harness for.
 NEEDS = frozenset({"poisoned_train", "clean_subset", "backdoored_model"})
+
+
+class StageCache(Protocol):
+    """Builds a defense stage's result once per cell and hands it to every defense that asks for
+    the same stage with the same parameters (:class:`bench.stages.CellStageCache`)."""
+
+    def __call__(
+        self, kind: str, params: Mapping[str, Any], seed: int, build: Callable[[], dict]
+    ) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,11 @@ class DefenseContext:
     log: Callable[[str], None] = print
     #: The dataset's registry name (for per-dataset defaults such as DBD's lambda_u).
     dataset: str = ""
+    #: Shares stages that several defenses compute identically; None: every stage is built here.
+    stage_cache: StageCache | None = None
+    #: The cached backdoored model when it *is* plain training on ``train`` with
+    #: ``train_config`` (static attacks); None otherwise. Used by :meth:`supervised_model`.
+    plain_backdoored_model: Callable[[], nn.Module] | None = None
 
     def backdoored_model(self) -> nn.Module:
         """The model plain training on the poisoned set produces (trained once, then cached)."""
@@ -62,6 +76,31 @@ class DefenseContext:
                 "'backdoored_model' in its needs"
             )
         return self.load_backdoored_model()
+
+    def supervised_model(self, config: TrainConfig | None = None) -> nn.Module:
+        """A fresh model trained on the poisoned set with ``config`` (default: the preset's).
+
+        When that is exactly the computation that produced the backdoored model (same recipe,
+        seed and data, a static attack), the cached backdoored model is returned instead of
+        training the same weights again."""
+        config = config or self.train_config
+        if config == self.train_config and self.plain_backdoored_model is not None:
+            return self.plain_backdoored_model()
+        return self.train_model(config=config)
+
+    def shared_stage(self, kind: str, params: Mapping[str, Any], build: Callable[[], dict]) -> dict:
+        """The result of ``build()``, a stage other defenses may run with the same ``params``
+        (e.g. loss-guided isolation, shared by ABL and NAB): built once per cell and cached.
+
+        ``params`` must name everything besides the cell (data, attack, seed) that the result
+        depends on. ``build`` runs with the global RNG seeded from the trial's seed and restored
+        afterwards, so the result and everything after it are the same whether it was built here
+        or loaded."""
+        if self.stage_cache is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed + 1)
+                return build()
+        return self.stage_cache(kind, params, self.seed + 1, build)
 
     def require_clean_subset(self) -> LabelledImages:
         if self.clean_subset is None:

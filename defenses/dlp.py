@@ -86,12 +86,12 @@ class DLP(Defense):
         stages: dict[str, float] = {}
 
         start = time.perf_counter()
-        model = ctx.make_model()
-        # SL is standard supervised training: the preset's recipe with DLP's epochs and lr.
+        # SL is standard supervised training: the preset's recipe with DLP's epochs and lr. When
+        # that equals the preset's recipe, it is the backdoored model, trained once per cell.
         sl = dataclasses.replace(
             ctx.train_config, epochs=p.sl_epochs, lr=p.sl_lr, weight_decay=p.weight_decay
         )
-        ctx.trainer.fit(model, images, labels, sl, seed=ctx.seed, flip=ctx.allows_flip)
+        model = ctx.supervised_model(sl)
         stages["supervised"] = time.perf_counter() - start
 
         start = time.perf_counter()

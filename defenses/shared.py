@@ -7,6 +7,7 @@ none has a training loop of its own.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -16,11 +17,12 @@ from torch import nn
 from bench.train import (
     Batch,
     TrainConfig,
-    Trainer,
     TrainHooks,
     predict_logits,
+    prepare_model,
     random_crop_flip,
 )
+from defenses.base import DefenseContext
 
 # --------------------------------------------------------------------------- ranking
 
@@ -93,32 +95,49 @@ class Isolation:
 
 
 def isolate_by_loss(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    trainer: Trainer,
+    ctx: DefenseContext,
     config: TrainConfig,
     *,
     gamma: float,
     per_sample: bool,
     fraction: float,
-    seed: int,
-    flip: bool,
 ) -> Isolation:
-    """Loss-guided isolation (ABL phase A, NAB's LGA detector): train ``model`` with the
-    flooding/LGA loss and no augmentation, then take the ``fraction`` of samples with the lowest
-    loss: backdoor samples are learned first, so they sink to the bottom."""
-    trainer.fit(
-        model,
-        images,
-        labels,
-        config,
-        seed=seed,
-        flip=flip,
-        augment=False,
-        hooks=LossGuidedIsolation(gamma, per_sample=per_sample),
-    )
-    losses = per_sample_losses(model, images, labels, trainer.device)
+    """Loss-guided isolation (ABL phase A, NAB's LGA detector): train a fresh model on the
+    poisoned set with the flooding/LGA loss and no augmentation, then take the ``fraction`` of
+    samples with the lowest loss: backdoor samples are learned first, so they sink to the bottom.
+
+    The trained model and its losses are a shared stage: defenses of the same cell that isolate
+    with the same budget (ABL and NAB in the quick preset) train it once."""
+    images, labels = ctx.train.images, ctx.train.labels
+
+    def build() -> dict:
+        model = ctx.make_model()
+        ctx.trainer.fit(
+            model,
+            images,
+            labels,
+            config,
+            seed=ctx.seed,
+            flip=ctx.allows_flip,
+            augment=False,
+            hooks=LossGuidedIsolation(gamma, per_sample=per_sample),
+        )
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        losses = per_sample_losses(model, images, labels, ctx.trainer.device)
+        return {"state_dict": state, "losses": losses}
+
+    params = {
+        "config": dataclasses.asdict(config),
+        "gamma": gamma,
+        "per_sample": per_sample,
+        "flip": ctx.allows_flip,
+    }
+    stage = ctx.shared_stage("loss_guided_isolation", params, build)
+    with torch.random.fork_rng(devices=[]):  # loading must not move the global RNG either
+        model = ctx.make_model()
+    model.load_state_dict(stage["state_dict"])
+    prepare_model(model, ctx.device)
+    losses = stage["losses"]
     return Isolation(model, losses, lowest_fraction(losses, fraction))
 
 

@@ -1,6 +1,7 @@
 """Whole trials on real CIFAR-10 subsets: attacks succeed without a defense; seeds reproduce."""
 
 import dataclasses
+import json
 import shutil
 
 import pytest
@@ -74,3 +75,44 @@ def test_a_failing_trial_becomes_an_error_row_with_traceback():
     assert row["status"] == "error"
     assert "maximum possible ratio" in row["error"] and "Traceback" in row["error"]
     assert row["trial_id"] == spec.trial_id and row["attack"] == "badnets"
+
+
+def test_defenses_of_one_cell_share_stages_without_changing_numbers(tmp_path, monkeypatch):
+    """DLP's supervised stage is the backdoored model and NAB's detection is ABL's isolation run
+    when their budgets match (as in the quick preset): each is trained once per cell, and a
+    trial's numbers are the same whether it built the shared stage or loaded it."""
+    small = {
+        "abl": {"isolation_epochs": 1, "finetune_epochs": 1, "unlearning_epochs": 1},
+        "dlp": {"sl_epochs": 1, "au_epochs": 1, "assf_epochs": 1},
+        "nab": {"detection_epochs": 1, "detection_batch_size": 128, "pseudo_label_epochs": 1},
+    }
+    base = _spec("badnets", 1000, 1)
+
+    def run(defense: str, artifacts: str) -> dict:
+        monkeypatch.setenv("BENCH_ARTIFACT_DIR", str(tmp_path / artifacts))
+        params = {**base.defense_params, **small.get(defense, {})} if defense in small else {}
+        spec = dataclasses.replace(
+            base,
+            defense=defense,
+            defense_params=params,
+            clean_fraction=0.05 if defense == "nab" else 0.0,
+        )
+        return run_trial(spec, device=CPU)
+
+    # One order: the undefended model and ABL build, DLP and NAB load.
+    run("none", "a")
+    dlp, abl, nab = run("dlp", "a"), run("abl", "a"), run("nab", "a")
+    assert dlp["backdoored_model_cache"] == "hit"
+    stages = [json.loads(r["defense_artifacts"]) for r in (abl, nab)]
+    assert [[(s["kind"], s["cache"]) for s in st] for st in stages] == [
+        [("loss_guided_isolation", "built")],
+        [("loss_guided_isolation", "hit")],
+    ]
+    # The other order, from scratch: DLP and NAB build what they loaded before.
+    nab2, abl2, dlp2 = run("nab", "b"), run("abl", "b"), run("dlp", "b")
+    assert dlp2["backdoored_model_cache"] == "built"
+    assert json.loads(nab2["defense_artifacts"])[0]["cache"] == "built"
+    assert json.loads(abl2["defense_artifacts"])[0]["cache"] == "hit"
+    for name, first, second in (("dlp", dlp, dlp2), ("abl", abl, abl2), ("nab", nab, nab2)):
+        for key in ("ca", "asr", "ra", "det_tp", "det_fp", "det_auroc"):
+            assert first[key] == second[key], (name, key, first[key], second[key])
