@@ -181,6 +181,16 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
         )
 
 
+def run_order(specs: list[TrialSpec]) -> list[TrialSpec]:
+    """Defense-major order, `none` first: the `none` trials build the backdoored models that
+    later defenses reuse, and each defense runs after the ones before it in the grid, so a stage
+    two defenses share (ABL's isolation, NAB's detection) is usually ready when the second needs
+    it. Cell-major order would run both on one cell at once, the second waiting on the first's
+    artifact lock with its CPU idle."""
+    rank = {d: i for i, d in enumerate(dict.fromkeys(s.defense for s in specs))}
+    return sorted(specs, key=lambda s: (s.defense != "none", rank[s.defense]))
+
+
 def run_grid(
     specs: list[TrialSpec],
     resources: Resources,
@@ -194,11 +204,7 @@ def run_grid(
     results_dir = Path(results_dir or settings.results_dir())
     store = ResultsStore(results_dir / "results.parquet")
     done_ids = store.ok_ids()
-    # `none` trials first: they build the backdoored models that post-training defenses reuse,
-    # so those mostly find the artifact ready instead of waiting on its lock.
-    todo = sorted(
-        (s for s in specs if s.trial_id not in done_ids), key=lambda s: s.defense != "none"
-    )
+    todo = run_order([s for s in specs if s.trial_id not in done_ids])
     skipped = len(specs) - len(todo)
     if not todo:
         log.info("all %d trials already have ok rows in %s; nothing to run", len(specs), store.path)

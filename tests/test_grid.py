@@ -1,5 +1,6 @@
 """The grid end to end through Ray Tune: table, leaderboard, skip on rerun, kill and resume."""
 
+import itertools
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
+from bench.config import expand_grid, load_preset, with_overrides
+from bench.runner import run_order
 from bench.store import ResultsStore
 
 SMOKE = ["run", "--preset", "smoke", "--datasets", "cifar10"]
@@ -133,3 +136,18 @@ def test_an_interrupted_grid_counts_unrun_trials_apart_from_failures(tmp_path, m
     specs = expand_grid(preset)
     summary = runner.run_grid(specs, preset.resources, results_dir=tmp_path)
     assert (summary.ok, summary.errors, summary.not_run) == (0, 0, len(specs))
+
+
+def test_run_order_puts_none_first_and_shared_stages_before_their_second_user():
+    preset = with_overrides(
+        load_preset("quick"), attacks=["badnets", "blended", "sig"], defenses=["nab", "abl", "none"]
+    )
+    order = run_order(list(reversed(expand_grid(preset))))
+    defenses = [s.defense for s in order]
+    assert defenses == ["none"] * 3 + [defenses[3]] * 3 + [defenses[6]] * 3
+    assert sorted(order, key=lambda s: s.trial_id) == sorted(
+        expand_grid(preset), key=lambda s: s.trial_id
+    )
+    # two workers never start on the same cell at once
+    cell = [(s.attack, s.ratio, s.seed) for s in order]
+    assert all(a != b for a, b in itertools.pairwise(cell))
