@@ -67,11 +67,7 @@ def grid_wall_seconds(df: pd.DataFrame) -> float:
     return float(end - start) if pd.notna(start) and pd.notna(end) else math.nan
 
 
-def render_markdown(df: pd.DataFrame) -> str:
-    """The breakdown as a markdown table in minutes, plus the grid's wall time."""
-    table = stage_breakdown(df)
-    if table.empty:
-        return "no successful trials\n"
+def _table(table: pd.DataFrame) -> list[str]:
     minutes = table.drop(columns="trials").div(60)
     header = ["defense", "trials", *(c.removesuffix("_seconds") for c in minutes.columns)]
     body = [
@@ -79,21 +75,40 @@ def render_markdown(df: pd.DataFrame) -> str:
         + ["" if pd.isna(v) else f"{v:.1f}" for v in minutes.loc[name]]
         for name in minutes.index
     ]
-    wall = grid_wall_seconds(df)
+    return md_table(header, body)
+
+
+def _one_run(df: pd.DataFrame) -> str:
+    table = stage_breakdown(df)
+    if table.empty:
+        return "no successful trials\n"
     head = (
-        f"Wall time {wall / 60:.1f} min from the first trial's start to the last one's end, "
-        f"{int(table.loc['all', 'trials'])} trials. Stage totals in minutes (summed over "
-        "concurrent trials, so they can exceed the wall time); `backdoored` counts only trials "
-        "that trained the undefended model.\n\n"
+        f"Wall time {grid_wall_seconds(df) / 60:.1f} min from the first trial's start to the last "
+        f"one's end, {int(table.loc['all', 'trials'])} trials. Stage totals in minutes (summed "
+        "over concurrent trials, so they can exceed the wall time); `backdoored` counts only "
+        "trials that trained the undefended model.\n\n"
     )
-    runs = ""
-    if "run" in df and df["run"].notna().any():
-        per_run = [
-            f"- run `{name}`: {len(rows)} trials, {grid_wall_seconds(rows) / 60:.1f} min"
-            for name, rows in df.groupby("run", sort=True)
-        ]
-        runs = "\nPer run (`results/runs/<run>`):\n\n" + "\n".join(per_run) + "\n"
-    return head + "\n".join(md_table(header, body)) + "\n" + runs
+    return head + "\n".join(_table(table)) + "\n"
+
+
+def render_markdown(df: pd.DataFrame) -> str:
+    """The breakdown as markdown tables in minutes: one per run (``run`` column) with that run's
+    wall time, then all rows together when the table holds several runs."""
+    runs = df["run"].fillna("").astype(str) if "run" in df else pd.Series("", index=df.index)
+    if runs.nunique() <= 1:
+        return _one_run(df)
+    parts = []
+    for name, rows in df.groupby(runs, sort=True):
+        title = f"Run `{name}` (`results/runs/{name}`)" if name else "Rows without a run name"
+        parts.append(f"## {title}\n\n{_one_run(rows)}")
+    table = stage_breakdown(df)
+    if not table.empty:
+        parts.append(
+            "## All rows\n\nEvery run together (wall times are per run, above).\n\n"
+            + "\n".join(_table(table))
+            + "\n"
+        )
+    return "\n".join(parts)
 
 
 def write_timing(df: pd.DataFrame, out_dir: Path) -> Path:

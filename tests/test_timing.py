@@ -47,7 +47,7 @@ def test_breakdown_counts_the_undefended_model_once_and_expands_defense_stages()
     assert "| dbd | 1 | 0.0 | 0.0 | 6.5 | 0.1 | 6.7 | 5.0 | 0.3 | 1.2 |" in text
 
 
-def test_wall_time_is_also_given_per_run():
+def test_each_run_gets_its_own_wall_time_and_breakdown():
     df = pd.DataFrame(
         [
             {**_row("none", 0.0, 60.0, "built", {}), "run": "a"},
@@ -55,4 +55,7 @@ def test_wall_time_is_also_given_per_run():
         ]
     )
     text = render_markdown(df)
-    assert "- run `a`: 1 trials, 1.0 min" in text and "- run `b`: 1 trials, 2.0 min" in text
+    run_a, run_b = text.index("## Run `a`"), text.index("## Run `b`")
+    assert run_a < text.index("Wall time 1.0 min", run_a) < run_b
+    assert text.index("Wall time 2.0 min", run_b) < text.index("## All rows")
+    assert "Wall time" not in text[text.index("## All rows") :]
