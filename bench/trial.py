@@ -135,9 +135,11 @@ class BackdooredModelLoader:
         return {"state_dict": state, "train_seconds": stats.seconds}
 
     def __call__(self) -> nn.Module:
-        # Building must not move the global RNG: what runs after this call sees the same RNG
-        # state whether the model was trained here or loaded.
+        # The model must not depend on which trial of the cell builds it, and building must not
+        # move the global RNG (what runs next sees the same state, built or loaded): train under
+        # the state every trial's defense starts from, then restore the caller's.
         with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.spec.seed + 1)
             fetched = ArtifactCache().get_or_build(
                 "backdoored_model", self.artifact_spec(), self._build
             )
