@@ -78,13 +78,19 @@ def _table(table: pd.DataFrame) -> list[str]:
     return md_table(header, body)
 
 
-def _one_run(df: pd.DataFrame) -> str:
+def _one_run(df: pd.DataFrame, timed: bool = True) -> str:
     table = stage_breakdown(df)
     if table.empty:
         return "no successful trials\n"
-    head = (
+    wall = (
         f"Wall time {grid_wall_seconds(df) / 60:.1f} min from the first trial's start to the last "
-        f"one's end, {int(table.loc['all', 'trials'])} trials. Stage totals in minutes (summed "
+        "one's end, "
+        if timed
+        else "Rows from tables older than the `run` column, possibly from several runs (so no "
+        "wall time), "
+    )
+    head = (
+        f"{wall}{int(table.loc['all', 'trials'])} trials. Stage totals in minutes (summed "
         "over concurrent trials, so they can exceed the wall time); `backdoored` counts only "
         "trials that trained the undefended model.\n\n"
     )
@@ -100,7 +106,7 @@ def render_markdown(df: pd.DataFrame) -> str:
     parts = []
     for name, rows in df.groupby(runs, sort=True):
         title = f"Run `{name}` (`results/runs/{name}`)" if name else "Rows without a run name"
-        parts.append(f"## {title}\n\n{_one_run(rows)}")
+        parts.append(f"## {title}\n\n{_one_run(rows, timed=bool(name))}")
     table = stage_breakdown(df)
     if not table.empty:
         parts.append(

@@ -59,3 +59,5 @@ def test_each_run_gets_its_own_wall_time_and_breakdown():
     assert run_a < text.index("Wall time 1.0 min", run_a) < run_b
     assert text.index("Wall time 2.0 min", run_b) < text.index("## All rows")
     assert "Wall time" not in text[text.index("## All rows") :]
+    older = render_markdown(pd.concat([df, pd.DataFrame([_row("none", 0.0, 9.0, "built", {})])]))
+    assert "## Rows without a run name\n\nRows from tables older" in older
