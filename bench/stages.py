@@ -10,12 +10,24 @@ loads it instead of training it again; the row records every lookup (``defense_a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from bench.artifacts import ArtifactCache
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run a block under torch's CPU RNG seeded with ``seed``, then restore the caller's state.
+
+    For work cached per cell: its result does not depend on which trial built it, and what runs
+    after it sees the same RNG state whether the work was built or loaded."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class CellStageCache:
@@ -26,17 +38,10 @@ class CellStageCache:
         #: One entry per lookup: kind, "hit" or "built", seconds (for the result row).
         self.log: list[dict[str, Any]] = []
 
-    def __call__(
-        self, kind: str, params: Mapping[str, Any], seed: int, build: Callable[[], dict]
-    ) -> dict:
-        def seeded_build() -> dict:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return build()
-
+    def __call__(self, kind: str, params: Mapping[str, Any], build: Callable[[], dict]) -> dict:
         start = time.perf_counter()
-        spec = {"cell": self.cell, "params": dict(params), "seed": seed}
-        fetched = ArtifactCache().get_or_build(f"stage_{kind}", spec, seeded_build)
+        spec = {"cell": self.cell, "params": dict(params)}
+        fetched = ArtifactCache().get_or_build(f"stage_{kind}", spec, build)
         self.log.append(
             {
                 "kind": kind,

@@ -29,7 +29,7 @@ from bench.errors import BenchError
 from bench.limits import TrialTimeout, time_limit
 from bench.models import build_model
 from bench.poisoning import cell_spec, poisoned_sets
-from bench.stages import CellStageCache
+from bench.stages import CellStageCache, seeded_rng
 from bench.train import TrainConfig, Trainer, TrainHooks, predict
 from defenses.base import DefenseContext, LabelledImages
 
@@ -138,8 +138,7 @@ class BackdooredModelLoader:
         # The model must not depend on which trial of the cell builds it, and building must not
         # move the global RNG (what runs next sees the same state, built or loaded): train under
         # the state every trial's defense starts from, then restore the caller's.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.spec.seed + 1)
+        with seeded_rng(self.spec.seed + 1):
             fetched = ArtifactCache().get_or_build(
                 "backdoored_model", self.artifact_spec(), self._build
             )

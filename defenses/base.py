@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from bench.params import Configurable
+from bench.stages import seeded_rng
 from bench.train import InputTransform, TrainConfig, Trainer, TrainHooks
 
 #: Resources a defense can ask the harness for.
@@ -31,9 +32,7 @@ class StageCache(Protocol):
     """Builds a defense stage's result once per cell and hands it to every defense that asks for
     the same stage with the same parameters (:class:`bench.stages.CellStageCache`)."""
 
-    def __call__(
-        self, kind: str, params: Mapping[str, Any], seed: int, build: Callable[[], dict]
-    ) -> dict: ...
+    def __call__(self, kind: str, params: Mapping[str, Any], build: Callable[[], dict]) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -96,11 +95,14 @@ class DefenseContext:
         depends on. ``build`` runs with the global RNG seeded from the trial's seed and restored
         afterwards, so the result and everything after it are the same whether it was built here
         or loaded."""
-        if self.stage_cache is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed + 1)
+
+        def seeded_build() -> dict:
+            with seeded_rng(self.seed + 1):
                 return build()
-        return self.stage_cache(kind, params, self.seed + 1, build)
+
+        if self.stage_cache is None:
+            return seeded_build()
+        return self.stage_cache(kind, params, seeded_build)
 
     def require_clean_subset(self) -> LabelledImages:
         if self.clean_subset is None:
