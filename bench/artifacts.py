@@ -63,6 +63,7 @@ class ArtifactCache:
             value = self._load(path)
             if value is not None:
                 return Fetched(value, hit=True)
+            log.info("building artifact %s/%s (not in the cache)", kind, path.stem)
             value = build()
             self._save(path, value, spec)
             return Fetched(value, hit=False)
@@ -115,11 +116,19 @@ class ArtifactCache:
         )
 
     def clear(self) -> int:
-        removed = 0
-        for _, path, _ in self.entries():
-            for suffix in (".pt", ".sha256", ".json", ".pt.lock"):
-                target = path.with_suffix(suffix) if suffix != ".pt.lock" else Path(f"{path}.lock")
-                if target.exists():
-                    target.unlink()
-            removed += 1
+        """Delete every artifact with its sidecars, lock files and leftovers of interrupted
+        writes; the number of artifacts removed."""
+        removed = len(self.entries())
+        for kind_dir in self.root.iterdir() if self.root.is_dir() else ():
+            if not kind_dir.is_dir():
+                continue
+            for path in kind_dir.iterdir():
+                if path.is_file() and path.name.endswith(_FILE_SUFFIXES):
+                    path.unlink(missing_ok=True)
+            if not any(kind_dir.iterdir()):
+                kind_dir.rmdir()
         return removed
+
+
+#: Files the cache writes next to an artifact ``<key>.pt``: sidecars, locks, temp files.
+_FILE_SUFFIXES = (".pt", ".sha256", ".json", ".lock", ".tmp")

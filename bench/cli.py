@@ -221,21 +221,40 @@ def cmd_new_defense(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    """Everything the harness caches: decoded datasets and artifacts (models, attack state)."""
     from bench.artifacts import ArtifactCache
+    from bench.data import clear_dataset_cache, dataset_cache_entries, dataset_cache_root
 
     cache = ArtifactCache()
     entries = cache.entries()
+    datasets = dataset_cache_entries()
+
+    def mib(sizes) -> str:
+        return f"{sum(sizes) / 2**20:.1f} MiB"
+
     if args.action == "ls":
+        for name, path, size in datasets:
+            print(f"{'dataset ' + name:<18} {size / 2**20:8.1f} MiB  {path.name}")
         for kind, path, size in entries:
             print(f"{kind:<18} {size / 2**20:8.1f} MiB  {path.name}")
+        print(f"{len(datasets)} decoded datasets in {dataset_cache_root()}")
         print(f"{len(entries)} artifacts in {cache.root}")
     elif args.action == "du":
         print(
-            f"{sum(size for _, _, size in entries) / 2**20:.1f} MiB in {len(entries)} artifacts "
-            f"({cache.root})"
+            f"{mib(s for *_, s in datasets)} in {len(datasets)} decoded datasets "
+            f"({dataset_cache_root()})"
         )
+        print(f"{mib(s for *_, s in entries)} in {len(entries)} artifacts ({cache.root})")
     else:
-        print(f"removed {cache.clear()} artifacts from {cache.root}")
+        removed = clear_dataset_cache()
+        names = ", ".join(p.name for p in removed)
+        print(
+            f"removed {len(removed)} decoded datasets ({mib(s for *_, s in datasets)}) from "
+            f"{dataset_cache_root()}" + (f": {names}" if names else "")
+        )
+        print(
+            f"removed {cache.clear()} artifacts ({mib(s for *_, s in entries)}) from {cache.root}"
+        )
     return 0
 
 
@@ -310,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--dir", default=".", help="where to create bench-NAME/")
     new.set_defaults(fn=cmd_new_defense)
 
-    cache = sub.add_parser("cache", help="list, size or clear cached artifacts")
+    cache = sub.add_parser(
+        "cache", help="list, size or clear the caches (decoded datasets, artifacts)"
+    )
     cache.add_argument("action", choices=["ls", "du", "clear"])
     cache.set_defaults(fn=cmd_cache)
 

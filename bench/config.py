@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import registry
-from bench.data import dataset_info
+from bench.data import dataset_info, load_dataset
 from bench.errors import BenchError, unknown_name_error
 from bench.models import model_names
 from bench.train import TrainConfig
@@ -184,6 +184,8 @@ class TrialSpec:
     paper_comparable: bool = False
     #: Fraction of the training set given to defenses that need clean data (0 if they do not).
     clean_fraction: float = 0.0
+    #: Content hash of the decoded dataset (bench.data): results on other data are other trials.
+    data_hash: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.canonical())
@@ -210,11 +212,18 @@ def _expand_all(names: tuple[str, ...], kind: str) -> tuple[str, ...]:
     return tuple(sorted(registry.entries(kind))) if "all" in names else names
 
 
+def _unique(values: Iterable[Any]) -> tuple[Any, ...]:
+    """An axis without repeated values (``--attacks badnets,badnets`` runs badnets once)."""
+    return tuple(dict.fromkeys(values))
+
+
 def expand_grid(preset: Preset) -> list[TrialSpec]:
-    """Validate the preset's grid and expand it into trial specs (deterministic order)."""
-    grid = preset.grid
-    attacks = _expand_all(grid.attacks, "attack")
-    defenses = _expand_all(grid.defenses, "defense")
+    """Validate the preset's grid and expand it into trial specs (deterministic order, each
+    trial once). Loads each dataset (from the decoded cache) for its content hash."""
+    axes = ("datasets", "ratios", "seeds")
+    grid = dataclasses.replace(preset.grid, **{a: _unique(getattr(preset.grid, a)) for a in axes})
+    attacks = _unique(_expand_all(grid.attacks, "attack"))
+    defenses = _unique(_expand_all(grid.defenses, "defense"))
     for axis, values in {
         "datasets": grid.datasets,
         "attacks": attacks,
@@ -246,6 +255,8 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
     defense_params = {d: _resolved("defense", d, preset.defense_params) for d in defenses}
     train = dataclasses.asdict(preset.train)
     data = dataclasses.asdict(preset.data)
+    source = getattr(preset.data, "source", "any")
+    data_hash = {d: load_dataset(d, source, reuse=True).data_hash for d in grid.datasets}
     specs = []
     cells = [
         (dataset, attack, ratio, seed, defense)
@@ -270,9 +281,10 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
                 exclude_target_from_poison=grid.exclude_target_from_poison,
                 paper_comparable=preset.comparable_with_papers,
                 clean_fraction=grid.clean_fraction if "clean_subset" in needs[defense] else 0.0,
+                data_hash=data_hash[dataset],
             )
         )
-    return specs
+    return list({s.trial_id: s for s in specs}.values())  # repeated values: each trial once
 
 
 def _resolved(kind: str, name: str, overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

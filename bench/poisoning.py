@@ -32,7 +32,7 @@ def cell_spec(spec: TrialSpec, data: Dataset) -> dict[str, Any]:
     """Everything a cell's poisoned data and undefended model depend on (the artifact key)."""
     return {
         "dataset": spec.dataset,
-        "data_source": data.source,
+        "data_hash": data.data_hash,  # the decoded data's content, not where it came from
         "data": dict(spec.data),
         "attack": spec.attack,
         "attack_params": dict(spec.attack_params),

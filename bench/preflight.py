@@ -53,7 +53,7 @@ def check_poison_capacity(specs: Iterable[TrialSpec]) -> None:
         budget = spec.data_budget()
         key = (spec.dataset, budget)
         if key not in labels_by_budget:
-            data = load_dataset(spec.dataset).subset(
+            data = load_dataset(spec.dataset, spec.data.get("source", "any"), reuse=True).subset(
                 budget.train_size, budget.test_size, budget.subset_seed
             )
             labels_by_budget[key] = data.train_y

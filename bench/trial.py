@@ -158,9 +158,14 @@ def run_trial(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     budget = spec.data_budget()
-    data = load_dataset(spec.dataset).subset(
+    data = load_dataset(spec.dataset, spec.data.get("source", "any")).subset(
         budget.train_size, budget.test_size, budget.subset_seed
     )
+    if spec.data_hash and data.data_hash != spec.data_hash:  # row column data_hash: # schema
+        raise BenchError(
+            f"the {spec.dataset} data here ({data.source}, hash {data.data_hash}) differs from the "
+            f"data the grid was planned with (hash {spec.data_hash}); give every node the same data"
+        )
     info = data.info
     report(
         f"data {spec.dataset}: {len(data.train_y)} train / {len(data.test_y)} test ({data.source})"

@@ -1,6 +1,7 @@
 """Data sources, the uint8 cache and the missing-data error."""
 
 import tarfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -44,6 +45,8 @@ def test_imagefolder_source_decodes_sorted_nchw(isolated, monkeypatch):
 
 
 def test_archive_source_and_resizing(isolated, monkeypatch):
+    # A one-image-per-class archive: expect its counts, not the release's.
+    monkeypatch.setitem(DATASETS, "gtsrb", replace(DATASETS["gtsrb"], split_sizes=(43, 43)))
     tree = isolated / "tree"
     _write_tree(tree / "gtsrb32", n_classes=43, per_class=1, size=40)
     archive = isolated / "gtsrb32-png.tar.gz"
