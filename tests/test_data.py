@@ -122,3 +122,28 @@ def test_subset_is_seeded_and_shared(cifar10):
     b = cifar10.subset(1000, 200, seed=0)
     assert torch.equal(a.train_y, b.train_y) and len(a.train_y) == 1000 and len(a.test_y) == 200
     assert not torch.equal(cifar10.subset(1000, 200, seed=1).train_y, a.train_y)
+
+
+def test_official_source_falls_back_to_the_export_with_a_mark(isolated, monkeypatch, caplog):
+    monkeypatch.setitem(DATASETS, "cifar10", replace(DATASETS["cifar10"], split_sizes=(20, 20)))
+    _write_tree(isolated / "cifar10")
+    monkeypatch.setenv("BENCH_DATA_DIR", str(isolated))
+    with caplog.at_level("WARNING", logger="bench.data"):
+        ds = load_dataset("cifar10", "official")
+    assert ds.source.endswith("(fallback: official pixels unavailable)")
+    assert "official CIFAR-10 pixels are unavailable" in caplog.text
+    assert torch.equal(ds.train_x, load_dataset("cifar10").train_x)  # same pixels, other label
+
+
+def test_official_source_refuses_a_damaged_official_copy(isolated, monkeypatch):
+    batches = isolated / "cifar-10-batches-py"
+    batches.mkdir()
+    (batches / "data_batch_1").write_bytes(b"not the release")
+    monkeypatch.setenv("BENCH_DATA_DIR", str(isolated))
+    with pytest.raises(BenchError, match="not a complete copy of the official CIFAR-10 release"):
+        load_dataset("cifar10", "official")
+
+
+def test_unknown_source_mode_is_refused(isolated):
+    with pytest.raises(BenchError, match=r"\[data\] source must be one of"):
+        load_dataset("cifar10", "best")
