@@ -16,6 +16,7 @@ from bench import registry
 from bench.data import dataset_info, load_dataset
 from bench.errors import BenchError, unknown_name_error
 from bench.models import model_names
+from bench.preset_schema import validate_preset
 from bench.train import TrainConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -113,6 +114,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
 
 
 def parse_preset(raw: Mapping[str, Any], where: str = "preset") -> Preset:
+    validate_preset(raw, where)  # every key's type and range, before anything else
     unknown = sorted(set(raw) - set(_SECTIONS))
     if unknown:
         raise BenchError(f"{where}: unknown section(s) {unknown}; known: {sorted(_SECTIONS)}")

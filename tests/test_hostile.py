@@ -216,3 +216,130 @@ def test_case3_artifact_builds_and_rebuilds_are_logged(tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert sum("building artifact demo/" in m for m in messages) == 2
     assert any("unusable" in m and "rebuilding" in m for m in messages)
+
+
+# --------------------------------------------------------------------------- case 7
+
+PRESET = """
+[preset]
+name = "custom"
+[grid]
+datasets = ["cifar10"]
+attacks = ["badnets"]
+defenses = ["none"]
+ratios = [0.1]
+seeds = [0]
+target = 0
+[data]
+train_size = 1000
+test_size = 200
+[train]
+epochs = 1
+[resources]
+cpus_per_trial = 1
+"""
+GRID = PRESET[PRESET.index("[grid]") : PRESET.index("[data]")]
+
+# (the issue's value, the preset text, what the one-line error must say)
+PRESET_CASES = [
+    ('epochs = "abc"', PRESET.replace("epochs = 1", 'epochs = "abc"'), "[train] epochs = 'abc'"),
+    ("grid = 5", "grid = 5\n" + PRESET.replace(GRID, ""), "[grid] must be a table"),
+    ('target = "3"', PRESET.replace("target = 0", 'target = "3"'), "must be an integer >= 0"),
+    ("[models] default = 5", PRESET + "[models]\ndefault = 5\n", "must be a model name"),
+    (
+        'cpus_per_trial = "two"',
+        PRESET.replace("cpus_per_trial = 1", 'cpus_per_trial = "two"'),
+        "[resources] cpus_per_trial = 'two': must be a number > 0",
+    ),
+    ("[attacks] badnets = 5", PRESET + "[attacks]\nbadnets = 5\n", "must be a table of parameters"),
+    ("seeds = [true]", PRESET.replace("seeds = [0]", "seeds = [true]"), "holds True, which must"),
+    ("target = 0.5", PRESET.replace("target = 0", "target = 0.5"), "[grid] target = 0.5: must be"),
+    ("epochs = 1.5", PRESET.replace("epochs = 1", "epochs = 1.5"), "[train] epochs = 1.5: must"),
+    (
+        "train_size = -49000",
+        PRESET.replace("train_size = 1000", "train_size = -49000"),
+        "[data] train_size = -49000: must be an integer >= 0",
+    ),
+    (
+        "[defenses.ablx]",
+        PRESET + "[defenses.ablx]\nisolation_epochs = 1\n",
+        "unknown defense 'ablx'. Did you mean 'abl'",
+    ),
+    ("lr = nan", PRESET.replace("epochs = 1", "epochs = 1\nlr = nan"), "[train] lr = nan: must be"),
+    (
+        "[defenses.abl] with a bad parameter type",
+        PRESET + '[defenses.abl]\nisolation_epochs = "5"\n',
+        "defense 'abl': parameter 'isolation_epochs' must be int",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "message"), PRESET_CASES, ids=[c[0] for c in PRESET_CASES]
+)
+def test_case7_preset_schema_refuses_before_anything_runs(case, text, message, tmp_path, capsys):
+    """Before: tracebacks, an ok row with ASR 0 (target 0.5), trials that all errored (epochs
+    1.5), or silent acceptance (train_size -49000, [defenses.ablx])."""
+    preset = tmp_path / "preset.toml"
+    preset.write_text(text)
+    results = tmp_path / "results"
+    assert main(["run", "--preset", str(preset), "--results-dir", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not results.exists(), "nothing may start for a bad preset"
+
+
+def test_case7_schema_accepts_the_new_keys_and_checks_their_types():
+    from bench.preset_schema import validate_preset
+
+    good = {
+        "preset": {"name": "p", "reference": "backdoorbench-cifar10"},
+        "grid": {
+            "datasets": ["cifar10", "gtsrb"],
+            "attacks": ["sig"],
+            "defenses": ["none"],
+            "ratios": [0.1],
+            "seeds": [0],
+            "attack_ratios": {"sig": [0.05], "gtsrb": {"sig": [0.005]}},
+        },
+        "train": {"precision": "bf16"},
+        "data": {"source": "official"},
+    }
+    validate_preset(good)
+    bad = {
+        **good,
+        "preset": {"name": "p", "reference": 3},
+        "train": {"precision": "fp16"},
+        "data": {"source": "web"},
+        "grid": {**good["grid"], "attack_ratios": {"gtsrb": {"sigg": [0.005]}, "lc": [2.0]}},
+    }
+    with pytest.raises(BenchError) as err:
+        validate_preset(bad, where="p.toml")
+    message = str(err.value)
+    for fragment in (
+        "[preset] reference = 3: must be a string",
+        "unknown precision 'fp16'",
+        "unknown data source 'web'",
+        "[grid.attack_ratios.gtsrb]: unknown attack 'sigg'. Did you mean 'sig'?",
+        "[grid.attack_ratios] lc = [2.0]: holds 2.0",
+    ):
+        assert fragment in message, message
+
+
+def test_case7_schema_covers_every_dataclass_field():
+    """A new preset key (a new field of Grid, DataBudget, TrainConfig or Resources) must get a
+    rule here, or the schema would refuse it as unknown."""
+    import dataclasses
+
+    from bench.config import DataBudget, Grid, Resources
+    from bench.preset_schema import SCHEMA
+    from bench.train import TrainConfig
+
+    for section, cls in (
+        ("grid", Grid),
+        ("data", DataBudget),
+        ("train", TrainConfig),
+        ("resources", Resources),
+    ):
+        fields = {f.name for f in dataclasses.fields(cls)} - {"attack_ratios"}
+        assert fields <= set(SCHEMA[section]), (section, fields - set(SCHEMA[section]))
