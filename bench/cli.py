@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ def _results_dir(args: argparse.Namespace) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import expand_grid, load_preset, with_overrides
-    from bench.preflight import check_poison_capacity, check_resources
+    from bench.preflight import check_poison_capacity, check_resources, check_results_dir
     from bench.runner import run_grid
 
     preset = with_overrides(
@@ -44,9 +45,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         ratios=args.ratios,
         seeds=args.seeds,
     )
-    specs = expand_grid(preset)
-    if args.compile:
-        os.environ[settings.COMPILE_ENV] = "1"  # forwarded to the workers with every BENCH_*
     overrides = {
         "cpus_per_trial": args.cpus_per_trial,
         "gpus_per_trial": args.gpus_per_trial,
@@ -57,43 +55,74 @@ def cmd_run(args: argparse.Namespace) -> int:
     resources = dataclasses.replace(
         preset.resources, **{k: v for k, v in overrides.items() if v is not None}
     )
-    if min(resources.trial_timeout_s, resources.retries, resources.max_concurrent_trials) < 0:
-        raise BenchError("--trial-timeout, --retries and --max-concurrent must be >= 0")
+    # The cheap checks first: a bad flag is refused at once, before any data is loaded.
+    if not math.isfinite(resources.trial_timeout_s) or (
+        min(resources.trial_timeout_s, resources.retries, resources.max_concurrent_trials) < 0
+    ):
+        raise BenchError("--trial-timeout, --retries and --max-concurrent must be finite and >= 0")
     check_resources(args.address, resources.cpus_per_trial, resources.gpus_per_trial)
+    specs = expand_grid(preset)
+    if args.compile:
+        os.environ[settings.COMPILE_ENV] = "1"  # forwarded to the workers with every BENCH_*
     check_poison_capacity(specs)
+    results_dir = _results_dir(args)
+    check_results_dir(results_dir)
     log.info("preset %s: %d trials (%s)", preset.name, len(specs), preset.description)
-    summary = run_grid(specs, resources, results_dir=_results_dir(args), address=args.address)
+    summary = run_grid(specs, resources, results_dir=results_dir, address=args.address)
     if summary.errors:
         log.error(
             "%d trial(s) failed; their rows hold the traceback (bench leaderboard lists "
             "them). Rerun the same command to retry only those.",
             summary.errors,
         )
+    if summary.pending:
+        log.error(
+            "%d finished trial(s) could not be written to %s; their rows are kept in %s and "
+            "are merged into the table by the next write or run (fix the directory, then rerun).",
+            summary.pending,
+            results_dir / "results.parquet",
+            summary.run_dir / "pending" if summary.run_dir else results_dir / "runs",
+        )
     if summary.not_run:
         log.error(
             "%d trial(s) did not run (interrupted); rerun the same command to run only those.",
             summary.not_run,
         )
-    return 3 if summary.errors or summary.not_run else 0
+    return 3 if summary.errors or summary.not_run or summary.pending else 0
+
+
+def _results_table(args: argparse.Namespace):
+    """The results table's rows, or a clear error when there is none (nothing is created)."""
+    from bench.store import ResultsStore
+
+    out = _results_dir(args)
+    table = out / "results.parquet"
+    if not table.is_file():
+        where = "does not exist" if not out.exists() else "holds no results.parquet"
+        raise BenchError(
+            f"no results to show: {out} {where}. Run `bench run` first, or pass --results-dir "
+            f"(or set ${settings.RESULTS_DIR_ENV}) to where a run wrote its results."
+        )
+    df = ResultsStore(table).read()
+    if df.empty:
+        raise BenchError(f"no results to show: {table} has no rows yet. Run `bench run` first.")
+    return out, df
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from bench.leaderboard import render
-    from bench.store import ResultsStore
 
-    out = _results_dir(args)
-    df = ResultsStore(out / "results.parquet").read()
+    out, df = _results_table(args)
     rendered = render(df, out)
     print(f"wrote {rendered.markdown} and {len(rendered.plots)} plots in {out / 'plots'}")
     return 0
 
 
 def cmd_timing(args: argparse.Namespace) -> int:
-    from bench.store import ResultsStore
     from bench.timing import write_timing
 
-    out = _results_dir(args)
-    print(write_timing(ResultsStore(out / "results.parquet").read(), out).read_text(), end="")
+    out, df = _results_table(args)
+    print(write_timing(df, out).read_text(), end="")
     return 0
 
 
