@@ -7,11 +7,15 @@ command skips every trial that already has an ``ok`` row.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +38,7 @@ class GridSummary:
     run_dir: Path | None
     seconds: float
     not_run: int = 0  # trials with no row at all (the run was interrupted)
+    pending: int = 0  # finished trials whose rows wait in runs/<run>/pending (table unwritable)
 
 
 def _tune_trial(config: dict[str, Any]) -> None:
@@ -46,6 +51,10 @@ def _tune_trial(config: dict[str, Any]) -> None:
     spec = TrialSpec.from_dict(json.loads(config["spec"]))
     logger = _trial_logger(Path(config["log_dir"]) / f"{spec.trial_id}.log", spec.trial_id)
     logger.info("trial %s: %s", spec.trial_id, spec.canonical())
+    # Cache builds and rebuilds (bench.data, bench.artifacts) go to the trial's log too.
+    harness = logging.getLogger("bench")
+    harness.setLevel(logging.INFO)
+    harness.handlers = [*logger.handlers]
     attempts = 1 + config["retries"]
     for attempt in range(1, attempts + 1):
         row = run_trial_safely(
@@ -62,7 +71,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
     row["run"] = Path(config["log_dir"]).parent.name  # the results/runs/<run> that ran it
     row["ray_node"] = ray.get_runtime_context().get_node_id()
     row["node_ip"] = ray.util.get_node_ip_address()
-    ResultsStore(Path(config["store"])).upsert([row])
+    record_row(row, Path(config["store"]), Path(config["log_dir"]).parent)
     tune.report(
         {
             "ok": row["status"] == OK,
@@ -82,6 +91,57 @@ def _trial_logger(path: Path, name: str) -> logging.Logger:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.handlers = [handler]
     return logger
+
+
+PENDING_DIR = "pending"
+
+
+def record_row(row: dict[str, Any], table: Path, run_dir: Path) -> None:
+    """Store a finished trial's row. If the table cannot be written, the row is kept in
+    ``<run_dir>/pending/<trial_id>.json`` (never lost) and merged into the table by the next
+    successful write or the next run."""
+    store = ResultsStore(table)
+    try:
+        store.upsert([row])
+    except Exception as exc:  # OSError, a lock timeout, an unreadable table moved aside...
+        pending = run_dir / PENDING_DIR / f"{row['trial_id']}.json"
+        pending.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pending.with_name(pending.name + ".tmp")
+        tmp.write_text(json.dumps(row, default=str))
+        os.replace(tmp, pending)
+        log.warning(
+            "cannot write %s (%s: %s); the row of trial %s is kept in %s",
+            table,
+            type(exc).__name__,
+            exc,
+            row["trial_id"],
+            pending,
+        )
+        return
+    merge_pending(store, run_dir.parent)
+
+
+def pending_rows(runs_root: Path) -> list[Path]:
+    """Rows of finished trials that are waiting to be written to the table."""
+    return sorted(runs_root.glob(f"*/{PENDING_DIR}/*.json")) if runs_root.is_dir() else []
+
+
+def merge_pending(store: ResultsStore, runs_root: Path) -> int:
+    """Write waiting rows into the table (then delete them); how many were merged."""
+    files = pending_rows(runs_root)
+    if not files:
+        return 0
+    rows = []
+    for path in files:
+        try:
+            rows.append(json.loads(path.read_text()))
+        except (OSError, ValueError):  # deleted by a concurrent merge, or half-written
+            continue
+    store.upsert(rows)
+    for path in files:
+        path.unlink(missing_ok=True)
+    log.info("merged %d pending row(s) into %s", len(rows), store.path)
+    return len(rows)
 
 
 def _format_duration(seconds: float) -> str:
@@ -139,6 +199,45 @@ def _progress_callback(total: int, start: float, concurrency: int):
     return GridProgress()
 
 
+#: Ray's switch for a node that serves this machine only (its default on macOS and Windows): the
+#: node's IP becomes 127.0.0.1, and Ray binds the GCS, the raylet, every worker's and the
+#: driver's gRPC server and the agents to the node IP, so all of them listen on loopback only.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: How many ~35 s attempts ray.init makes to reach a cluster's GCS (Ray's default: 20).
+GCS_CONNECT_ATTEMPTS_ENV = "RAY_gcs_server_port_wait_time_s"
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Start a local Ray instance that listens on 127.0.0.1 only.
+
+    The processes Ray starts read ``LOCAL_ONLY_ENV`` from the environment; this process read it
+    when ``ray`` was first imported, so its constant is switched too (and both restored)."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        with _environment(**{LOCAL_ONLY_ENV: "0"}):
+            yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: float) -> None:
     import ray
 
@@ -155,17 +254,22 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
         "runtime_env": {"env_vars": env},
     }
     if address:
+        # The user's cluster keeps Ray's defaults; only the connect is bounded (one attempt,
+        # about 40 s) instead of twenty.
+        attempts = os.environ.get(GCS_CONNECT_ATTEMPTS_ENV, "1")
         try:
-            ray.init(address=address, **kwargs)
+            with _environment(**{GCS_CONNECT_ATTEMPTS_ENV: attempts}):
+                ray.init(address=address, **kwargs)
         except Exception as exc:  # ConnectionError, TimeoutError, ValueError in various versions
             raise BenchError(
                 f"cannot join the Ray cluster at --address {address}: {exc}. "
                 "Start it with 'ray start --head' or check the address (host:port)."
             ) from exc
     else:
-        # A local cluster needs no outside peer: bind it to the loopback interface.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(address="local", **kwargs)
+        # A local instance needs no outside peer: nothing of it may listen beyond loopback.
+        env[LOCAL_ONLY_ENV] = "0"
+        with _loopback_only():
+            ray.init(address="local", **kwargs)
     resources = ray.cluster_resources()
     if gpus_per_trial > 0 and resources.get("GPU", 0) < gpus_per_trial:
         ray.shutdown()
@@ -191,6 +295,50 @@ def run_order(specs: list[TrialSpec]) -> list[TrialSpec]:
     return sorted(specs, key=lambda s: (s.defense != "none", rank[s.defense]))
 
 
+DRIVER_LOCK = ".bench-run.lock"
+
+
+@contextmanager
+def driver_lock(results_dir: Path) -> Iterator[None]:
+    """One ``bench run`` per results directory at a time: a second one would compute the same
+    trials again. The lock is an flock on ``.bench-run.lock`` (released by the kernel if the
+    driver dies, so it is never stale); the file names the holder for the refusal message."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / DRIVER_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise BenchError(
+            f"another bench run ({holder}) is running on {results_dir}; wait for it to finish "
+            "(rerunning then skips what it completed) or use another --results-dir"
+        ) from None
+    started = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}".encode())
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def new_run_dir(results_dir: Path, run_name: str | None = None) -> Path:
+    """A fresh ``runs/<name>`` directory: the timestamp, with a suffix if it is taken."""
+    runs = results_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    base = run_name or datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        candidate = runs / (base if n == 1 else f"{base}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise BenchError(f"cannot create a run directory under {runs}: {base}-1..999 all exist")
+
+
 def run_grid(
     specs: list[TrialSpec],
     resources: Resources,
@@ -200,9 +348,27 @@ def run_grid(
     run_name: str | None = None,
 ) -> GridSummary:
     """Run every spec without an ``ok`` row yet through Ray Tune; rows land in the store."""
-    start = time.time()
     results_dir = Path(results_dir or settings.results_dir())
+    with driver_lock(results_dir):
+        return _run_grid_locked(specs, resources, results_dir, address, run_name)
+
+
+def _run_grid_locked(
+    specs: list[TrialSpec],
+    resources: Resources,
+    results_dir: Path,
+    address: str | None,
+    run_name: str | None,
+) -> GridSummary:
+    start = time.time()
     store = ResultsStore(results_dir / "results.parquet")
+    try:
+        merge_pending(store, results_dir / "runs")  # rows an earlier run could not write
+    except OSError as exc:
+        raise BenchError(
+            f"cannot write the results table {store.path} ({exc}); fix the directory's "
+            "permissions, then rerun: the rows waiting under runs/*/pending are merged then"
+        ) from exc
     done_ids = store.ok_ids()
     todo = run_order([s for s in specs if s.trial_id not in done_ids])
     skipped = len(specs) - len(todo)
@@ -210,8 +376,7 @@ def run_grid(
         log.info("all %d trials already have ok rows in %s; nothing to run", len(specs), store.path)
         return GridSummary(len(specs), skipped, 0, 0, None, 0.0)
 
-    run_dir = results_dir / "runs" / (run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = new_run_dir(results_dir, run_name)
     file_handler = logging.FileHandler(run_dir / "bench.log")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("bench").addHandler(file_handler)
@@ -224,31 +389,43 @@ def run_grid(
             import ray
 
             ray.shutdown()
+        try:
+            merge_pending(store, results_dir / "runs")
+        except Exception as exc:  # still unwritable: the rows stay pending
+            log.warning("pending rows stay in %s: %s", run_dir / PENDING_DIR, exc)
     finally:
         logging.getLogger("bench").removeHandler(file_handler)
         file_handler.close()
+    todo_ids = {s.trial_id for s in todo}
     rows = store.read()
-    ran = rows[rows["trial_id"].isin({s.trial_id for s in todo})] if not rows.empty else rows
+    ran = rows[rows["trial_id"].isin(todo_ids)] if not rows.empty else rows
+    stored = set(ran["trial_id"]) if not ran.empty else set()
+    waiting = {p.stem for p in pending_rows(results_dir / "runs")} & (todo_ids - stored)
     ok = int((ran["status"] == OK).sum()) if not ran.empty else 0
     errors = len(ran) - ok
-    not_run = len(todo) - len(ran)
+    not_run = len(todo) - len(ran) - len(waiting)
     seconds = time.time() - start
     log.info(
-        "grid finished in %s: %d ok, %d failed, %d not run, %d skipped (already done)",
+        "grid finished in %s: %d ok, %d failed, %d not run, %d skipped (already done)%s",
         _format_duration(seconds),
         ok,
         errors,
         not_run,
         skipped,
+        f", {len(waiting)} rows pending (table unwritable)" if waiting else "",
     )
-    return GridSummary(len(todo) + skipped, skipped, ok, errors, run_dir, seconds, not_run)
+    return GridSummary(
+        len(todo) + skipped, skipped, ok, errors, run_dir, seconds, not_run, len(waiting)
+    )
 
 
 def _concurrency(resources: Resources) -> int:
     import ray
 
     cluster = ray.cluster_resources()
-    slots = max(1, int(cluster.get("CPU", 1) // resources.cpus_per_trial))
+    cores = max(1, int(cluster.get("CPU", 1)))
+    # Never more trials at once than cores: each runs at least one thread.
+    slots = min(cores, max(1, int(cores // resources.cpus_per_trial)))
     if resources.gpus_per_trial > 0:
         slots = min(slots, int(cluster.get("GPU", 0) // resources.gpus_per_trial))
     if resources.max_concurrent_trials:
