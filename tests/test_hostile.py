@@ -5,11 +5,17 @@ row for a trial whose worker dies) live with the trial code."""
 from __future__ import annotations
 
 import gzip
+import http.server
 import io
 import logging
 import os
+import signal
+import subprocess
+import sys
 import tarfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +349,210 @@ def test_case7_schema_covers_every_dataclass_field():
     ):
         fields = {f.name for f in dataclasses.fields(cls)} - {"attack_ratios"}
         assert fields <= set(SCHEMA[section]), (section, fields - set(SCHEMA[section]))
+
+
+# --------------------------------------------------------------------------- case 6
+
+
+@contextmanager
+def bounded(seconds: float):
+    """Fail the test (instead of hanging it) if the block runs longer than ``seconds``."""
+
+    def expire(*_):
+        raise TimeoutError(f"still running after {seconds:g} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+SMOKE = ["run", "--preset", "smoke", "--datasets", "cifar10"]
+RESOURCE_CASES = [
+    (["--gpus-per-trial", "nan"], "--gpus-per-trial must be a finite number, got nan"),
+    (["--cpus-per-trial", "nan"], "--cpus-per-trial must be a finite number, got nan"),
+    (["--cpus-per-trial", "inf"], "--cpus-per-trial must be a finite number, got inf"),
+    (["--cpus-per-trial", "-2"], "--cpus-per-trial must be > 0"),
+    (["--trial-timeout", "nan"], "--trial-timeout, --retries and --max-concurrent must be finite"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"), RESOURCE_CASES, ids=[" ".join(c[0]) for c in RESOURCE_CASES]
+)
+def test_case6_non_finite_resources_are_refused_at_once(flags, message, tmp_path, capsys):
+    """Before: --gpus-per-trial nan hung until killed at 600 s; --cpus-per-trial nan gave a
+    traceback."""
+    with bounded(20):
+        code = main([*SMOKE, *flags, "--results-dir", str(tmp_path / "results")])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture
+def http_server():
+    """An HTTP server on 127.0.0.1 (an open port that is not Ray)."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_case6_address_of_a_non_ray_port_fails_fast(http_server, tmp_path, capsys):
+    """Before: ray.init retried for many minutes against the dashboard's port."""
+    start = time.monotonic()
+    with bounded(30):
+        code = main([*SMOKE, "--address", http_server, "--results-dir", str(tmp_path)])
+    assert code == 2 and time.monotonic() - start < 30
+    err = capsys.readouterr().err
+    assert f"--address {http_server} is not a Ray cluster" in err and "it answered" in err
+
+
+# --------------------------------------------------------------------------- case 8
+
+
+@contextmanager
+def read_only(path: Path):
+    """Make a directory unwritable, for root too (chattr +i; chmod does not bind root)."""
+    path.chmod(0o555)
+    immutable = False
+    if os.geteuid() == 0:
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+        if done.returncode != 0:
+            path.chmod(0o755)
+            pytest.skip("cannot make a directory read-only for root here (chattr +i failed)")
+        immutable = True
+    try:
+        yield path
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(0o755)
+
+
+def test_case8_results_dir_problems_are_refused_before_anything_runs(tmp_path, capsys):
+    """Before: a read-only results dir, or one that is a file, gave a traceback."""
+    as_file = tmp_path / "results-file"
+    as_file.write_text("not a directory")
+    assert main([*SMOKE, "--results-dir", str(as_file / "sub")]) == 2
+    assert f"{as_file} is a file, not a directory" in capsys.readouterr().err
+    assert as_file.read_text() == "not a directory"
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):
+        assert main([*SMOKE, "--results-dir", str(locked)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"results directory {locked} is not writable" in err
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["leaderboard", "timing"])
+def test_case8_leaderboard_and_timing_without_results_say_so(command, tmp_path, capsys):
+    """Before: KeyError / FileNotFoundError tracebacks, and the missing directory created."""
+    missing = tmp_path / "missing"
+    assert main([command, "--results-dir", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no results to show" in err and "does not exist" in err
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([command, "--results-dir", str(empty)]) == 2
+    assert "holds no results.parquet" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []
+
+
+def test_case8_rows_survive_an_unwritable_table(tmp_path, monkeypatch):
+    """Before: a trial whose row could not be written (table unwritable, runs/ writable) was
+    lost and reported as an interruption."""
+    from bench import runner
+    from bench.store import ResultsStore
+
+    results = tmp_path / "results"
+    run_dir = runner.new_run_dir(results)
+    table = results / "results.parquet"
+    row = {"trial_id": "t1", "status": "ok", "ca": 0.5, "asr": float("nan")}
+    with read_only(results):
+        runner.record_row(row, table, run_dir)  # must not raise, must not lose the row
+    assert (run_dir / "pending" / "t1.json").exists()
+    # The next successful write merges it ...
+    runner.record_row({"trial_id": "t2", "status": "ok", "ca": 0.6}, table, run_dir)
+    assert set(ResultsStore(table).read()["trial_id"]) == {"t1", "t2"}
+    assert not list(results.rglob("pending/*.json"))
+    # ... and so does the next run.
+    with read_only(results):
+        runner.record_row({"trial_id": "t3", "status": "ok", "ca": 0.7}, table, run_dir)
+    monkeypatch.setattr(runner, "_connect_ray", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "_fit_with_tune", lambda *a, **k: None)
+    preset = with_overrides(load_preset("smoke"), datasets=["cifar10"])
+    runner.run_grid(expand_grid(preset), preset.resources, results_dir=results)
+    assert {"t1", "t2", "t3"} <= set(ResultsStore(table).read()["trial_id"])
+
+
+# --------------------------------------------------------------------------- case 9
+
+
+def test_case9_duplicated_axis_values_run_each_trial_once():
+    """Before: --attacks badnets,badnets ran the trial twice (and exited 3)."""
+    preset = with_overrides(
+        load_preset("smoke"),
+        datasets=["cifar10", "cifar10"],
+        attacks=["badnets", "badnets"],
+        defenses=["none", "none"],
+        ratios=[0.1, 0.10],
+        seeds=[0, 0],
+    )
+    specs = expand_grid(preset)
+    assert len(specs) == 1
+
+
+def test_case9_cpu_trials_never_outnumber_the_cores(tmp_path, capsys, monkeypatch):
+    """Before: --cpus-per-trial 0.01 ran six trials at once on two cores."""
+    import ray
+
+    from bench import runner
+    from bench.config import Resources
+
+    assert main([*SMOKE, "--cpus-per-trial", "0.01", "--results-dir", str(tmp_path)]) == 2
+    assert "a CPU trial needs at least 1 CPU" in capsys.readouterr().err
+    # GPU trials may ask for fractions of a CPU, but no more run at once than there are cores.
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
+    assert runner._concurrency(Resources(cpus_per_trial=0.1, gpus_per_trial=0.1)) == 2
+
+
+def test_case9_a_second_driver_on_the_same_results_dir_is_refused(tmp_path, capsys):
+    """Before: two drivers started in the same second shared one run folder and both computed
+    every trial."""
+    from bench import runner
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from bench.runner import driver_lock\n"
+            "with driver_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with bounded(30):
+            assert main([*SMOKE, "--results-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"another bench run (pid {holder.pid} on" in err
+        assert not (tmp_path / "runs").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # Runs started in the same second get their own directories.
+    first, second = runner.new_run_dir(tmp_path, "same"), runner.new_run_dir(tmp_path, "same")
+    assert first != second and first.is_dir() and second.is_dir()
