@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import io
+import ipaddress
 import logging
 import os
 import signal
@@ -556,3 +557,70 @@ def test_case9_a_second_driver_on_the_same_results_dir_is_refused(tmp_path, caps
     # Runs started in the same second get their own directories.
     first, second = runner.new_run_dir(tmp_path, "same"), runner.new_run_dir(tmp_path, "same")
     assert first != second and first.is_dir() and second.is_dir()
+
+
+# --------------------------------------------------------------------------- case 10
+
+
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def _listening(session: int, psutil) -> set[tuple[str, int, str]]:
+    """(ip, port, process name) of every listening TCP socket of the session's processes."""
+    found = set()
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if os.getsid(proc.pid) != session:
+                continue
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add((conn.laddr.ip, conn.laddr.port, proc.info["name"]))
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_case10_a_local_run_listens_on_loopback_only(tmp_path):
+    """Before: the GCS server, the raylet and the workers listened on every interface and the
+    runtime-env agent on the machine's address."""
+    import ray  # noqa: F401  (ray ships psutil and puts it on sys.path)
+
+    psutil = pytest.importorskip("psutil")
+
+    results = tmp_path / "results"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", *SMOKE, "--results-dir", str(results)],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    seen: set[tuple[str, int, str]] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while driver.poll() is None and time.monotonic() < deadline:
+            seen |= _listening(driver.pid, psutil)
+            time.sleep(0.5)
+        output = driver.communicate(timeout=60)[0] if driver.poll() is not None else ""
+        assert driver.returncode == 0, output
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for proc in psutil.process_iter():  # Ray helpers of that session, if any linger
+            try:
+                if os.getsid(proc.pid) == driver.pid:
+                    proc.kill()
+            except (psutil.Error, ProcessLookupError):
+                pass
+    names = {name for _, _, name in seen}
+    assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), seen
+    outside = sorted(s for s in seen if not _is_loopback(s[0]))
+    assert not outside, f"listening beyond loopback: {outside}"
+    # Case 9's last item: the trial's log says which artifacts it built.
+    (trial_log,) = results.glob("runs/*/trials/*.log")
+    assert "building artifact backdoored_model/" in trial_log.read_text()
