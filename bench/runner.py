@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -257,8 +257,14 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
         # The user's cluster keeps Ray's defaults; only the connect is bounded (one attempt,
         # about 40 s) instead of twenty.
         attempts = os.environ.get(GCS_CONNECT_ATTEMPTS_ENV, "1")
+        # A cluster started in Ray's local-only mode (LOCAL_ONLY_ENV=0, e.g. on loopback) is
+        # joined in that mode, whether or not ray was imported before the variable was set.
+        local_only = os.environ.get(LOCAL_ONLY_ENV) == "0"
         try:
-            with _environment(**{GCS_CONNECT_ATTEMPTS_ENV: attempts}):
+            with (
+                _environment(**{GCS_CONNECT_ATTEMPTS_ENV: attempts}),
+                _loopback_only() if local_only else nullcontext(),
+            ):
                 ray.init(address=address, **kwargs)
         except Exception as exc:  # ConnectionError, TimeoutError, ValueError in various versions
             raise BenchError(
