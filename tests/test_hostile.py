@@ -93,7 +93,7 @@ def test_case1_damaged_archive_is_refused(isolated_data, real_cifar_archive, cap
     real = real_cifar_archive
     damaged = isolated_data / real.name
     blob = bytearray(real.read_bytes())
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(1)  # seed 1: the old reader silently kept 11,113 train images
     for pos in rng.choice(np.arange(len(blob) // 3, len(blob)), size=200, replace=False):
         blob[pos] ^= 0xFF
     damaged.write_bytes(bytes(blob))
