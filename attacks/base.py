@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from bench import precision
 from bench.artifacts import ArtifactCache
+from bench.data import DatasetInfo
 from bench.errors import BenchError
 from bench.params import Configurable
 from bench.train import TrainConfig, Trainer, TrainHooks
@@ -89,6 +91,7 @@ class AttackContext:
             "target": self.target,
             "model": self.model_name,
             "train": dict(vars(self.train_config)),
+            "precision": precision.current(self.device),
             **params,
         }
         cache = ArtifactCache()
@@ -152,8 +155,20 @@ class Attack(Configurable, ABC):
         """The cross transform of a uint8 batch (labels are kept)."""
         raise NotImplementedError(f"attack {self.name!r} has no cross samples")
 
-    def training_hooks(self, ratio: float, target: int) -> TrainHooks | None:
-        """Per-batch poisoning for the attacker's own training run (training-controlled attacks)."""
+    def training_hooks(self, ratio: float, target: int, info: DatasetInfo) -> TrainHooks | None:
+        """Per-batch poisoning for the attacker's own training run (training-controlled attacks).
+        ``info`` gives the dataset's facts (whether it may be flipped, its normalisation)."""
+        return None
+
+    def victim_config(self, config: TrainConfig) -> TrainConfig:
+        """The attacker's recipe for the backdoored model, given the preset's (e.g.
+        BackdoorBench trains WaNet, BPP and IAD victims at a constant lr)."""
+        return config
+
+    def trained_victim(self) -> dict[str, Any] | None:
+        """The backdoored model's state dict (and ``train_seconds``) when fitting the attack
+        already trained it (IAD trains its classifier jointly with the generators, and that
+        classifier is the attacker's model); None: the harness trains it."""
         return None
 
 

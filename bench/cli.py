@@ -33,11 +33,14 @@ def _results_dir(args: argparse.Namespace) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import expand_grid, load_preset, with_overrides
-    from bench.preflight import check_poison_capacity, check_resources
+    from bench.plan import estimate, format_plan, plan_grid
+    from bench.preflight import check_resources
     from bench.runner import run_grid
+    from bench.store import ResultsStore
 
     preset = with_overrides(
         load_preset(args.preset),
+        precision=args.precision,
         datasets=args.datasets,
         attacks=args.attacks,
         defenses=args.defenses,
@@ -59,10 +62,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if min(resources.trial_timeout_s, resources.retries, resources.max_concurrent_trials) < 0:
         raise BenchError("--trial-timeout, --retries and --max-concurrent must be >= 0")
-    check_resources(args.address, resources.cpus_per_trial, resources.gpus_per_trial)
-    check_poison_capacity(specs)
-    log.info("preset %s: %d trials (%s)", preset.name, len(specs), preset.description)
-    summary = run_grid(specs, resources, results_dir=_results_dir(args), address=args.address)
+    try:
+        check_resources(args.address, resources.cpus_per_trial, resources.gpus_per_trial)
+    except BenchError as exc:
+        if not args.dry_run:
+            raise
+        # A dry run plans a grid for other hardware too (the paper preset on a laptop).
+        log.warning("resources: %s (a real run stops here)", exc)
+        resources = dataclasses.replace(resources, gpus_per_trial=0.0)
+    plan = plan_grid(specs)
+    if not plan.runnable:
+        reasons = "; ".join(sorted({s.reason for s in plan.skipped}))
+        raise BenchError(f"nothing to run: every cell of the grid is left out ({reasons})")
+    for skipped in plan.skipped:
+        s = skipped.spec
+        log.info("left out: %s / %s / ratio %g: %s", s.dataset, s.attack, s.ratio, skipped.reason)
+    log.info("preset %s: %d trials (%s)", preset.name, len(plan.runnable), preset.description)
+    if args.dry_run:
+        import torch
+
+        device = torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu")
+        done = ResultsStore(_results_dir(args) / "results.parquet").ok_ids()
+        print(format_plan(plan, estimate(plan.runnable, resources, device), resources, done))
+        return 0
+    summary = run_grid(
+        plan.runnable,
+        resources,
+        results_dir=_results_dir(args),
+        address=args.address,
+        skipped=[(s.spec, s.reason) for s in plan.skipped],
+    )
     if summary.errors:
         log.error(
             "%d trial(s) failed; their rows hold the traceback (bench leaderboard lists "
@@ -258,6 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retries", type=int, help="extra attempts for a failed trial")
     run.add_argument("--address", help="join an existing Ray cluster (host:port)")
     run.add_argument("--results-dir", help=f"default: ${settings.RESULTS_DIR_ENV} or ./results")
+    run.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="training/evaluation precision (default: the preset's; auto = bf16 on GPUs and on "
+        "CPUs with native bf16 units, fp32 elsewhere)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="expand the grid, run every preflight check and print the trials with an estimate "
+        "of their cost, without training",
+    )
     run.add_argument(
         "--compile",
         action="store_true",

@@ -21,6 +21,7 @@ from attacks.base import (
     poison_test_set,
     poison_train_set,
 )
+from bench import precision
 from bench.artifacts import ArtifactCache
 from bench.config import TrialSpec
 from bench.data import Dataset
@@ -42,6 +43,7 @@ def cell_spec(spec: TrialSpec, data: Dataset) -> dict[str, Any]:
         "model": spec.model,  # surrogate-based attacks depend on the model and its training
         "train": dict(spec.train),
         "seed": spec.seed,
+        "precision": precision.in_force() or "default",
     }
 
 

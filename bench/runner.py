@@ -20,7 +20,7 @@ from typing import Any
 from bench import settings
 from bench.config import Resources, TrialSpec
 from bench.errors import BenchError
-from bench.store import OK, ResultsStore
+from bench.store import OK, SKIPPED, ResultsStore
 
 log = logging.getLogger("bench.runner")
 
@@ -181,6 +181,13 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
         )
 
 
+def skipped_row(spec: TrialSpec, reason: str) -> dict[str, Any]:
+    """The row of a cell left out of the grid: its spec, status ``skipped`` and the reason."""
+    from bench.trial import flatten_spec
+
+    return {"trial_id": spec.trial_id, **flatten_spec(spec), "status": SKIPPED, "error": reason}
+
+
 def run_order(specs: list[TrialSpec]) -> list[TrialSpec]:
     """Defense-major order, `none` first: the `none` trials build the backdoored models that
     later defenses reuse, and each defense runs after the ones before it in the grid, so a stage
@@ -198,11 +205,16 @@ def run_grid(
     results_dir: Path | None = None,
     address: str | None = None,
     run_name: str | None = None,
+    skipped: list[tuple[TrialSpec, str]] | None = None,
 ) -> GridSummary:
-    """Run every spec without an ``ok`` row yet through Ray Tune; rows land in the store."""
+    """Run every spec without an ``ok`` row yet through Ray Tune; rows land in the store.
+    ``skipped`` cells (left out of the grid, with the reason) are recorded as ``skipped`` rows,
+    so the leaderboard can show why they are N/A."""
     start = time.time()
     results_dir = Path(results_dir or settings.results_dir())
     store = ResultsStore(results_dir / "results.parquet")
+    if skipped:
+        store.upsert([skipped_row(spec, reason) for spec, reason in skipped])
     done_ids = store.ok_ids()
     todo = run_order([s for s in specs if s.trial_id not in done_ids])
     skipped = len(specs) - len(todo)

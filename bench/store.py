@@ -22,6 +22,8 @@ from filelock import FileLock
 from bench.errors import BenchError
 
 OK = "ok"
+#: A cell left out of the grid (e.g. a clean-label ratio its target class cannot supply).
+SKIPPED = "skipped"
 
 
 class ResultsStore:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from attacks.base import AttackContext, PoisonedTrainSet
-from bench import checks, metrics, registry, versions
+from bench import checks, metrics, precision, registry, versions
 from bench.artifacts import ArtifactCache
 from bench.config import TrialSpec
 from bench.data import Dataset, load_dataset
@@ -106,10 +106,16 @@ class BackdooredModelLoader:
         trainer: Trainer,
         device: torch.device,
         attack_hooks: TrainHooks | None = None,
+        attack_config: TrainConfig | None = None,
+        trained: dict[str, Any] | None = None,
     ):
         self.spec, self.data, self.poisoned = spec, data, poisoned
         self.make_model, self.trainer, self.device = make_model, trainer, device
         self.attack_hooks = attack_hooks
+        #: The attacker's recipe (the preset's unless the attack changes it).
+        self.config = attack_config or TrainConfig(**spec.train)
+        #: The model the attack's own fitting trained (IAD), used instead of training one.
+        self.trained = trained
         self.cache_status = ""
         self.train_seconds = math.nan
 
@@ -126,7 +132,7 @@ class BackdooredModelLoader:
             model,
             images,
             labels,
-            TrainConfig(**self.spec.train),
+            self.config,
             seed=self.spec.seed,
             flip=self.data.info.allows_flip,
             hooks=self.attack_hooks,
@@ -135,24 +141,36 @@ class BackdooredModelLoader:
         return {"state_dict": state, "train_seconds": stats.seconds}
 
     def __call__(self) -> nn.Module:
-        # The model must not depend on which trial of the cell builds it, and building must not
-        # move the global RNG (what runs next sees the same state, built or loaded): train under
-        # the state every trial's defense starts from, then restore the caller's.
-        with seeded_rng(self.spec.seed + 1):
-            fetched = ArtifactCache().get_or_build(
-                "backdoored_model", self.artifact_spec(), self._build
-            )
-        self.cache_status = "hit" if fetched.hit else "built"
-        self.train_seconds = float(fetched.value["train_seconds"])
-        model = self.make_model()
-        model.load_state_dict(fetched.value["state_dict"])
+        if self.trained is not None:  # trained with the attack's artifact (attack_seconds)
+            self.cache_status, value = "attack", self.trained
+        else:
+            # The model must not depend on which trial of the cell builds it, and building must
+            # not move the global RNG (what runs next sees the same state, built or loaded):
+            # train under the state every trial's defense starts from, then restore the caller's.
+            with seeded_rng(self.spec.seed + 1):
+                fetched = ArtifactCache().get_or_build(
+                    "backdoored_model", self.artifact_spec(), self._build
+                )
+            self.cache_status, value = ("hit" if fetched.hit else "built"), fetched.value
+        self.train_seconds = float(value["train_seconds"])
+        with torch.random.fork_rng(devices=[]):  # the same RNG state whichever branch ran
+            model = self.make_model()
+        model.load_state_dict(value["state_dict"])
         return model.to(self.device)
 
 
 def run_trial(
     spec: TrialSpec, *, device: torch.device, report: Callable[[str], None] = log.info
 ) -> dict[str, Any]:
-    """Execute ``spec`` and return its metrics (the caller adds bookkeeping columns)."""
+    """Execute ``spec`` and return its metrics (the caller adds bookkeeping columns), at the
+    precision the spec asks for on ``device``."""
+    with precision.use_precision(precision.resolve(spec.precision, device)):
+        return _run_trial(spec, device=device, report=report)
+
+
+def _run_trial(
+    spec: TrialSpec, *, device: torch.device, report: Callable[[str], None]
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     seed_everything(spec.seed, device)
     if device.type == "cuda":
@@ -194,7 +212,9 @@ def run_trial(
         make_model,
         trainer,
         device,
-        attack_hooks=attack.training_hooks(spec.ratio, spec.target),
+        attack_hooks=attack.training_hooks(spec.ratio, spec.target, info),
+        attack_config=attack.victim_config(spec.train_config()),
+        trained=attack.trained_victim(),
     )
     stage_cache = CellStageCache(cell_spec(spec, data))
     clean = None
@@ -221,6 +241,7 @@ def run_trial(
         name=spec.defense,
         log=report,
         dataset=spec.dataset,
+        normalization_mean=tuple(info.mean),
         stage_cache=stage_cache,
         plain_backdoored_model=loader if loader.attack_hooks is None else None,
     )
@@ -336,6 +357,7 @@ def run_trial_safely(
         **flatten_spec(spec),
         **row,
         "device": device_name(device),
+        "precision": precision.resolve(spec.precision, device),
         "node": socket.gethostname(),
         "pid": os.getpid(),
         "started_at": started,
