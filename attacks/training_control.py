@@ -4,7 +4,7 @@ Spec 2.4 and A6-A8. In every batch of B samples the first floor(ratio * B) get t
 trigger and the target label, the next few get the attack's cross/noise/negative transform and
 keep their labels, the rest stay clean (batches are already shuffled, so "first" is random).
 The same attack also exports a static poisoned set (Mode B, spec 2.7) through
-:func:`attacks.base.poison_train_set`, so training-time defenses see a fixed dataset.
+:func:`bench.poisoning.poison_train_set`, so training-time defenses see a fixed dataset.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import AttackContext, PoisonedTrainSet
+from attacks.base import AttackContext
 from bench import checks, metrics, registry, versions
 from bench.artifacts import ArtifactCache
 from bench.config import TrialSpec
@@ -28,7 +28,7 @@ from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
 from bench.limits import TrialTimeout, time_limit
 from bench.models import build_model
-from bench.poisoning import cell_spec, poisoned_sets
+from bench.poisoning import PoisonedTrainSet, cell_spec, poisoned_sets
 from bench.stages import CellStageCache, seeded_rng
 from bench.train import TrainConfig, Trainer, TrainHooks, predict
 from defenses.base import DefenseContext, LabelledImages
