@@ -190,9 +190,9 @@ def attack_gallery(specs: list, path: Path, build: bool = False) -> Path | None:
     artifacts use the cached ones (built first only when ``build`` is True)."""
     from attacks.base import ArtifactMissing
     from bench import registry
+    from bench.cell import attack_context
     from bench.data import load_dataset
     from bench.errors import BenchError
-    from bench.trial import attack_context
 
     if not specs:
         return None
