@@ -3,6 +3,7 @@
 Every trial of a cell (same dataset, attack, ratio, seed, ...) prepares the same cell; the
 expensive parts (attack artifacts, poisoned sets) come from the artifact cache after the first.
 The global RNG is re-seeded at the end, so what runs next does not depend on cache hits.
+Time spent waiting for another trial's artifact is booked apart from the attack's own time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from attacks.base import Attack, AttackContext
+from bench import lockwait
 from bench.config import TrialSpec
 from bench.data import Dataset, load_dataset
 from bench.models import build_model
@@ -88,6 +90,7 @@ class PoisonedCell:
     attack_ctx: AttackContext
     sets: PoisonedSets
     seconds: float  # fitting the attack and poisoning (or loading the poisoned sets)
+    wait_seconds: float  # blocked on artifacts another process was building (not in seconds)
 
     @property
     def train(self) -> PoisonedTrainSet:
@@ -125,11 +128,13 @@ def poison_cell(
 ) -> PoisonedCell:
     """Fit ``attack`` on the clean split and build (or load) the cell's poisoned sets."""
     start = time.perf_counter()
-    ctx = attack_context(spec, data, device, report)
-    attack.fit(ctx)
-    sets = poisoned_sets(spec, data, attack, device, attack_version)
+    with lockwait.counting() as waited:
+        ctx = attack_context(spec, data, device, report)
+        attack.fit(ctx)
+        sets = poisoned_sets(spec, data, attack, device, attack_version)
     seed_everything(spec.seed + 1, device)  # the same RNG state whether the sets were cached
-    cell = PoisonedCell(data, attack, ctx, sets, time.perf_counter() - start)
+    seconds = time.perf_counter() - start - waited.seconds
+    cell = PoisonedCell(data, attack, ctx, sets, seconds, waited.seconds)
     report(
         f"attack {spec.attack}: {cell.n_poison} poisoned samples, "
         f"{cell.n_cross} cross samples ({cell.seconds:.1f}s)"

@@ -1,5 +1,6 @@
 """Running a trial's defense on its poisoned cell: the defense's context, its output checked
-against the contract, and the time it took (its own work only)."""
+against the contract, and the time it took: its own work only, without training the undefended
+model (booked apart) and without waiting for artifacts other trials hold (``wait_seconds``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench import checks
+from bench import checks, lockwait
 from bench.backdoored import BackdooredModelLoader
 from bench.cell import PoisonedCell, model_factory
 from bench.config import TrialSpec
@@ -50,7 +51,8 @@ class DefenseRun:
 
     output: DefenseOutput
     flagged: torch.Tensor | None  # validated training indices, if the defense flags samples
-    seconds: float  # the defense's own work: no undefended-model training built here
+    seconds: float  # the defense's own work: no undefended-model training, no lock waits
+    wait_seconds: float  # blocked on artifacts another process was building
     loader: BackdooredModelLoader
     stage_log: list[dict]  # shared stages looked up: kind, built/hit, seconds
     n_clean_subset: int
@@ -102,7 +104,7 @@ def run_defense(
         stage_cache=stage_cache,
         plain_backdoored_model=loader if loader.attack_hooks is None else None,
     )
-    output, seconds = timed_run(defense, ctx, loader)
+    output, seconds, waited = timed_run(defense, ctx, loader)
 
     probe = data.test_x[:8]
     checks.check_model(output.model, data.info.num_classes, probe, device, who)
@@ -114,15 +116,19 @@ def run_defense(
         else None
     )
     n_clean = 0 if clean is None else len(clean.labels)
-    return DefenseRun(output, flagged, seconds, loader, stage_cache.log, n_clean)
+    return DefenseRun(output, flagged, seconds, waited, loader, stage_cache.log, n_clean)
 
 
 def timed_run(
     defense: Defense, ctx: DefenseContext, loader: BackdooredModelLoader
-) -> tuple[DefenseOutput, float]:
-    """``defense.run(ctx)`` and the seconds of the defense's own work: its wall time less the
-    undefended model's training when this trial built it."""
-    start = time.perf_counter()
-    output = defense.run(ctx)
-    wall = time.perf_counter() - start
-    return output, max(0.0, wall - loader.built_seconds)
+) -> tuple[DefenseOutput, float, float]:
+    """``defense.run(ctx)``, the seconds of the defense's own work and the seconds it waited.
+
+    Its own work is its wall time less the undefended model's training when this trial built
+    it, and less the time blocked on an artifact lock another process held (a post-training
+    defense that starts while its cell's ``none`` trial still trains the model waits for it)."""
+    with lockwait.counting() as waited:
+        start = time.perf_counter()
+        output = defense.run(ctx)
+        wall = time.perf_counter() - start
+    return output, max(0.0, wall - loader.built_seconds - waited.seconds), waited.seconds

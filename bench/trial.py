@@ -74,6 +74,7 @@ def run_trial(
         "backdoored_train_seconds": backdoored_seconds,
         "attack_seconds": cell.seconds,
         "defense_seconds": run.seconds,
+        "wait_seconds": cell.wait_seconds + run.wait_seconds,
         "train_seconds": run.seconds
         + (0.0 if math.isnan(backdoored_seconds) else backdoored_seconds),
         "stage_seconds": run.stage_seconds(),
