@@ -12,6 +12,7 @@ import torch
 from bench import checks, metrics
 from bench.cell import PoisonedCell
 from bench.defend import DefenseRun
+from bench.schema import Col
 from bench.train import predict
 
 
@@ -26,16 +27,16 @@ def evaluate(
     clean_pred = predict(output.model, data.test_x, device=device, transform=transform)
     bd_pred = predict(output.model, bd_test.images, device=device, transform=transform)
     scores = {
-        "ca": metrics.clean_accuracy(clean_pred, data.test_y),
-        "asr": metrics.attack_success_rate(bd_pred, target),
-        "ra": metrics.robust_accuracy(bd_pred, bd_test.true_labels),
+        Col.ca: metrics.clean_accuracy(clean_pred, data.test_y),
+        Col.asr: metrics.attack_success_rate(bd_pred, target),
+        Col.ra: metrics.robust_accuracy(bd_pred, bd_test.true_labels),
     }
     checks.check_metrics(scores, who)
-    rejection = {"clean_reject_rate": math.nan, "bd_reject_rate": math.nan}
+    rejection = {Col.clean_reject_rate: math.nan, Col.bd_reject_rate: math.nan}
     if output.reject is not None:
         rejection = {
-            "clean_reject_rate": checks.check_rejections(output.reject, data.test_x, who),
-            "bd_reject_rate": checks.check_rejections(output.reject, bd_test.images, who),
+            Col.clean_reject_rate: checks.check_rejections(output.reject, data.test_x, who),
+            Col.bd_reject_rate: checks.check_rejections(output.reject, bd_test.images, who),
         }
     cross_acc = math.nan
     if bd_test.cross_images is not None and bd_test.cross_labels is not None:
@@ -43,26 +44,38 @@ def evaluate(
         cross_acc = metrics.clean_accuracy(cross_pred, bd_test.cross_labels)
     return {
         **scores,
-        "cross_acc": cross_acc,
+        Col.cross_acc: cross_acc,
         **rejection,
         **detection,
-        "eval_seconds": time.perf_counter() - start,
+        Col.eval_seconds: time.perf_counter() - start,
     }
+
+
+#: The columns of :func:`metrics.detection_counts` and :func:`metrics.detection_rates`.
+DETECTION = {
+    "tp": Col.det_tp,
+    "fp": Col.det_fp,
+    "fn": Col.det_fn,
+    "tn": Col.det_tn,
+    "tpr": Col.det_tpr,
+    "fpr": Col.det_fpr,
+    "precision": Col.det_precision,
+    "f1": Col.det_f1,
+}
 
 
 def detection_columns(
     flagged: torch.Tensor | None, scores: torch.Tensor | None, mask: torch.Tensor, who: str
 ) -> dict[str, float]:
     """Detection metrics of flagged samples (and AUROC of scores) against the hidden mask."""
-    nan = math.nan
-    cols = {f"det_{k}": nan for k in ("tp", "fp", "fn", "tn", "tpr", "fpr", "precision", "f1")}
-    cols["det_auroc"] = nan
-    cols["n_flagged"] = -1
+    cols: dict[str, float] = dict.fromkeys(DETECTION.values(), math.nan)
+    cols[Col.det_auroc] = math.nan
+    cols[Col.n_flagged] = -1
     if flagged is not None:
         counts = metrics.detection_counts(flagged, mask)
-        cols.update({f"det_{k}": float(v) for k, v in counts.items()})
-        cols.update({f"det_{k}": v for k, v in metrics.detection_rates(**counts).items()})
-        cols["n_flagged"] = len(flagged)
+        cols.update({DETECTION[k]: float(v) for k, v in counts.items()})
+        cols.update({DETECTION[k]: v for k, v in metrics.detection_rates(**counts).items()})
+        cols[Col.n_flagged] = len(flagged)
     if scores is not None:
         scores = torch.as_tensor(scores).detach().cpu().flatten()
         if scores.shape != mask.shape or not torch.isfinite(scores.double()).all():
@@ -70,5 +83,5 @@ def detection_columns(
                 f"{who}: scores must hold one finite value per training sample "
                 f"({len(mask)}), got shape {tuple(scores.shape)}"
             )
-        cols["det_auroc"] = metrics.auroc(scores, mask)
+        cols[Col.det_auroc] = metrics.auroc(scores, mask)
     return cols

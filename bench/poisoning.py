@@ -25,6 +25,7 @@ from bench.artifacts import ArtifactCache
 from bench.config import TrialSpec
 from bench.data import Dataset
 from bench.errors import BenchError
+from bench.schema import Col
 
 KIND = "poisoned_sets"
 
@@ -184,19 +185,20 @@ def poison_test_set(
 
 
 def cell_spec(spec: TrialSpec, data: Dataset) -> dict[str, Any]:
-    """Everything a cell's poisoned data and undefended model depend on (the artifact key)."""
+    """Everything a cell's poisoned data and undefended model depend on (the artifact key; its
+    fields are named like the table's columns, and a renamed column only rebuilds artifacts)."""
     return {
-        "dataset": spec.dataset,
-        "data_source": data.source,
-        "data": dict(spec.data),
-        "attack": spec.attack,
-        "attack_params": dict(spec.attack_params),
-        "ratio": spec.ratio,
-        "target": spec.target,
-        "exclude_target_from_poison": spec.exclude_target_from_poison,
-        "model": spec.model,  # surrogate-based attacks depend on the model and its training
-        "train": dict(spec.train),
-        "seed": spec.seed,
+        Col.dataset: spec.dataset,
+        Col.data_source: data.source,
+        Col.data: dict(spec.data),
+        Col.attack: spec.attack,
+        Col.attack_params: dict(spec.attack_params),
+        Col.ratio: spec.ratio,
+        Col.target: spec.target,
+        Col.exclude_target_from_poison: spec.exclude_target_from_poison,
+        Col.model: spec.model,  # surrogate-based attacks depend on the model and its training
+        Col.train: dict(spec.train),
+        Col.seed: spec.seed,
     }
 
 
@@ -234,7 +236,7 @@ def poisoned_sets(
         test = poison_test_set(attack, data.test_x, data.test_y, spec.target, device, spec.seed)
         return {"train": _as_dict(train), "test": _as_dict(test)}
 
-    key = {**cell_spec(spec, data), "attack_version": attack_version}
+    key = {**cell_spec(spec, data), Col.attack_version: attack_version}
     fetched = ArtifactCache().get_or_build(KIND, key, build)
     value = fetched.value
     return PoisonedSets(

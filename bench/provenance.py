@@ -14,6 +14,7 @@ import torch
 
 from bench import versions
 from bench.config import TrialSpec
+from bench.schema import Col
 
 
 def flatten_spec(spec: TrialSpec) -> dict[str, Any]:
@@ -22,7 +23,12 @@ def flatten_spec(spec: TrialSpec) -> dict[str, Any]:
         k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
         for k, v in spec.to_dict().items()
     }
-    return {**flat, "spec": spec.canonical()}
+    return {**flat, Col.spec: spec.canonical()}
+
+
+def spec_columns(spec: TrialSpec) -> dict[str, Any]:
+    """The columns that identify a trial: its ids and its spec."""
+    return {Col.trial_id: spec.trial_id, Col.config_id: spec.config_id, **flatten_spec(spec)}
 
 
 def device_name(device: torch.device) -> str:
@@ -43,12 +49,12 @@ def peak_memory_mb(device: torch.device) -> float:
 def provenance(device: torch.device, started_at: float) -> dict[str, Any]:
     """The columns that say where, when and with what code a trial ran."""
     return {
-        "device": device_name(device),
-        "node": socket.gethostname(),
-        "pid": os.getpid(),
-        "started_at": started_at,
-        "finished_at": time.time(),
-        "versions": versions.package_versions(),
-        "git_rev": versions.git_revision(),
-        "python": platform.python_version(),
+        Col.device: device_name(device),
+        Col.node: socket.gethostname(),
+        Col.pid: os.getpid(),
+        Col.started_at: started_at,
+        Col.finished_at: time.time(),
+        Col.versions: versions.package_versions(),
+        Col.git_rev: versions.git_revision(),
+        Col.python: platform.python_version(),
     }

@@ -24,7 +24,8 @@ from bench.config import TrialSpec
 from bench.defend import run_defense
 from bench.evaluate import evaluate
 from bench.limits import TrialTimeout, time_limit
-from bench.provenance import flatten_spec, peak_memory_mb, provenance
+from bench.provenance import peak_memory_mb, provenance, spec_columns
+from bench.schema import ERROR, OK, TIMEOUT, Col, complete_row
 
 log = logging.getLogger("bench.trial")
 
@@ -54,33 +55,34 @@ def run_trial(
     backdoored_seconds = run.loader.train_seconds
     row = {
         **scores,
-        "n_train": len(data.train_y),
-        "n_test": len(data.test_y),
-        "n_poison": cell.n_poison,
-        "n_cross": cell.n_cross,
-        "attack_mode": "training-controlled" if attack.controls_training else "static",
-        "attack_artifacts": cell.artifact_log(),
-        "defense_artifacts": run.stage_artifacts(),
-        "n_clean_subset": run.n_clean_subset,
-        "peak_memory_mb": peak_memory_mb(device),
-        "data_source": data.source,
-        "attack_package": attack_entry.package,
-        "attack_version": attack_entry.version,
-        "defense_package": defense_entry.package,
-        "defense_version": defense_entry.version,
-        "defense_reconstructed": bool(defense.reconstructed),
-        "backdoored_model_cache": run.loader.cache_status,
-        "poisoned_sets_cache": cell.sets.cache,
-        "backdoored_train_seconds": backdoored_seconds,
-        "attack_seconds": cell.seconds,
-        "defense_seconds": run.seconds,
-        "wait_seconds": cell.wait_seconds + run.wait_seconds,
-        "train_seconds": run.seconds
+        Col.n_train: len(data.train_y),
+        Col.n_test: len(data.test_y),
+        Col.n_poison: cell.n_poison,
+        Col.n_cross: cell.n_cross,
+        Col.attack_mode: "training-controlled" if attack.controls_training else "static",
+        Col.attack_artifacts: cell.artifact_log(),
+        Col.defense_artifacts: run.stage_artifacts(),
+        Col.n_clean_subset: run.n_clean_subset,
+        Col.peak_memory_mb: peak_memory_mb(device),
+        Col.data_source: data.source,
+        Col.attack_package: attack_entry.package,
+        Col.attack_version: attack_entry.version,
+        Col.defense_package: defense_entry.package,
+        Col.defense_version: defense_entry.version,
+        Col.defense_reconstructed: bool(defense.reconstructed),
+        Col.backdoored_model_cache: run.loader.cache_status,
+        Col.poisoned_sets_cache: cell.sets.cache,
+        Col.backdoored_train_seconds: backdoored_seconds,
+        Col.attack_seconds: cell.seconds,
+        Col.defense_seconds: run.seconds,
+        Col.wait_seconds: cell.wait_seconds + run.wait_seconds,
+        Col.train_seconds: run.seconds
         + (0.0 if math.isnan(backdoored_seconds) else backdoored_seconds),
-        "stage_seconds": run.stage_seconds(),
-        "wall_seconds": time.perf_counter() - t0,
+        Col.stage_seconds: run.stage_seconds(),
+        Col.wall_seconds: time.perf_counter() - t0,
     }
-    report(f"done: CA {scores['ca']:.4f} ASR {scores['asr']:.4f} RA {scores['ra']:.4f}")
+    ca, asr, ra = scores[Col.ca], scores[Col.asr], scores[Col.ra]
+    report(f"done: CA {ca:.4f} ASR {asr:.4f} RA {ra:.4f}")
     return row
 
 
@@ -92,8 +94,9 @@ def run_trial_safely(
     report: Callable[[str], None] = log.info,
     time_limit_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Run a trial and return its complete result row, ``status`` ``ok``, ``error`` or
-    ``timeout`` (past ``time_limit_s`` seconds; 0 means no limit)."""
+    """Run a trial and return its result row, complete per :mod:`bench.schema` (typed defaults
+    for what a failed trial did not measure): ``status`` ``ok``, ``error`` or ``timeout`` (past
+    ``time_limit_s`` seconds; 0 means no limit)."""
     if threads:
         torch.set_num_threads(max(1, int(threads)))
     device = pick_device(gpus)
@@ -101,19 +104,19 @@ def run_trial_safely(
     t0 = time.perf_counter()
     try:
         with time_limit(time_limit_s):
-            row = {"status": "ok", "error": "", **run_trial(spec, device=device, report=report)}
+            row = {Col.status: OK, **run_trial(spec, device=device, report=report)}
     except TrialTimeout as exc:
         report(f"trial stopped: {exc}")
         row = {
-            "status": "timeout",
-            "error": f"{exc}\n{traceback.format_exc()}",
-            "wall_seconds": time.perf_counter() - t0,
+            Col.status: TIMEOUT,
+            Col.error: f"{exc}\n{traceback.format_exc()}",
+            Col.wall_seconds: time.perf_counter() - t0,
         }
     except Exception as exc:  # one failing trial must never sink the grid
         report(f"trial failed: {type(exc).__name__}: {exc}")
         row = {
-            "status": "error",
-            "error": traceback.format_exc(),
-            "wall_seconds": time.perf_counter() - t0,
+            Col.status: ERROR,
+            Col.error: traceback.format_exc(),
+            Col.wall_seconds: time.perf_counter() - t0,
         }
-    return {"trial_id": spec.trial_id, **flatten_spec(spec), **row, **provenance(device, started)}
+    return complete_row({**spec_columns(spec), **row, **provenance(device, started)})
