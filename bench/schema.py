@@ -81,7 +81,7 @@ class _Define:
         return self.column.name
 
 
-def _col(dtype: str, meaning: str, *, spec: bool = False, default: Any = None) -> Any:
+def _col(dtype: str, meaning: str, *, spec: bool = False, default: Any = None) -> _Define:
     return _Define(dtype, meaning, spec, default)
 
 
@@ -95,7 +95,9 @@ class Col:
         "hash of the canonical spec without the seed: which parameter version of a cell the "
         "row belongs to (the seeds of one version share it)",
     )
-    schema_version = _col(COUNT, "the row schema the row was written under (0: unversioned)")
+    schema_version = _col(
+        COUNT, "the row schema the row was written under (0: unversioned)", default=0
+    )
     # The spec (TrialSpec fields; defaults are TrialSpec's, as it reads an older spec)
     dataset = _col(STR, "dataset name (cifar10, gtsrb)", spec=True)
     attack = _col(STR, "attack name", spec=True)
@@ -252,9 +254,7 @@ def upgrade(df: pd.DataFrame) -> pd.DataFrame:
         if c.name in df:
             continue
         if c.name == Col.config_id and Col.spec in df:
-            df[c.name] = _config_ids(df)
-        elif c.name == Col.schema_version:
-            df[c.name] = 0
+            df[c.name] = _config_ids(df)  # derived: old rows still group by parameter version
         else:
             df[c.name] = pd.Series(c.fill_value, index=df.index)
     for c in COLUMNS:
