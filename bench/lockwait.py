@@ -44,7 +44,7 @@ def counting() -> Iterator[WaitClock]:
 def hold(lock: BaseFileLock) -> Iterator[None]:
     """Hold ``lock``. If another process holds it, block until it is free and count the wait."""
     try:
-        lock.acquire(blocking=False)
+        lock.acquire(timeout=0)  # a single attempt: Timeout at once if another process holds it
     except Timeout:
         start = time.perf_counter()
         lock.acquire()
