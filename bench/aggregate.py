@@ -11,21 +11,16 @@ import math
 import pandas as pd
 
 from bench import metrics
-from bench.store import OK
+from bench.schema import OK, Col
 
 #: One leaderboard table.
-GROUP = ["dataset", "preset", "ratio"]
+GROUP = [Col.dataset, Col.preset, Col.ratio]
 #: Trials that share a `none` baseline (same poisoned data, same model, same budget).
-CELL = ["dataset", "preset", "model", "ratio", "attack", "target"]
+CELL = [Col.dataset, Col.preset, Col.model, Col.ratio, Col.attack, Col.target]
 BUILTIN_PACKAGE = "backdoor-leaderboard"
-METRICS = ["ca", "asr", "ra", "der"]
-DETECTION = ["det_tpr", "det_fpr", "det_precision", "det_f1", "det_auroc"]
-COST = ["defense_seconds", "train_seconds", "wall_seconds", "peak_memory_mb"]
-
-
-def _column(df: pd.DataFrame, name: str, default: object = None) -> pd.Series:
-    """A column, or a constant for tables written before the column existed."""
-    return df[name] if name in df else pd.Series(default, index=df.index, dtype=object)
+METRICS = [Col.ca, Col.asr, Col.ra, "der"]
+DETECTION = [Col.det_tpr, Col.det_fpr, Col.det_precision, Col.det_f1, Col.det_auroc]
+COST = [Col.defense_seconds, Col.train_seconds, Col.wall_seconds, Col.peak_memory_mb]
 
 
 def defense_label(name: str, package: str | None, version: str | None, reconstructed: bool) -> str:
@@ -38,38 +33,29 @@ def defense_label(name: str, package: str | None, version: str | None, reconstru
 
 def trial_table(df: pd.DataFrame) -> pd.DataFrame:
     """Successful trials with labels, DER and cost relative to `none` (one row per trial)."""
-    if df.empty or "status" not in df:
-        return pd.DataFrame()
-    ok = df[df["status"] == OK].copy()
+    ok = df[df[Col.status] == OK].copy()
     if ok.empty:
         return ok
-    reconstructed = _column(ok, "defense_reconstructed", False).fillna(False).astype(bool)
-    ok["plugin"] = _column(ok, "defense_package", BUILTIN_PACKAGE).fillna(BUILTIN_PACKAGE) != (
-        BUILTIN_PACKAGE
-    )
+    reconstructed = ok[Col.defense_reconstructed].fillna(False).astype(bool)
+    package = ok[Col.defense_package].replace("", BUILTIN_PACKAGE)
+    ok["plugin"] = package != BUILTIN_PACKAGE
     ok["reconstructed"] = reconstructed
     ok["defense_label"] = [
         defense_label(n, p, v, bool(r))
         for n, p, v, r in zip(
-            ok["defense"],
-            _column(ok, "defense_package"),
-            _column(ok, "defense_version"),
-            reconstructed,
-            strict=True,
+            ok[Col.defense], package, ok[Col.defense_version], reconstructed, strict=True
         )
     ]
-    for col in DETECTION + COST:
-        if col not in ok:
-            ok[col] = math.nan
-    base = ok[ok["defense"] == "none"]
-    by_seed = base.groupby([*CELL, "seed"])[["ca", "asr", "train_seconds"]].mean()
-    by_cell = base.groupby(CELL)[["ca", "asr", "train_seconds"]].mean()
+    base = ok[ok[Col.defense] == "none"]
+    baseline = [Col.ca, Col.asr, Col.train_seconds]
+    by_seed = base.groupby([*CELL, Col.seed])[baseline].mean()
+    by_cell = base.groupby(CELL)[baseline].mean()
     ders, costs = [], []
     for _, row in ok.iterrows():
         cell = tuple(row[c] for c in CELL)
         ref = None
-        if (*cell, row["seed"]) in by_seed.index:
-            ref = by_seed.loc[(*cell, row["seed"])]
+        if (*cell, row[Col.seed]) in by_seed.index:
+            ref = by_seed.loc[(*cell, row[Col.seed])]
         elif cell in by_cell.index:
             ref = by_cell.loc[cell]
         if ref is None:
@@ -77,11 +63,12 @@ def trial_table(df: pd.DataFrame) -> pd.DataFrame:
             costs.append(math.nan)
             continue
         ders.append(
-            metrics.defense_effectiveness_rating(ref["ca"], ref["asr"], row["ca"], row["asr"])
+            metrics.defense_effectiveness_rating(
+                ref[Col.ca], ref[Col.asr], row[Col.ca], row[Col.asr]
+            )
         )
-        costs.append(
-            row["train_seconds"] / ref["train_seconds"] if ref["train_seconds"] else math.nan
-        )
+        base_seconds = ref[Col.train_seconds]
+        costs.append(row[Col.train_seconds] / base_seconds if base_seconds else math.nan)
     ok["der"] = ders
     ok["cost_vs_none"] = costs
     return ok
@@ -92,29 +79,31 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     trials = trial_table(df)
     if trials.empty:
         return pd.DataFrame()
-    keys = [*GROUP, "defense_label", "attack"]
+    keys = [*GROUP, "defense_label", Col.attack]
     rows = []
     for key, g in trials.groupby(keys, sort=True):
         row = dict(zip(keys, key, strict=True))
         row.update(
-            defense=g["defense"].iloc[0],
-            plugin=bool(g["plugin"].iloc[0]),
-            reconstructed=bool(g["reconstructed"].iloc[0]),
-            defense_package=_column(g, "defense_package").iloc[0],
-            defense_version=_column(g, "defense_version").iloc[0],
-            model=", ".join(sorted(g["model"].unique())),
-            data_source="; ".join(sorted(_column(g, "data_source", "").dropna().unique())),
-            device="; ".join(sorted(_column(g, "device", "").dropna().unique())),
-            n=len(g),
-            seeds=",".join(str(s) for s in sorted(g["seed"])),
+            {
+                Col.defense: g[Col.defense].iloc[0],
+                "plugin": bool(g["plugin"].iloc[0]),
+                "reconstructed": bool(g["reconstructed"].iloc[0]),
+                Col.defense_package: g[Col.defense_package].iloc[0],
+                Col.defense_version: g[Col.defense_version].iloc[0],
+                Col.model: ", ".join(sorted(g[Col.model].unique())),
+                Col.data_source: "; ".join(sorted(g[Col.data_source].dropna().unique())),
+                Col.device: "; ".join(sorted(g[Col.device].dropna().unique())),
+                "n": len(g),
+                "seeds": ",".join(str(s) for s in sorted(g[Col.seed])),
+            }
         )
         for m in METRICS:
             values = [v for v in g[m] if not math.isnan(v)]
             row[m], row[f"{m}_ci"] = metrics.mean_ci95(values)
         for col in [*DETECTION, *COST, "cost_vs_none"]:
             row[col] = g[col].astype(float).mean()
-        row["versions"] = _column(g, "versions", "").iloc[-1]
-        row["git_rev"] = _column(g, "git_rev", "").iloc[-1]
+        row[Col.versions] = g[Col.versions].iloc[-1]
+        row[Col.git_rev] = g[Col.git_rev].iloc[-1]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -127,16 +116,16 @@ def ranking(agg: pd.DataFrame) -> pd.DataFrame:
         agg.groupby([*GROUP, "defense_label"], sort=False)
         .agg(
             der=("der", "mean"),
-            ca=("ca", "mean"),
-            asr=("asr", "mean"),
-            ra=("ra", "mean"),
-            attacks=("attack", "nunique"),
+            ca=(Col.ca, "mean"),
+            asr=(Col.asr, "mean"),
+            ra=(Col.ra, "mean"),
+            attacks=(Col.attack, "nunique"),
             cost_vs_none=("cost_vs_none", "mean"),
         )
         .reset_index()
     )
     summary = summary.sort_values(
-        [*GROUP, "der", "ca"], ascending=[True] * len(GROUP) + [False, False]
+        [*GROUP, "der", Col.ca], ascending=[True] * len(GROUP) + [False, False]
     )
     summary["rank"] = summary.groupby(GROUP).cumcount() + 1
     return summary.reset_index(drop=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import registry
+from bench import registry, schema
 from bench.data import DATASETS, dataset_info
 from bench.errors import BenchError, unknown_name_error
 from bench.models import model_names
@@ -246,6 +246,11 @@ class TrialSpec:
     @property
     def trial_id(self) -> str:
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
+
+    @property
+    def config_id(self) -> str:
+        """Which parameter version of its cell this trial is: the id without the seed."""
+        return schema.config_id_of(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrialSpec:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.aggregate import GROUP, aggregate, ranking
-from bench.store import OK
+from bench.aggregate import DETECTION, GROUP, aggregate, ranking
+from bench.schema import OK, Col
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ def pct(x: float) -> str:
 
 def cell_text(row: pd.Series) -> str:
     """'CA / ASR / RA' in percent; with several seeds, ASR carries its 95% CI and n."""
-    text = f"{pct(row['ca'])} / {pct(row['asr'])} / {pct(row['ra'])}"
+    text = f"{pct(row[Col.ca])} / {pct(row[Col.asr])} / {pct(row[Col.ra])}"
     if row["n"] > 1:
         text += f" (±{pct(row['asr_ci'])}, n={row['n']})"
     return text
@@ -41,15 +41,14 @@ def ordered_defenses(labels: list[str]) -> list[str]:
 def cell_table(group: pd.DataFrame) -> pd.DataFrame:
     """Defense x attack table of a leaderboard group (aggregated rows)."""
     defenses = ordered_defenses(list(group["defense_label"].unique()))
-    attacks = sorted(group["attack"].unique())
+    attacks = sorted(group[Col.attack].unique())
     table = pd.DataFrame("N/A", index=defenses, columns=[*attacks, "mean"], dtype=object)
     for _, r in group.iterrows():
-        table.loc[r["defense_label"], r["attack"]] = cell_text(r)
+        table.loc[r["defense_label"], r[Col.attack]] = cell_text(r)
     for d in defenses:
         sub = group[group["defense_label"] == d]
-        table.loc[d, "mean"] = (
-            f"{pct(sub['ca'].mean())} / {pct(sub['asr'].mean())} / {pct(sub['ra'].mean())}"
-        )
+        ca, asr, ra = (pct(sub[c].mean()) for c in (Col.ca, Col.asr, Col.ra))
+        table.loc[d, "mean"] = f"{ca} / {asr} / {ra}"
     return table
 
 
@@ -63,10 +62,10 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _header_lines(group: pd.DataFrame) -> list[str]:
-    models = ", ".join(sorted(group["model"].unique()))
-    sources = "; ".join(sorted({s for s in group["data_source"] if s}))
+    models = ", ".join(sorted(group[Col.model].unique()))
+    sources = "; ".join(sorted({s for s in group[Col.data_source] if s}))
     lines = [f"Model: {models}. Data: {sources}. Trials: {int(group['n'].sum())}."]
-    if group["preset"].iloc[0] != "paper":
+    if group[Col.preset].iloc[0] != "paper":
         lines.append(
             "Not comparable with published numbers: this preset trains a small model on a data "
             "subset with a reduced budget. Compare rows within this table only."
@@ -104,20 +103,20 @@ def render_markdown(df: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
         out += ["", "Ranking:", ""]
         rk = ranks[(ranks[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
         out += md_table(
-            ["rank", "defense", "mean DER", "mean CA", "mean ASR", "cost vs none"],
+            ["rank", Col.defense, "mean DER", "mean CA", "mean ASR", "cost vs none"],
             [
                 [
                     str(r["rank"]),
                     r["defense_label"],
                     pct(r["der"]),
-                    pct(r["ca"]),
-                    pct(r["asr"]),
+                    pct(r[Col.ca]),
+                    pct(r[Col.asr]),
                     "–" if math.isnan(r["cost_vs_none"]) else f"{r['cost_vs_none']:.2f}x",
                 ]
                 for _, r in rk.iterrows()
             ],
         )
-        flagged = group[group["det_tpr"].notna()]
+        flagged = group[group[Col.det_tpr].notna()]
         if not flagged.empty:
             out += [
                 "",
@@ -125,34 +124,27 @@ def render_markdown(df: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
                 "",
             ]
             out += md_table(
-                ["defense", "attack", "TPR", "FPR", "precision", "F1", "AUROC"],
+                [Col.defense, Col.attack, "TPR", "FPR", "precision", "F1", "AUROC"],
                 [
                     [
                         r["defense_label"],
-                        r["attack"],
-                        pct(r["det_tpr"]),
-                        pct(r["det_fpr"]),
-                        pct(r["det_precision"]),
-                        pct(r["det_f1"]),
-                        pct(r["det_auroc"]),
+                        r[Col.attack],
+                        *(pct(r[c]) for c in DETECTION),
                     ]
                     for _, r in flagged.iterrows()
                 ],
             )
         out.append("")
-    failed = df[df["status"] != OK] if not df.empty and "status" in df else pd.DataFrame()
+    failed = df[df[Col.status] != OK]
     if not failed.empty:
         out += ["## Failed trials", ""]
         out += md_table(
-            ["trial", "dataset", "attack", "defense", "status", "error"],
+            ["trial", Col.dataset, Col.attack, Col.defense, Col.status, Col.error],
             [
                 [
-                    r["trial_id"],
-                    r["dataset"],
-                    r["attack"],
-                    r["defense"],
-                    r["status"],
-                    (str(r["error"]).strip().splitlines() or [""])[-1],
+                    *(r[c] for c in (Col.trial_id, Col.dataset, Col.attack, Col.defense)),
+                    r[Col.status],
+                    (str(r[Col.error]).strip().splitlines() or [""])[-1],
                 ]
                 for _, r in failed.iterrows()
             ],

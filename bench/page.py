@@ -19,7 +19,7 @@ import pandas as pd
 
 from bench.aggregate import GROUP
 from bench.leaderboard import ordered_defenses, pct
-from bench.store import OK
+from bench.schema import OK, Col
 
 esc = html.escape
 
@@ -47,19 +47,19 @@ def _cell_details(agg_row: pd.Series, trials: pd.DataFrame) -> dict:
         {
             k: _clean(t.get(k))
             for k in (
-                "seed",
-                "ca",
-                "asr",
-                "ra",
+                Col.seed,
+                Col.ca,
+                Col.asr,
+                Col.ra,
                 "der",
-                "wall_seconds",
-                "train_seconds",
-                "defense_seconds",
-                "device",
-                "node",
-                "git_rev",
-                "trial_id",
-                "started_at",
+                Col.wall_seconds,
+                Col.train_seconds,
+                Col.defense_seconds,
+                Col.device,
+                Col.node,
+                Col.git_rev,
+                Col.trial_id,
+                Col.started_at,
             )
         }
         for _, t in trials.iterrows()
@@ -70,7 +70,8 @@ def _cell_details(agg_row: pd.Series, trials: pd.DataFrame) -> dict:
 def _badges(row: pd.Series) -> str:
     out = []
     if row["plugin"]:
-        out.append(f'<span class="badge plugin">plugin: {esc(str(row["defense_package"]))}</span>')
+        package = esc(str(row[Col.defense_package]))
+        out.append(f'<span class="badge plugin">plugin: {package}</span>')
     if row["reconstructed"]:
         out.append('<span class="badge recon">reconstructed</span>')
     return " ".join(out)
@@ -85,7 +86,7 @@ def _section(
     plots: list[Path],
 ) -> str:
     dataset, preset, ratio = key
-    attacks = sorted(group["attack"].unique())
+    attacks = sorted(group[Col.attack].unique())
     rank_of = dict(zip(ranks["defense_label"], ranks["rank"], strict=True))
     der_of = dict(zip(ranks["defense_label"], ranks["der"], strict=True))
     head = (
@@ -96,7 +97,7 @@ def _section(
     )
     body = []
     for label in ordered_defenses(list(group["defense_label"].unique())):
-        rows = group[group["defense_label"] == label].set_index("attack")
+        rows = group[group["defense_label"] == label].set_index(Col.attack)
         first = rows.iloc[0]
         cells = [
             f'<td class="name">{esc(label)} {_badges(first)}</td>',
@@ -110,20 +111,17 @@ def _section(
             r = rows.loc[a]
             cell_id = f"c{len(details)}"
             seeds = trials_by_cell.get((dataset, preset, ratio, label, a), pd.DataFrame())
-            details[cell_id] = _cell_details(pd.concat([r, pd.Series({"attack": a})]), seeds)
+            details[cell_id] = _cell_details(pd.concat([r, pd.Series({Col.attack: a})]), seeds)
             n = f", n={int(r['n'])}" if r["n"] > 1 else ""
-            tip = (
-                f"CA {pct(r['ca'])}  ASR {pct(r['asr'])}  RA {pct(r['ra'])}  "
-                f"DER {pct(r['der'])}{n} (click for details)"
-            )
+            ca, asr, ra = pct(r[Col.ca]), pct(r[Col.asr]), pct(r[Col.ra])
+            tip = f"CA {ca}  ASR {asr}  RA {ra}  DER {pct(r['der'])}{n} (click for details)"
             cells.append(
-                f'<td class="cell" data-v="{_num(r["asr"])}" data-cell="{cell_id}" '
-                f'title="{esc(tip)}">{pct(r["ca"])} / <b>{pct(r["asr"])}</b> / {pct(r["ra"])}'
-                "</td>"
+                f'<td class="cell" data-v="{_num(r[Col.asr])}" data-cell="{cell_id}" '
+                f'title="{esc(tip)}">{ca} / <b>{asr}</b> / {ra}</td>'
             )
         body.append(f'<tr data-defense="{esc(label.lower())}">{"".join(cells)}</tr>')
-    models = ", ".join(sorted(group["model"].unique()))
-    sources = "; ".join(sorted({s for s in group["data_source"] if s}))
+    models = ", ".join(sorted(group[Col.model].unique()))
+    sources = "; ".join(sorted({s for s in group[Col.data_source] if s}))
     note = (
         ""
         if preset == "paper"
@@ -226,7 +224,7 @@ def render_page(
     trials = trial_table(df)
     details: dict[str, dict] = {}
     by_cell = (
-        dict(tuple(trials.groupby([*GROUP, "defense_label", "attack"]))) if len(trials) else {}
+        dict(tuple(trials.groupby([*GROUP, "defense_label", Col.attack]))) if len(trials) else {}
     )
     sections = []
     if not agg.empty:
@@ -235,10 +233,10 @@ def render_page(
             mine = [p for p in plot_files if slug(*key) in p.stem]
             sections.append(_section(key, group, rk, by_cell, details, mine))
     gallery = [p for p in plot_files if p.name == "attacks.png"]
-    n_failed = 0 if df.empty or "status" not in df else int((df["status"] != OK).sum())
-    datasets = sorted(agg["dataset"].unique()) if not agg.empty else []
-    presets = sorted(agg["preset"].unique()) if not agg.empty else []
-    ratios = sorted({f"{r:g}" for r in agg["ratio"]}) if not agg.empty else []
+    n_failed = int((df[Col.status] != OK).sum())
+    datasets = sorted(agg[Col.dataset].unique()) if not agg.empty else []
+    presets = sorted(agg[Col.preset].unique()) if not agg.empty else []
+    ratios = sorted({f"{r:g}" for r in agg[Col.ratio]}) if not agg.empty else []
     gallery_html = "".join(
         f'<h2>Attack gallery</h2><figure><img alt="attack gallery" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"></figure>'

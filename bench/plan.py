@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from attacks.base import CLEAN_LABEL, select_poison_indices
+from attacks.base import CLEAN_LABEL
 from bench import precision, registry
 from bench.config import Resources, TrialSpec
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.models import build_model
+from bench.poisoning import select_poison_indices
 from bench.runner import run_order
+from bench.schema import Col
 from bench.train import autocast, prepare_model
 
 
@@ -149,7 +151,7 @@ def estimate(
 def _cell_key(spec: TrialSpec) -> str:
     """What a cell's poisoned data and undefended model depend on: the spec minus the defense."""
     fields = spec.to_dict()
-    for name in ("defense", "defense_params", "clean_fraction"):
+    for name in (Col.defense, Col.defense_params, Col.clean_fraction):
         fields.pop(name, None)
     return json.dumps(fields, sort_keys=True)
 
@@ -158,8 +160,8 @@ def format_plan(
     plan: GridPlan, estimates: list[TrialEstimate], resources: Resources, done: set[str]
 ) -> str:
     """The trial list with estimates, the skipped cells with reasons, and the totals."""
-    lines = [f"{'trial':<17}{'dataset':<9}{'attack':<10}{'ratio':>6}{'defense':>10}{'seed':>5}"
-             f"{'passes':>9}{'time':>9}  status"]  # fmt: skip
+    lines = [f"{'trial':<17}{Col.dataset:<9}{Col.attack:<10}{Col.ratio:>6}{Col.defense:>10}"
+             f"{Col.seed:>5}{'passes':>9}{'time':>9}  status"]  # fmt: skip
     todo = [e for e in estimates if e.spec.trial_id not in done]
     for e in estimates:
         s = e.spec

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from bench.aggregate import GROUP
+from bench.schema import Col
 
 log = logging.getLogger("bench.plots")
 
@@ -38,7 +39,7 @@ def _defense_order(labels) -> list[str]:
 
 
 def asr_heatmap(group: pd.DataFrame, title: str, path: Path) -> Path:
-    asr = group.pivot_table(index="defense_label", columns="attack", values="asr")
+    asr = group.pivot_table(index="defense_label", columns=Col.attack, values=Col.asr)
     asr = asr.reindex(_defense_order(asr.index))
     fig, ax = plt.subplots(figsize=(2.8 + 0.9 * asr.shape[1], 1.6 + 0.45 * asr.shape[0]))
     im = ax.imshow(100 * asr.to_numpy(dtype=float), vmin=0, vmax=100, cmap="Reds", aspect="auto")
@@ -65,26 +66,26 @@ def asr_heatmap(group: pd.DataFrame, title: str, path: Path) -> Path:
 def ca_vs_asr(group: pd.DataFrame, title: str, path: Path) -> Path:
     """Each (defense, attack) point, with an arrow from the same attack's `none` point."""
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    base = group[group["defense"] == "none"].set_index("attack")
+    base = group[group[Col.defense] == "none"].set_index(Col.attack)
     label_points = len(group) <= 30  # beyond that, labels become noise (and slow to lay out)
     for i, (label, sub) in enumerate(
         sorted(group.groupby("defense_label"), key=lambda kv: (kv[0] != "none", kv[0]))
     ):
         colour = f"C{i % 10}"
-        xs, ys = 100 * sub["asr"].to_numpy(), 100 * sub["ca"].to_numpy()
+        xs, ys = 100 * sub[Col.asr].to_numpy(), 100 * sub[Col.ca].to_numpy()
         ax.scatter(xs, ys, color=colour, s=30, zorder=3, label=label)
         if label_points:
-            for x, y, attack in zip(xs, ys, sub["attack"], strict=True):
+            for x, y, attack in zip(xs, ys, sub[Col.attack], strict=True):
                 ax.annotate(attack, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if (sub["defense"] != "none").all():
-            known = sub[sub["attack"].isin(base.index)]
-            start = base.loc[known["attack"]]
-            x0, y0 = 100 * start["asr"].to_numpy(), 100 * start["ca"].to_numpy()
+        if (sub[Col.defense] != "none").all():
+            known = sub[sub[Col.attack].isin(base.index)]
+            start = base.loc[known[Col.attack]]
+            x0, y0 = 100 * start[Col.asr].to_numpy(), 100 * start[Col.ca].to_numpy()
             ax.quiver(
                 x0,
                 y0,
-                100 * known["asr"].to_numpy() - x0,
-                100 * known["ca"].to_numpy() - y0,
+                100 * known[Col.asr].to_numpy() - x0,
+                100 * known[Col.ca].to_numpy() - y0,
                 angles="xy",
                 scale_units="xy",
                 scale=1,
@@ -103,13 +104,13 @@ def ca_vs_asr(group: pd.DataFrame, title: str, path: Path) -> Path:
 
 
 def der_bars(group: pd.DataFrame, title: str, path: Path) -> Path:
-    defended = group[group["defense"] != "none"]
-    attacks = sorted(group["attack"].unique())
+    defended = group[group[Col.defense] != "none"]
+    attacks = sorted(group[Col.attack].unique())
     defenses = _defense_order(defended["defense_label"])
     fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(attacks) * max(1, len(defenses)) ** 0.5, 4))
     width = 0.8 / max(1, len(defenses))
     for i, d in enumerate(defenses):
-        sub = defended[defended["defense_label"] == d].set_index("attack").reindex(attacks)
+        sub = defended[defended["defense_label"] == d].set_index(Col.attack).reindex(attacks)
         xs = [j + i * width for j in range(len(attacks))]
         ax.bar(xs, 100 * sub["der"], width, label=d, yerr=100 * sub["der_ci"].fillna(0), capsize=2)
     ax.axhline(50, color="grey", lw=1, ls="--")
@@ -150,7 +151,7 @@ def cost_vs_der(group: pd.DataFrame, title: str, path: Path) -> Path:
 def asr_vs_ratio(table: pd.DataFrame, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, sub in table.groupby("defense_label"):
-        curve = sub.groupby("ratio")["asr"].mean().sort_index()
+        curve = sub.groupby(Col.ratio)[Col.asr].mean().sort_index()
         ax.plot(100 * curve.index, 100 * curve.to_numpy(), marker="o", label=label)
     ax.set_xlabel("poison ratio (%)")
     ax.set_ylabel("mean ASR over attacks (%)")
@@ -171,8 +172,8 @@ def gallery_specs(df: pd.DataFrame, datasets: list[str]) -> list:
     from bench.config import TrialSpec
 
     specs = []
-    for _, rows in df.groupby("attack", sort=True):
-        by_dataset = {r["dataset"]: r["spec"] for _, r in rows.iterrows() if r.get("spec")}
+    for _, rows in df.groupby(Col.attack, sort=True):
+        by_dataset = {r[Col.dataset]: r[Col.spec] for _, r in rows.iterrows() if r.get(Col.spec)}
         if not by_dataset:
             continue
         fallback = TrialSpec.from_dict(json.loads(next(iter(by_dataset.values()))))
@@ -190,9 +191,9 @@ def attack_gallery(specs: list, path: Path, build: bool = False) -> Path | None:
     artifacts use the cached ones (built first only when ``build`` is True)."""
     from attacks.base import ArtifactMissing
     from bench import registry
+    from bench.cell import attack_context
     from bench.data import load_dataset
     from bench.errors import BenchError
-    from bench.trial import attack_context
 
     if not specs:
         return None
@@ -256,11 +257,11 @@ def render_all(
         s = slug(dataset, preset, ratio)
         written.append(asr_heatmap(group, title, plot_dir / f"asr_heatmap_{s}.png"))
         written.append(ca_vs_asr(group, title, plot_dir / f"ca_vs_asr_{s}.png"))
-        if (group["defense"] != "none").any():
+        if (group[Col.defense] != "none").any():
             written.append(der_bars(group, title, plot_dir / f"der_bars_{s}.png"))
             written.append(cost_vs_der(group, title, plot_dir / f"cost_vs_der_{s}.png"))
-    for (dataset, preset), table in agg.groupby(["dataset", "preset"], sort=True):
-        if table["ratio"].nunique() > 1:
+    for (dataset, preset), table in agg.groupby([Col.dataset, Col.preset], sort=True):
+        if table[Col.ratio].nunique() > 1:
             written.append(
                 asr_vs_ratio(
                     table,

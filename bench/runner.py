@@ -20,7 +20,8 @@ from typing import Any
 from bench import settings
 from bench.config import Resources, TrialSpec
 from bench.errors import BenchError
-from bench.store import OK, SKIPPED, ResultsStore
+from bench.schema import ERROR, OK, SKIPPED, Col, complete_row
+from bench.store import ResultsStore
 
 log = logging.getLogger("bench.runner")
 
@@ -43,7 +44,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
 
     from bench.trial import run_trial_safely
 
-    spec = TrialSpec.from_dict(json.loads(config["spec"]))
+    spec = TrialSpec.from_dict(json.loads(config[Col.spec]))
     logger = _trial_logger(Path(config["log_dir"]) / f"{spec.trial_id}.log", spec.trial_id)
     logger.info("trial %s: %s", spec.trial_id, spec.canonical())
     attempts = 1 + config["retries"]
@@ -55,20 +56,20 @@ def _tune_trial(config: dict[str, Any]) -> None:
             report=logger.info,
             time_limit_s=config["timeout"],
         )
-        if row["status"] == OK:
+        if row[Col.status] == OK:
             break
-        logger.error("attempt %d/%d: %s", attempt, attempts, row["error"])
-    row["attempts"] = attempt
-    row["run"] = Path(config["log_dir"]).parent.name  # the results/runs/<run> that ran it
-    row["ray_node"] = ray.get_runtime_context().get_node_id()
-    row["node_ip"] = ray.util.get_node_ip_address()
+        logger.error("attempt %d/%d: %s", attempt, attempts, row[Col.error])
+    row[Col.attempts] = attempt
+    row[Col.run] = Path(config["log_dir"]).parent.name  # the results/runs/<run> that ran it
+    row[Col.ray_node] = ray.get_runtime_context().get_node_id()
+    row[Col.node_ip] = ray.util.get_node_ip_address()
     ResultsStore(Path(config["store"])).upsert([row])
     tune.report(
         {
-            "ok": row["status"] == OK,
-            "status": row["status"],
+            "ok": row[Col.status] == OK,
+            Col.status: row[Col.status],
             "label": f"{spec.dataset}/{spec.attack}/{spec.defense}/r={spec.ratio}/s={spec.seed}",
-            **{k: row.get(k, math.nan) for k in ("ca", "asr", "ra", "wall_seconds")},
+            **{k: row[k] for k in (Col.ca, Col.asr, Col.ra, Col.wall_seconds)},
         }
     )
 
@@ -110,9 +111,9 @@ def _progress_callback(total: int, start: float, concurrency: int):
             per_wave = elapsed / max(1, math.ceil(self.done / max(1, concurrency)))
             eta = _format_duration(waves_left * per_wave) if remaining else "0m00s"
             status = (
-                f"CA {result['ca']:.3f} ASR {result['asr']:.3f}"
+                f"CA {result[Col.ca]:.3f} ASR {result[Col.asr]:.3f}"
                 if result.get("ok")
-                else str(result.get("status", "error")).upper()
+                else str(result.get(Col.status, ERROR)).upper()
             )
             log.info(
                 "[%d/%d trials done, %d failed] %s: %s | elapsed %s, ETA %s",
@@ -183,9 +184,9 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
 
 def skipped_row(spec: TrialSpec, reason: str) -> dict[str, Any]:
     """The row of a cell left out of the grid: its spec, status ``skipped`` and the reason."""
-    from bench.trial import flatten_spec
+    from bench.provenance import spec_columns
 
-    return {"trial_id": spec.trial_id, **flatten_spec(spec), "status": SKIPPED, "error": reason}
+    return complete_row({**spec_columns(spec), Col.status: SKIPPED, Col.error: reason})
 
 
 def run_order(specs: list[TrialSpec]) -> list[TrialSpec]:
@@ -240,8 +241,8 @@ def run_grid(
         logging.getLogger("bench").removeHandler(file_handler)
         file_handler.close()
     rows = store.read()
-    ran = rows[rows["trial_id"].isin({s.trial_id for s in todo})] if not rows.empty else rows
-    ok = int((ran["status"] == OK).sum()) if not ran.empty else 0
+    ran = rows[rows[Col.trial_id].isin({s.trial_id for s in todo})]
+    ok = int((ran[Col.status] == OK).sum())
     errors = len(ran) - ok
     not_run = len(todo) - len(ran)
     seconds = time.time() - start
@@ -283,7 +284,7 @@ def _fit_with_tune(
     tuner = tune.Tuner(
         trainable,
         param_space={
-            "spec": tune.grid_search([s.canonical() for s in todo]),
+            Col.spec: tune.grid_search([s.canonical() for s in todo]),
             "store": str(store.path.resolve()),
             "log_dir": str((run_dir / "trials").resolve()),
             "gpus": resources.gpus_per_trial,
@@ -307,4 +308,4 @@ def _fit_with_tune(
 
 
 def _trial_id_of(config: dict[str, Any]) -> str:
-    return TrialSpec.from_dict(json.loads(config["spec"])).trial_id
+    return TrialSpec.from_dict(json.loads(config[Col.spec])).trial_id

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.leaderboard import render
+from bench.schema import upgrade
 
 ATTACKS = ["badnets", "blended", "trojannn", "sig", "lc", "wanet", "iad", "bpp", "ssba", "lf"]
 DEFENSES = ["none", "abl", "dlp", "nab", "ibau", "dbd"]
@@ -63,7 +64,7 @@ def synthetic_table(rows: int, seed: int = 0) -> pd.DataFrame:
                             }
                         )
                         i += 1
-    return pd.DataFrame(out[:rows])
+    return upgrade(pd.DataFrame(out[:rows]))  # as ResultsStore.read() returns a table
 
 
 def main() -> None:

@@ -11,13 +11,7 @@ import math
 import pytest
 import torch
 
-from attacks.base import (
-    CLEAN_LABEL,
-    ArtifactMissing,
-    AttackContext,
-    poison_test_set,
-    poison_train_set,
-)
+from attacks.base import CLEAN_LABEL, ArtifactMissing, AttackContext
 from attacks.bpp import squeeze
 from attacks.iad import binarise_mask
 from attacks.lc import corner_pattern
@@ -29,6 +23,7 @@ from bench import registry
 from bench.data import Dataset
 from bench.errors import BenchError
 from bench.models import build_model
+from bench.poisoning import poison_test_set, poison_train_set
 from bench.train import Batch, TrainConfig
 
 CPU = torch.device("cpu")

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from attacks.badnets import BadNets
-from attacks.base import poison_train_set
 from bench.models import build_model
+from bench.poisoning import poison_train_set
 from bench.train import Batch, TrainConfig, Trainer
 from defenses.base import DefenseContext, LabelledImages
 from defenses.dbd import DBD, ResplitMixMatch, symmetric_cross_entropy

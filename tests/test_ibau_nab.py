@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.badnets import BadNets
-from attacks.base import poison_train_set
 from bench.models import build_model
+from bench.poisoning import poison_train_set
 from bench.train import TrainConfig, Trainer, TrainHooks
 from bench.trial import run_trial
 from defenses.base import DefenseContext, LabelledImages

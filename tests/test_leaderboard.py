@@ -14,6 +14,7 @@ import torch
 from bench import metrics
 from bench.aggregate import aggregate, ranking, trial_table
 from bench.leaderboard import cell_text, render
+from bench.schema import upgrade
 
 EVIL = "<script>window.__pwned=1</script>"
 
@@ -161,7 +162,7 @@ def table() -> pd.DataFrame:
             error="Traceback ...\nRuntimeError: boom",
         ),
     ]
-    return pd.DataFrame(rows)
+    return upgrade(pd.DataFrame(rows))  # as ResultsStore.read() returns it
 
 
 def test_aggregate_der_ci_and_ranking(table):
