@@ -43,8 +43,8 @@ class BackdooredModelLoader:
         self.config = attack_config or TrainConfig(**spec.train)
         #: The model the attack's own fitting trained (IAD), used instead of training one.
         self.trained = trained
-        #: "built" or "hit" once loaded ("from the attack" for a model the attack trained); "" while the
-        #: defense has not asked for the model.
+        #: "built" or "hit" once loaded ("from the attack" for a model the attack trained); ""
+        #: while the defense has not asked for the model.
         self.cache_status = ""
         #: Seconds the model's training took (in whichever trial built it).
         self.train_seconds = math.nan
