@@ -143,8 +143,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     else:
         result = reproduce.default_reproduction(df, user_dir)
     text = reproduce.render_markdown(result)
-    if not any(len(c.cells) for c in result.comparisons):
-        names = ", ".join(sorted({c.reference.name for c in result.comparisons})) or "-"
+    if not result.comparisons and not result.missing:
+        text = f"No successful trials in {out / 'results.parquet'}: nothing to compare.\n"
+    elif not any(len(c.cells) for c in result.comparisons):
+        names = ", ".join(sorted({c.reference.name for c in result.comparisons}))
         text += (
             f"\nNo cell of {out / 'results.parquet'} has a published counterpart in {names} "
             "(same dataset, attack, defense and poison ratio).\n"
