@@ -107,29 +107,58 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from bench.leaderboard import render
+    """Render everything from the results table alone (no dataset, model or registry)."""
+    from bench.report.render import render
     from bench.store import ResultsStore
 
     out = _results_dir(args)
     df = ResultsStore(out / "results.parquet").read()
     rendered = render(df, out)
     print(f"wrote {rendered.markdown} and {len(rendered.plots)} plots in {out / 'plots'}")
+    if rendered.gallery is None:
+        print("no plots/attacks.png to embed (`bench attacks gallery` renders it)")
     return 0
 
 
 def cmd_timing(args: argparse.Namespace) -> int:
+    from bench.report.timing import write_timing
     from bench.store import ResultsStore
-    from bench.timing import write_timing
 
     out = _results_dir(args)
     print(write_timing(ResultsStore(out / "results.parquet").read(), out).read_text(), end="")
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Print our cells beside a published reference's (the leaderboard has the same section)."""
+    from bench.report import references, reproduce
+    from bench.store import ResultsStore
+
+    out = _results_dir(args)
+    df = ResultsStore(out / "results.parquet").read()
+    user_dir = out / "references"
+    if args.reference:
+        reference = references.load(args.reference, user_dir)
+        result = reproduce.Reproduction(reproduce.compare(df, reference))
+    else:
+        result = reproduce.default_reproduction(df, user_dir)
+    text = reproduce.render_markdown(result)
+    if not result.comparisons and not result.missing:
+        text = f"No successful trials in {out / 'results.parquet'}: nothing to compare.\n"
+    elif not any(len(c.cells) for c in result.comparisons):
+        names = ", ".join(sorted({c.reference.name for c in result.comparisons}))
+        text += (
+            f"\nNo cell of {out / 'results.parquet'} has a published counterpart in {names} "
+            "(same dataset, attack, defense and poison ratio).\n"
+        )
+    print(text, end="")
+    return 0
+
+
 def cmd_attacks_gallery(args: argparse.Namespace) -> int:
     """Render the gallery from a preset's trial specs, building attack artifacts as needed."""
     from bench.config import expand_grid, load_preset, with_overrides
-    from bench.plots import attack_gallery
+    from bench.gallery import attack_gallery
 
     preset = with_overrides(
         load_preset(args.preset), datasets=args.datasets, attacks=args.attacks, defenses=["none"]
@@ -174,7 +203,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_perf(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.perf import measure, measure_simclr_augmentation
+    from bench.perf import measure
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,19 +223,6 @@ def cmd_perf(args: argparse.Namespace) -> int:
         )
         print(
             f"{name:<18}{r.limit_img_s:>13.0f}{r.loop_img_s:>13.0f}{100 * r.overhead:>9.1f}%",
-            flush=True,
-        )
-    print("DBD's SimCLR step (two batched views of each image):")
-    for name in args.models:
-        a = measure_simclr_augmentation(
-            name,
-            batch_size=args.batch_size,
-            steps=5 if "cnn" in name else 1,  # a ResNet step takes ~16 s on a 2-core CPU
-            device=args.device,
-        )
-        print(
-            f"  {name:<16} augmentation {1000 * a.augment_s:6.1f} ms of a "
-            f"{1000 * a.step_s:7.1f} ms step ({100 * a.share:.1f}%)",
             flush=True,
         )
     return 0
@@ -306,9 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(fn=cmd_run)
 
-    lb = sub.add_parser("leaderboard", help="render LEADERBOARD.md and plots from the results")
+    lb = sub.add_parser(
+        "leaderboard", help="render LEADERBOARD.md, the page and plots from the results table alone"
+    )
     lb.add_argument("--results-dir")
     lb.set_defaults(fn=cmd_leaderboard)
+
+    reproduce = sub.add_parser(
+        "reproduce", help="the results' cells beside a published reference's, with verdicts"
+    )
+    reproduce.add_argument("--results-dir")
+    reproduce.add_argument(
+        "--reference",
+        help="a reference name (shipped, or <results dir>/references/NAME.csv) or a CSV path; "
+        "default: the references the results' presets name, else backdoorbench-preactresnet18",
+    )
+    reproduce.set_defaults(fn=cmd_reproduce)
 
     timing = sub.add_parser("timing", help="per-defense, per-stage time of the results' trials")
     timing.add_argument("--results-dir")

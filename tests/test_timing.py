@@ -6,8 +6,8 @@ import math
 import pandas as pd
 import pytest
 
+from bench.report.timing import grid_wall_seconds, render_markdown, stage_breakdown
 from bench.schema import upgrade
-from bench.timing import grid_wall_seconds, render_markdown, stage_breakdown
 
 
 def _row(defense, started, wall, cache, stages, status="ok"):

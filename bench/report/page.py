@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.aggregate import GROUP
-from bench.leaderboard import ordered_defenses, pct
-from bench.schema import OK, Col
+from bench.report.aggregate import GROUP, LABEL, REASON, ordered_defenses, trial_table
+from bench.report.plots import slug
+from bench.report.text import pct
+from bench.schema import ERROR, TIMEOUT, Col
 
 esc = html.escape
 
@@ -87,8 +88,8 @@ def _section(
 ) -> str:
     dataset, preset, ratio = key
     attacks = sorted(group[Col.attack].unique())
-    rank_of = dict(zip(ranks["defense_label"], ranks["rank"], strict=True))
-    der_of = dict(zip(ranks["defense_label"], ranks["der"], strict=True))
+    rank_of = dict(zip(ranks[LABEL], ranks["rank"], strict=True))
+    der_of = dict(zip(ranks[LABEL], ranks["der"], strict=True))
     head = (
         '<tr><th data-sort="text">defense</th><th data-sort="num">rank</th>'
         '<th data-sort="num">mean DER</th>'
@@ -96,8 +97,8 @@ def _section(
         + "</tr>"
     )
     body = []
-    for label in ordered_defenses(list(group["defense_label"].unique())):
-        rows = group[group["defense_label"] == label].set_index(Col.attack)
+    for label in ordered_defenses(list(group[LABEL].unique())):
+        rows = group[group[LABEL] == label].set_index(Col.attack)
         first = rows.iloc[0]
         cells = [
             f'<td class="name">{esc(label)} {_badges(first)}</td>',
@@ -122,10 +123,11 @@ def _section(
         body.append(f'<tr data-defense="{esc(label.lower())}">{"".join(cells)}</tr>')
     models = ", ".join(sorted(group[Col.model].unique()))
     sources = "; ".join(sorted({s for s in group[Col.data_source] if s}))
+    named = sorted(set(group[Col.reference]) - {""})
     note = (
-        ""
-        if preset == "paper"
-        else (" Not comparable with published numbers (small model, data subset, short budget).")
+        f" Protocol follows the published reference {', '.join(named)}."
+        if named
+        else " Not comparable with published numbers (the preset follows no published protocol)."
     )
     imgs = "".join(
         f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,'
@@ -214,33 +216,49 @@ def _options(values) -> str:
     )
 
 
-def render_page(
-    df: pd.DataFrame, agg: pd.DataFrame, ranks: pd.DataFrame, plot_files: list[Path]
-) -> str:
-    from bench.aggregate import trial_table
-    from bench.plots import slug
+def _left_out(skipped: pd.DataFrame) -> str:
+    if skipped.empty:
+        return ""
+    items = "".join(
+        f"<li>{esc(str(r[Col.dataset]))} · {esc(str(r[Col.preset]))} · ratio {r[Col.ratio]:g} · "
+        f"{esc(str(r[Col.defense]))} vs {esc(str(r[Col.attack]))}: {esc(str(r[REASON]))}</li>"
+        for _, r in skipped.iterrows()
+    )
+    return f'<h2>Cells left out of the grid</h2><ul class="note">{items}</ul>'
 
+
+def render_page(
+    df: pd.DataFrame,
+    agg: pd.DataFrame,
+    ranks: pd.DataFrame,
+    plot_files: list[Path],
+    *,
+    gallery: Path | None = None,
+    skipped: pd.DataFrame | None = None,
+    reproduction: str = "",
+) -> str:
+    """The page. ``gallery``: an existing attack gallery image to embed; ``skipped``: cells
+    left out (:func:`~bench.report.aggregate.skipped_cells`); ``reproduction``: the reproduction
+    section as HTML (:func:`bench.report.reproduce.render_html`)."""
     nonce = secrets.token_urlsafe(16)
     trials = trial_table(df)
     details: dict[str, dict] = {}
-    by_cell = (
-        dict(tuple(trials.groupby([*GROUP, "defense_label", Col.attack]))) if len(trials) else {}
-    )
+    by_cell = dict(tuple(trials.groupby([*GROUP, LABEL, Col.attack]))) if len(trials) else {}
     sections = []
     if not agg.empty:
         for key, group in agg.groupby(GROUP, sort=True):
             rk = ranks[(ranks[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
             mine = [p for p in plot_files if slug(*key) in p.stem]
             sections.append(_section(key, group, rk, by_cell, details, mine))
-    gallery = [p for p in plot_files if p.name == "attacks.png"]
-    n_failed = int((df[Col.status] != OK).sum())
+    n_failed = int(df[Col.status].isin([ERROR, TIMEOUT]).sum())
     datasets = sorted(agg[Col.dataset].unique()) if not agg.empty else []
     presets = sorted(agg[Col.preset].unique()) if not agg.empty else []
     ratios = sorted({f"{r:g}" for r in agg[Col.ratio]}) if not agg.empty else []
-    gallery_html = "".join(
+    gallery_html = (
         f'<h2>Attack gallery</h2><figure><img alt="attack gallery" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"></figure>'
-        for p in gallery
+        f'{base64.b64encode(gallery.read_bytes()).decode()}"></figure>'
+        if gallery is not None
+        else ""
     )
     csp = (
         f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'"
@@ -262,6 +280,8 @@ def render_page(
 <label>Defense <input id="f-text" type="search" placeholder="filter by name"></label>
 </div>
 {"".join(sections) or "<p>No successful trials yet.</p>"}
+{_left_out(skipped if skipped is not None else pd.DataFrame())}
+{reproduction}
 {gallery_html}
 <div id="details" hidden><button id="details-close" style="float:right">close</button>
 <h3 id="details-title"></h3><pre id="details-body"></pre></div>

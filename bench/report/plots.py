@@ -1,10 +1,11 @@
-"""Leaderboard plots (matplotlib, Agg): heatmap, CA-vs-ASR with arrows from `none`, DER bars,
-cost vs DER, ASR vs poison ratio, and the attack gallery."""
+"""Leaderboard plots (matplotlib, Agg) from aggregated cells: heatmap, CA-vs-ASR with arrows from
+`none`, DER bars, cost vs DER, ASR vs poison ratio. (The attack gallery decodes datasets and fits
+attacks, so it is its own command: ``bench attacks gallery``, :mod:`bench.gallery`.)"""
 
 from __future__ import annotations
 
-import logging
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -13,16 +14,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 
-from bench.aggregate import GROUP
+from bench.report.aggregate import GROUP
 from bench.schema import Col
 
-log = logging.getLogger("bench.plots")
+
+def _safe(name: str) -> str:
+    """A file-name part (preset names come from user files: no path separators)."""
+    return re.sub(r"[^\w.-]", "_", name)
 
 
 def slug(dataset: str, preset: str, ratio: float) -> str:
-    return f"{dataset}_{preset}_r{ratio:g}"
+    return _safe(f"{dataset}_{preset}_r{ratio:g}")
 
 
 def _save(fig, path: Path) -> Path:
@@ -162,92 +165,8 @@ def asr_vs_ratio(table: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def gallery_specs(df: pd.DataFrame, datasets: list[str]) -> list:
-    """One trial spec per (attack, dataset) for the gallery, taken from the results so the
-    gallery finds the artifacts those trials built; datasets without results reuse another
-    dataset's spec (artifact-free attacks render, the others show "not built")."""
-    import dataclasses
-    import json
-
-    from bench.config import TrialSpec
-
-    specs = []
-    for _, rows in df.groupby(Col.attack, sort=True):
-        by_dataset = {r[Col.dataset]: r[Col.spec] for _, r in rows.iterrows() if r.get(Col.spec)}
-        if not by_dataset:
-            continue
-        fallback = TrialSpec.from_dict(json.loads(next(iter(by_dataset.values()))))
-        for dataset in datasets:
-            if dataset in by_dataset:
-                specs.append(TrialSpec.from_dict(json.loads(by_dataset[dataset])))
-            else:
-                specs.append(dataclasses.replace(fallback, dataset=dataset))
-    return specs
-
-
-def attack_gallery(specs: list, path: Path, build: bool = False) -> Path | None:
-    """For each attack and dataset: a clean test image, its triggered version and the amplified
-    difference. ``specs`` holds one trial spec per (attack, dataset); attacks that need trained
-    artifacts use the cached ones (built first only when ``build`` is True)."""
-    from attacks.base import ArtifactMissing
-    from bench import registry
-    from bench.cell import attack_context
-    from bench.data import load_dataset
-    from bench.errors import BenchError
-
-    if not specs:
-        return None
-    attacks = sorted({s.attack for s in specs})
-    datasets = sorted({s.dataset for s in specs})
-    loaded = {}
-    for name in datasets:
-        try:
-            loaded[name] = load_dataset(name)
-        except BenchError as exc:
-            log.warning("attack gallery: %s skipped (%s)", name, exc)
-    datasets = [d for d in datasets if d in loaded]
-    if not datasets:
-        return None
-    fig, axes = plt.subplots(
-        len(attacks),
-        3 * len(datasets),
-        figsize=(1.6 * 3 * len(datasets), 1.7 * len(attacks) + 0.4),
-        squeeze=False,
-    )
-    cpu = torch.device("cpu")
-    for spec in specs:
-        if spec.dataset not in loaded:
-            continue
-        i, j = attacks.index(spec.attack), datasets.index(spec.dataset)
-        budget = spec.data_budget()
-        data = loaded[spec.dataset].subset(budget.train_size, budget.test_size, budget.subset_seed)
-        x = data.test_x[data.test_y != spec.target][:1]
-        cells = axes[i, 3 * j : 3 * j + 3]
-        try:
-            attack = registry.create("attack", spec.attack, dict(spec.attack_params))
-            attack.fit(attack_context(spec, data, cpu, build_artifacts=build))
-            stamped = attack.apply_test(x)
-        except ArtifactMissing:
-            for ax in cells:
-                ax.axis("off")
-            cells[1].text(0.5, 0.5, f"{spec.attack}\n(not built)", ha="center", va="center")
-            continue
-        diff = (stamped.float() - x.float()).abs()
-        linf = int(diff.max())
-        amplified = (diff / max(1.0, diff.max().item()) * 255).to(torch.uint8)
-        captions = (f"{spec.dataset} clean", spec.attack, f"|diff| (L∞={linf})")
-        for ax, img, caption in zip(cells, (x, stamped, amplified), captions, strict=True):
-            ax.imshow(img[0].permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.set_title(caption, fontsize=7)
-            ax.axis("off")
-    fig.suptitle("Attack gallery: clean, triggered, amplified difference", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return _save(fig, path)
-
-
-def render_all(
-    df: pd.DataFrame, agg: pd.DataFrame, plot_dir: Path, gallery: bool = True
-) -> list[Path]:
+def render_all(agg: pd.DataFrame, plot_dir: Path) -> list[Path]:
+    """Every plot of the aggregated cells into ``plot_dir``; returns the files written."""
     plot_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if agg.empty:
@@ -266,11 +185,7 @@ def render_all(
                 asr_vs_ratio(
                     table,
                     f"{dataset} · {preset}",
-                    plot_dir / f"asr_vs_ratio_{dataset}_{preset}.png",
+                    plot_dir / f"asr_vs_ratio_{_safe(f'{dataset}_{preset}')}.png",
                 )
             )
-    if gallery:
-        path = attack_gallery(gallery_specs(df, ["cifar10", "gtsrb"]), plot_dir / "attacks.png")
-        if path is not None:
-            written.append(path)
     return written

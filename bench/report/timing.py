@@ -1,4 +1,5 @@
-"""Where a grid's time went: per-defense totals of each stage, from the results table alone.
+"""Where a grid's time went (TIMING.md, ``bench timing``): per-defense totals of each stage, from
+the results table alone.
 
 A trial's wall time splits into poisoning (the attack's fit and its poisoned sets), training the
 undefended model (only where this trial built it; later trials of the cell load it), the
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.leaderboard import md_table, write_text_atomic
+from bench.report.text import md_code, md_table, write_text_atomic
 from bench.schema import OK, Col
 
 #: Where a trial's time went; ``backdoored_seconds`` is derived (see below).
@@ -94,7 +95,11 @@ def render_markdown(df: pd.DataFrame) -> str:
         return _one_run(df)
     parts = []
     for name, rows in df.groupby(runs, sort=True):
-        title = f"Run `{name}` (`results/runs/{name}`)" if name else "Rows without a run name"
+        title = (
+            f"Run {md_code(name)} ({md_code(f'results/runs/{name}')})"
+            if name
+            else "Rows without a run name"
+        )
         parts.append(f"## {title}\n\n{_one_run(rows, timed=bool(name))}")
     table = stage_breakdown(df)
     if not table.empty:
