@@ -8,8 +8,11 @@ kept. Stage 1 pretrains M alone (mask norm above density 0.032 plus diversity); 
 jointly with a classifier through the shared trainer (CE + lambda_div * diversity; one backward,
 the classifier's SGD step and G's Adam step). G and M are cached as an attack artifact.
 
-The victim is then trained by the attacker's per-batch loop with G and M frozen (their final
-state, as in BackdoorBench's Mode-B dump); the classifier of stage 2 is discarded.
+The classifier of stage 2 is the attacker's backdoored model (Mode A), as in BackdoorBench,
+which saves that ``netC``: the artifact keeps it and :meth:`InputAware.trained_victim` hands it to
+the harness. The static poisoned set (Mode B) is drawn afterwards from the final G and M.
+BackdoorBench's epoch accounting is kept: the joint stage runs the preset's epochs minus the
+mask epochs (75 of 100 on CIFAR-10, 25 of 50 on GTSRB), at a constant lr.
 Compositing happens in [0, 1] pixel space, which equals BB's normalised space because
 normalisation is affine per channel.
 """
@@ -24,7 +27,9 @@ from torch import nn
 
 from attacks.base import AttackContext
 from attacks.surrogate import cpu_state
-from attacks.training_control import TrainingControlledAttack, other_images
+from attacks.training_control import VICTIM_SCHEDULES, TrainingControlledAttack, other_images
+from bench.errors import BenchError
+from bench.params import require_choice
 from bench.train import Batch, TrainConfig, TrainHooks, random_crop_flip
 
 EPS = 1e-7
@@ -176,23 +181,40 @@ class InputAware(TrainingControlledAttack):
     class Params:
         width: int = 32  # generator base width (BackdoorBench: 32)
         mask_epochs: int = 25  # stage 1
-        generator_epochs: int = 75  # stage 2 (BB: 100 epochs minus the 25 mask epochs)
+        generator_epochs: int = 0  # stage 2; 0: the preset's epochs minus mask_epochs (BB)
         mask_density: float = 0.032
         lambda_norm: float = 100.0
         lambda_div: float = 1.0
         lr_generator: float = 0.01
         cross_ratio: float = 1.0  # cross samples per backdoor sample
+        # the joint classifier's lr: "constant" (BackdoorBench) or "preset" (the preset's schedule)
+        victim_schedule: str = "constant"
 
         def __post_init__(self) -> None:
-            if self.width < 1 or self.mask_epochs < 0 or self.generator_epochs < 1:
-                raise ValueError("width, generator_epochs must be >= 1 and mask_epochs >= 0")
+            require_choice("victim_schedule", self.victim_schedule, VICTIM_SCHEDULES)
+            if self.width < 1 or self.mask_epochs < 0 or self.generator_epochs < 0:
+                raise ValueError("width must be >= 1 and mask_epochs, generator_epochs >= 0")
             if not 0 < self.mask_density < 1:
                 raise ValueError(f"mask_density must be in (0, 1), got {self.mask_density}")
+
+    #: BackdoorBench's IAD keeps the dataset's crop and flip (no post-poisoning transform).
+    post_poisoning_augmentation = False
 
     def __init__(self, **overrides):
         super().__init__(**overrides)
         self.g: InputAwareGenerator | None = None
         self.m: InputAwareGenerator | None = None
+        self.victim: dict | None = None
+
+    def joint_epochs(self, config: TrainConfig) -> int:
+        p = self.params
+        epochs = p.generator_epochs or config.epochs - p.mask_epochs
+        if epochs < 1:
+            raise BenchError(
+                f"iad: the joint stage has no epochs left ({config.epochs} training epochs minus "
+                f"{p.mask_epochs} mask epochs); set [attacks.iad] generator_epochs"
+            )
+        return epochs
 
     def fit(self, ctx: AttackContext) -> None:
         p = self.params
@@ -226,9 +248,10 @@ class InputAware(TrainingControlledAttack):
                 lr=p.lr_generator,
                 flip=ctx.allows_flip,
             )
-            config = replace(ctx.train_config, epochs=p.generator_epochs)
+            config = self.victim_config(replace(ctx.train_config, epochs=epochs))
+            classifier = ctx.new_model()
             stats = ctx.trainer.fit(
-                ctx.new_model(),
+                classifier,
                 ctx.images,
                 ctx.labels,
                 config,
@@ -239,17 +262,28 @@ class InputAware(TrainingControlledAttack):
             return {
                 "pattern": cpu_state(g),
                 "mask": cpu_state(m),
+                "classifier": cpu_state(classifier),
+                "train_seconds": torch.tensor(stats.seconds),
                 "mask_losses": torch.tensor(mask_losses),
                 "joint_losses": torch.tensor(stats.epoch_losses),
             }
 
-        value = ctx.artifact("iad_generators", {**self.describe(), "ratio": ctx.ratio}, build)
+        epochs = self.joint_epochs(ctx.train_config)
+        key = {**self.describe(), "generator_epochs": epochs, "ratio": ctx.ratio}
+        value = ctx.artifact("iad_joint_training", key, build)
+        self.victim = {
+            "state_dict": value["classifier"],
+            "train_seconds": float(value["train_seconds"]),
+        }
         self.g = InputAwareGenerator(3, p.width)
         self.m = InputAwareGenerator(1, p.width)
         self.g.load_state_dict(value["pattern"])
         self.m.load_state_dict(value["mask"])
         self.g.eval().requires_grad_(False)
         self.m.eval().requires_grad_(False)
+
+    def trained_victim(self) -> dict | None:
+        return self.victim
 
     def _generators(self, device: torch.device) -> tuple[nn.Module, nn.Module]:
         if self.g is None or self.m is None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from attacks.base import POISON_LABEL, Attack, AttackContext, quantize
 from attacks.surrogate import cpu_state
+from bench.errors import BenchError
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -195,6 +196,10 @@ class SSBA(Attack):
         secret_seed: int = 0  # seed of the fixed secret s*
         width: int = 32  # encoder base width (StegaStamp: 32)
         residual: bool = False  # encoded = image + residual (BackdoorBox) instead of sigmoid
+        # The spec's acceptance bars for the trained encoder (attacks.md A9; the official code
+        # only reports these): a cell whose encoder misses them fails, saying why.
+        min_bit_accuracy: float = 0.9
+        min_psnr: float = 25.0
 
         def __post_init__(self) -> None:
             if self.secret_len < 1 or self.epochs < 1 or self.batch_size < 1:
@@ -240,12 +245,18 @@ class SSBA(Attack):
                 **check,
             }
 
-        params = {k: v for k, v in self.describe().items() if k != "secret_seed"}
+        unused = ("secret_seed", "min_bit_accuracy", "min_psnr")  # do not change the encoder
+        params = {k: v for k, v in self.describe().items() if k not in unused}
         value = ctx.artifact("ssba_stegastamp", params, build)
-        if "psnr" in value:  # the spec's acceptance checks: bit accuracy >= 0.9, PSNR >= 25 dB
-            psnr_db, bits = float(value["psnr"]), float(value["check_bit_accuracy"])
-            verdict = "ok" if bits >= 0.9 and psnr_db >= 25 else "BELOW the spec's acceptance bar"
-            ctx.log(f"ssba encoder: bit accuracy {bits:.3f}, PSNR {psnr_db:.1f} dB ({verdict})")
+        psnr_db, bits = float(value["psnr"]), float(value["check_bit_accuracy"])
+        ctx.log(f"ssba encoder: bit accuracy {bits:.3f}, PSNR {psnr_db:.1f} dB")
+        if bits < p.min_bit_accuracy or psnr_db < p.min_psnr:
+            raise BenchError(
+                f"ssba: the trained encoder misses the acceptance bar (bit accuracy {bits:.3f}, "
+                f"needs >= {p.min_bit_accuracy}; PSNR {psnr_db:.1f} dB, needs >= {p.min_psnr}): "
+                "its trigger would be visible or unreadable. Train it longer ([attacks.ssba] "
+                "epochs) or lower the bars explicitly (min_bit_accuracy, min_psnr)."
+            )
         self.encoder = StegaEncoder(p.secret_len, size, p.width, p.residual)
         self.encoder.load_state_dict(value["encoder"])
         self.encoder.eval().requires_grad_(False)

@@ -6,8 +6,9 @@ that grid bilinearly resampled. Noise ("cross") samples use the grid plus fresh 
 of one pixel at most and keep their labels, so the model learns this exact warp and not warps in
 general. k = 4, s = 0.5, cross ratio 2 (two noise samples per backdoor sample) as in BackdoorBench.
 
-Training-controlled: the attacker's run poisons each batch (``PerBatchPoisoning``). Unlike BB we
-do not add the post-poisoning rotation; the trainer's crop/flip runs before poisoning.
+Training-controlled: the attacker's run poisons each batch (``PerBatchPoisoning``), then augments
+the whole batch as BackdoorBench does (crop with padding 5, rotation, flip; one draw per batch)
+in place of the dataset's crop and flip, at a constant lr.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from attacks.training_control import TrainingControlledAttack
+from attacks.training_control import VICTIM_SCHEDULES, TrainingControlledAttack
+from bench.params import require_choice
 
 
 def warp_grid(size: int, k: int, strength: float, rescale: float, seed: int) -> torch.Tensor:
@@ -47,8 +49,11 @@ class WaNet(TrainingControlledAttack):
         grid_rescale: float = 1.0
         cross_ratio: float = 2.0  # noise samples per backdoor sample
         grid_seed: int = 0  # seed of the warp field
+        # the backdoored model's lr: "constant" (BackdoorBench) or "preset" (the preset's schedule)
+        victim_schedule: str = "constant"
 
         def __post_init__(self) -> None:
+            require_choice("victim_schedule", self.victim_schedule, VICTIM_SCHEDULES)
             if not 2 <= self.k <= 32:
                 raise ValueError(f"k must be in [2, 32], got {self.k}")
             if self.strength <= 0:

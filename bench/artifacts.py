@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from bench import settings
+from bench import lockwait, settings
 
 log = logging.getLogger("bench.artifacts")
 FORMAT = 1
@@ -59,7 +59,7 @@ class ArtifactCache:
         """The artifact for ``spec``, built by ``build()`` if no valid copy exists yet."""
         path = self.path(kind, artifact_key(kind, spec))
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock", timeout=-1):
+        with lockwait.hold(FileLock(str(path) + ".lock", timeout=-1)):
             value = self._load(path)
             if value is not None:
                 return Fetched(value, hit=True)
@@ -73,7 +73,7 @@ class ArtifactCache:
         path = self.path(kind, artifact_key(kind, spec))
         if not path.exists():
             return None
-        with FileLock(str(path) + ".lock", timeout=-1):
+        with lockwait.hold(FileLock(str(path) + ".lock", timeout=-1)):
             value = self._load(path)
         return None if value is None else Fetched(value, hit=True)
 

@@ -34,11 +34,14 @@ def _results_dir(args: argparse.Namespace) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import expand_grid, load_preset, with_overrides
-    from bench.preflight import check_poison_capacity, check_resources, check_results_dir
+    from bench.plan import estimate, format_plan, plan_grid
+    from bench.preflight import check_resources, check_results_dir
     from bench.runner import run_grid
+    from bench.store import ResultsStore
 
     preset = with_overrides(
         load_preset(args.preset),
+        precision=args.precision,
         datasets=args.datasets,
         attacks=args.attacks,
         defenses=args.defenses,
@@ -60,15 +63,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         min(resources.trial_timeout_s, resources.retries, resources.max_concurrent_trials) < 0
     ):
         raise BenchError("--trial-timeout, --retries and --max-concurrent must be finite and >= 0")
-    check_resources(args.address, resources.cpus_per_trial, resources.gpus_per_trial)
+    try:
+        check_resources(args.address, resources.cpus_per_trial, resources.gpus_per_trial)
+    except BenchError as exc:
+        if not args.dry_run:
+            raise
+        # A dry run plans a grid for other hardware too (the paper preset on a laptop).
+        log.warning("resources: %s (a real run stops here)", exc)
+        resources = dataclasses.replace(resources, gpus_per_trial=0.0)
     specs = expand_grid(preset)
     if args.compile:
         os.environ[settings.COMPILE_ENV] = "1"  # forwarded to the workers with every BENCH_*
-    check_poison_capacity(specs)
+    plan = plan_grid(specs)
+    if not plan.runnable:
+        reasons = "; ".join(sorted({s.reason for s in plan.skipped}))
+        raise BenchError(f"nothing to run: every cell of the grid is left out ({reasons})")
+    for skipped in plan.skipped:
+        s = skipped.spec
+        log.info("left out: %s / %s / ratio %g: %s", s.dataset, s.attack, s.ratio, skipped.reason)
+    log.info("preset %s: %d trials (%s)", preset.name, len(plan.runnable), preset.description)
     results_dir = _results_dir(args)
+    if args.dry_run:
+        import torch
+
+        device = torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu")
+        done = ResultsStore(results_dir / "results.parquet").ok_ids()
+        print(format_plan(plan, estimate(plan.runnable, resources, device), resources, done))
+        return 0
     check_results_dir(results_dir)
-    log.info("preset %s: %d trials (%s)", preset.name, len(specs), preset.description)
-    summary = run_grid(specs, resources, results_dir=results_dir, address=args.address)
+    summary = run_grid(
+        plan.runnable,
+        resources,
+        results_dir=results_dir,
+        address=args.address,
+        skipped=[(s.spec, s.reason) for s in plan.skipped],
+    )
     if summary.errors:
         log.error(
             "%d trial(s) failed; their rows hold the traceback (bench leaderboard lists "
@@ -110,26 +139,55 @@ def _results_table(args: argparse.Namespace):
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from bench.leaderboard import render
+    """Render everything from the results table alone (no dataset, model or registry)."""
+    from bench.report.render import render
 
     out, df = _results_table(args)
     rendered = render(df, out)
     print(f"wrote {rendered.markdown} and {len(rendered.plots)} plots in {out / 'plots'}")
+    if rendered.gallery is None:
+        print("no plots/attacks.png to embed (`bench attacks gallery` renders it)")
     return 0
 
 
 def cmd_timing(args: argparse.Namespace) -> int:
-    from bench.timing import write_timing
+    from bench.report.timing import write_timing
 
     out, df = _results_table(args)
     print(write_timing(df, out).read_text(), end="")
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Print our cells beside a published reference's (the leaderboard has the same section)."""
+    from bench.report import references, reproduce
+    from bench.store import ResultsStore
+
+    out = _results_dir(args)
+    df = ResultsStore(out / "results.parquet").read()
+    user_dir = out / "references"
+    if args.reference:
+        reference = references.load(args.reference, user_dir)
+        result = reproduce.Reproduction(reproduce.compare(df, reference))
+    else:
+        result = reproduce.default_reproduction(df, user_dir)
+    text = reproduce.render_markdown(result)
+    if not result.comparisons and not result.missing:
+        text = f"No successful trials in {out / 'results.parquet'}: nothing to compare.\n"
+    elif not any(len(c.cells) for c in result.comparisons):
+        names = ", ".join(sorted({c.reference.name for c in result.comparisons}))
+        text += (
+            f"\nNo cell of {out / 'results.parquet'} has a published counterpart in {names} "
+            "(same dataset, attack, defense and poison ratio).\n"
+        )
+    print(text, end="")
+    return 0
+
+
 def cmd_attacks_gallery(args: argparse.Namespace) -> int:
     """Render the gallery from a preset's trial specs, building attack artifacts as needed."""
     from bench.config import expand_grid, load_preset, with_overrides
-    from bench.plots import attack_gallery
+    from bench.gallery import attack_gallery
 
     preset = with_overrides(
         load_preset(args.preset), datasets=args.datasets, attacks=args.attacks, defenses=["none"]
@@ -174,7 +232,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_perf(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.perf import measure, measure_simclr_augmentation
+    from bench.perf import measure
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,19 +252,6 @@ def cmd_perf(args: argparse.Namespace) -> int:
         )
         print(
             f"{name:<18}{r.limit_img_s:>13.0f}{r.loop_img_s:>13.0f}{100 * r.overhead:>9.1f}%",
-            flush=True,
-        )
-    print("DBD's SimCLR step (two batched views of each image):")
-    for name in args.models:
-        a = measure_simclr_augmentation(
-            name,
-            batch_size=args.batch_size,
-            steps=5 if "cnn" in name else 1,  # a ResNet step takes ~16 s on a 2-core CPU
-            device=args.device,
-        )
-        print(
-            f"  {name:<16} augmentation {1000 * a.augment_s:6.1f} ms of a "
-            f"{1000 * a.step_s:7.1f} ms step ({100 * a.share:.1f}%)",
             flush=True,
         )
     return 0
@@ -307,15 +352,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join an existing Ray cluster (host:port)")
     run.add_argument("--results-dir", help=f"default: ${settings.RESULTS_DIR_ENV} or ./results")
     run.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="training/evaluation precision (default: the preset's; auto = bf16 on GPUs and on "
+        "CPUs with native bf16 units, fp32 elsewhere)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="expand the grid, run every preflight check and print the trials with an estimate "
+        "of their cost, without training",
+    )
+    run.add_argument(
         "--compile",
         action="store_true",
         help=f"torch.compile training forward passes (sets ${settings.COMPILE_ENV}=1; for GPUs)",
     )
     run.set_defaults(fn=cmd_run)
 
-    lb = sub.add_parser("leaderboard", help="render LEADERBOARD.md and plots from the results")
+    lb = sub.add_parser(
+        "leaderboard", help="render LEADERBOARD.md, the page and plots from the results table alone"
+    )
     lb.add_argument("--results-dir")
     lb.set_defaults(fn=cmd_leaderboard)
+
+    reproduce = sub.add_parser(
+        "reproduce", help="the results' cells beside a published reference's, with verdicts"
+    )
+    reproduce.add_argument("--results-dir")
+    reproduce.add_argument(
+        "--reference",
+        help="a reference name (shipped, or <results dir>/references/NAME.csv) or a CSV path; "
+        "default: the references the results' presets name, else backdoorbench-preactresnet18",
+    )
+    reproduce.set_defaults(fn=cmd_reproduce)
 
     timing = sub.add_parser("timing", help="per-defense, per-stage time of the results' trials")
     timing.add_argument("--results-dir")

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import registry
-from bench.data import dataset_info, load_dataset
+from bench import registry, schema
+from bench.data import DATASETS, dataset_info, load_dataset
 from bench.errors import BenchError, unknown_name_error
 from bench.models import model_names
+from bench.precision import PRECISIONS
 from bench.preset_schema import validate_preset
 from bench.train import TrainConfig
 
@@ -29,6 +30,9 @@ class DataBudget:
     train_size: int = 0
     test_size: int = 0
     subset_seed: int = 0
+    #: "official": the official pixels where they can be had (CIFAR-10's torchvision release),
+    #: the JPEG export only as a marked fallback; "any": the first source found.
+    source: str = "any"
 
 
 @dataclass(frozen=True)
@@ -57,16 +61,28 @@ class Grid:
     #: Per-attack ratios replacing ``ratios`` (clean-label attacks whose target class cannot
     #: supply the grid's ratio run at their spec's recommended one), e.g. {"sig": [0.05]}.
     attack_ratios: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    #: The same per dataset, taking precedence: {"gtsrb": {"sig": [0.005]}}.
+    dataset_attack_ratios: Mapping[str, Mapping[str, tuple[float, ...]]] = field(
+        default_factory=dict
+    )
 
-    def ratios_for(self, attack: str) -> tuple[float, ...]:
-        return tuple(self.attack_ratios.get(attack, self.ratios))
+    def ratios_for(self, attack: str, dataset: str | None = None) -> tuple[float, ...]:
+        per_dataset = self.dataset_attack_ratios.get(dataset or "", {})
+        return tuple(per_dataset.get(attack, self.attack_ratios.get(attack, self.ratios)))
+
+    def all_ratios(self) -> list[float]:
+        nested = [r for rs in self.attack_ratios.values() for r in rs]
+        nested += [r for d in self.dataset_attack_ratios.values() for rs in d.values() for r in rs]
+        return [*self.ratios, *nested]
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
     description: str
-    comparable_with_papers: bool
+    #: The published reference table this preset's protocol follows ("" for none), e.g.
+    #: "backdoorbench-preactresnet18"; ``bench reproduce`` compares its cells with that table.
+    reference: str
     grid: Grid
     models: Mapping[str, str]  # dataset -> model name, "default" for the rest
     data: DataBudget
@@ -74,19 +90,26 @@ class Preset:
     resources: Resources
     attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     defense_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Requested numeric precision: "auto" | "fp32" | "bf16" (see ``bench.precision``).
+    precision: str = "auto"
+    #: Per-dataset training budgets replacing ``train`` (``[train.gtsrb]`` in the TOML).
+    dataset_train: Mapping[str, TrainConfig] = field(default_factory=dict)
 
     def model_for(self, dataset: str) -> str:
         return self.models.get(dataset, self.models["default"])
+
+    def train_for(self, dataset: str) -> TrainConfig:
+        return self.dataset_train.get(dataset, self.train)
 
 
 # --------------------------------------------------------------------------- loading
 
 _SECTIONS = {
-    "preset": {"name", "description", "comparable_with_papers"},
+    "preset": {"name", "description", "reference"},
     "grid": {f.name for f in dataclasses.fields(Grid)},
     "models": None,  # free-form mapping
     "data": {f.name for f in dataclasses.fields(DataBudget)},
-    "train": {f.name for f in dataclasses.fields(TrainConfig)},
+    "train": {f.name for f in dataclasses.fields(TrainConfig)} | {"precision"} | set(DATASETS),
     "resources": {f.name for f in dataclasses.fields(Resources)},
     "attacks": None,
     "defenses": None,
@@ -134,19 +157,35 @@ def parse_preset(raw: Mapping[str, Any], where: str = "preset") -> Preset:
             if axis not in grid_raw:
                 raise BenchError(f"{where}: [grid] needs {axis!r}")
             grid_raw[axis] = tuple(grid_raw[axis])
+        ratios = dict(grid_raw.get("attack_ratios", {}))
         grid_raw["attack_ratios"] = {
-            str(k): tuple(v) for k, v in dict(grid_raw.get("attack_ratios", {})).items()
+            str(k): tuple(v) for k, v in ratios.items() if not isinstance(v, Mapping)
+        }
+        grid_raw["dataset_attack_ratios"] = {
+            str(dataset): {str(k): tuple(v) for k, v in per_attack.items()}
+            for dataset, per_attack in ratios.items()
+            if isinstance(per_attack, Mapping)
         }
         models = dict(raw.get("models", {}))
         models.setdefault("default", "cnn_small")
+        train = dict(raw.get("train", {}))
+        precision = str(train.pop("precision", "auto"))
+        if precision not in PRECISIONS:
+            raise BenchError(f"{where}: [train] precision must be one of {PRECISIONS}")
+        per_dataset = {k: train.pop(k) for k in list(train) if isinstance(train[k], Mapping)}
+        base_train = TrainConfig(**train)
         return Preset(
             name=str(meta["name"]),
             description=str(meta.get("description", "")),
-            comparable_with_papers=bool(meta.get("comparable_with_papers", False)),
+            reference=str(meta.get("reference", "")),
             grid=Grid(**grid_raw),
             models=models,
             data=DataBudget(**raw.get("data", {})),
-            train=TrainConfig(**raw.get("train", {})),
+            train=base_train,
+            precision=precision,
+            dataset_train={
+                str(d): dataclasses.replace(base_train, **dict(o)) for d, o in per_dataset.items()
+            },
             resources=Resources(**raw.get("resources", {})),
             attack_params=raw.get("attacks", {}),
             defense_params=raw.get("defenses", {}),
@@ -155,12 +194,22 @@ def parse_preset(raw: Mapping[str, Any], where: str = "preset") -> Preset:
         raise BenchError(f"{where}: {exc}") from exc
 
 
-def with_overrides(preset: Preset, **axes: Iterable[Any] | None) -> Preset:
-    """The preset with some grid axes (datasets, attacks, ...) replaced; None keeps an axis."""
-    changes: dict[str, Any] = {k: tuple(v) for k, v in axes.items() if v is not None}
+def with_overrides(
+    preset: Preset, precision: str | None = None, **axes: Iterable[Any] | None
+) -> Preset:
+    """The preset with some grid axes (datasets, attacks, ...) replaced; None keeps an axis.
+    Values keep their first occurrence's order and appear once."""
+    changes: dict[str, Any] = {k: tuple(dict.fromkeys(v)) for k, v in axes.items() if v is not None}
     if "ratios" in changes:  # explicit ratios apply to every attack
         changes["attack_ratios"] = {}
-    return dataclasses.replace(preset, grid=dataclasses.replace(preset.grid, **changes))
+        changes["dataset_attack_ratios"] = {}
+    if precision is not None and precision not in PRECISIONS:
+        raise BenchError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+    return dataclasses.replace(
+        preset,
+        grid=dataclasses.replace(preset.grid, **changes),
+        precision=precision or preset.precision,
+    )
 
 
 # --------------------------------------------------------------------------- trial specs
@@ -183,7 +232,10 @@ class TrialSpec:
     train: Mapping[str, Any]
     data: Mapping[str, Any]
     exclude_target_from_poison: bool = True
-    paper_comparable: bool = False
+    #: The published reference the preset's protocol follows ("" for none).
+    reference: str = ""
+    #: Requested precision ("auto" | "fp32" | "bf16"); the row records the one used.
+    precision: str = "auto"
     #: Fraction of the training set given to defenses that need clean data (0 if they do not).
     clean_fraction: float = 0.0
     #: Content hash of the decoded dataset (bench.data): results on other data are other trials.
@@ -198,6 +250,11 @@ class TrialSpec:
     @property
     def trial_id(self) -> str:
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
+
+    @property
+    def config_id(self) -> str:
+        """Which parameter version of its cell this trial is: the id without the seed."""
+        return schema.config_id_of(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrialSpec:
@@ -214,18 +271,12 @@ def _expand_all(names: tuple[str, ...], kind: str) -> tuple[str, ...]:
     return tuple(sorted(registry.entries(kind))) if "all" in names else names
 
 
-def _unique(values: Iterable[Any]) -> tuple[Any, ...]:
-    """An axis without repeated values (``--attacks badnets,badnets`` runs badnets once)."""
-    return tuple(dict.fromkeys(values))
-
-
 def expand_grid(preset: Preset) -> list[TrialSpec]:
     """Validate the preset's grid and expand it into trial specs (deterministic order, each
     trial once). Loads each dataset (from the decoded cache) for its content hash."""
-    axes = ("datasets", "ratios", "seeds")
-    grid = dataclasses.replace(preset.grid, **{a: _unique(getattr(preset.grid, a)) for a in axes})
-    attacks = _unique(_expand_all(grid.attacks, "attack"))
-    defenses = _unique(_expand_all(grid.defenses, "defense"))
+    grid = preset.grid
+    attacks = _expand_all(grid.attacks, "attack")
+    defenses = _expand_all(grid.defenses, "defense")
     for axis, values in {
         "datasets": grid.datasets,
         "attacks": attacks,
@@ -235,7 +286,7 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
     }.items():
         if not values:
             raise BenchError(f"the grid axis {axis!r} is empty")
-    for ratio in [*grid.ratios, *(r for rs in grid.attack_ratios.values() for r in rs)]:
+    for ratio in grid.all_ratios():
         if not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
             raise BenchError(f"poison ratio must be in (0, 1), got {ratio!r}")
     for seed in grid.seeds:
@@ -255,15 +306,18 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
     attack_params = {a: _resolved("attack", a, preset.attack_params) for a in attacks}
     needs = {d: registry.get_entry("defense", d).load().needs for d in defenses}
     defense_params = {d: _resolved("defense", d, preset.defense_params) for d in defenses}
-    train = dataclasses.asdict(preset.train)
     data = dataclasses.asdict(preset.data)
-    source = getattr(preset.data, "source", "any")
-    data_hash = {d: load_dataset(d, source, reuse=True).data_hash for d in grid.datasets}
+    data_hash = {
+        d: load_dataset(d, preset.data.source, reuse=True).data_hash
+        for d in dict.fromkeys(grid.datasets)
+    }
     specs = []
     cells = [
         (dataset, attack, ratio, seed, defense)
         for dataset, attack in itertools.product(grid.datasets, attacks)
-        for ratio, seed, defense in itertools.product(grid.ratios_for(attack), grid.seeds, defenses)
+        for ratio, seed, defense in itertools.product(
+            grid.ratios_for(attack, dataset), grid.seeds, defenses
+        )
     ]
     for dataset, attack, ratio, seed, defense in cells:
         specs.append(
@@ -278,15 +332,16 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
                 model=preset.model_for(dataset),
                 preset=preset.name,
                 seed=seed,
-                train=train,
+                train=dataclasses.asdict(preset.train_for(dataset)),
                 data=data,
                 exclude_target_from_poison=grid.exclude_target_from_poison,
-                paper_comparable=preset.comparable_with_papers,
+                reference=preset.reference,
+                precision=preset.precision,
                 clean_fraction=grid.clean_fraction if "clean_subset" in needs[defense] else 0.0,
                 data_hash=data_hash[dataset],
             )
         )
-    return list({s.trial_id: s for s in specs}.values())  # repeated values: each trial once
+    return list({s.trial_id: s for s in specs}.values())  # a repeated value: each trial once
 
 
 def _resolved(kind: str, name: str, overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

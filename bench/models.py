@@ -148,14 +148,15 @@ class CifarResNet(nn.Module):
     def __init__(self, block: type[nn.Module], num_classes: int, preact: bool):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        # Post-activation nets normalise after the stem; pre-activation nets before the head.
+        # Post-activation nets normalise after the stem; pre-activation blocks do it themselves.
         self.stem_act = nn.Identity() if preact else _bn_relu(64)
         layers, c_in = [], 64
         for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers += [block(c_in, c_out, stride), block(c_out, c_out, 1)]
             c_in = c_out
         self.layers = nn.Sequential(*layers)
-        self.head_act = _bn_relu(512) if preact else nn.Identity()
+        # BackdoorBench's PreActResNet18 pools layer4's output directly (no final BN + ReLU).
+        self.head_act = nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(512, num_classes)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.models import build_model
-from bench.train import Batch, TrainConfig, Trainer, autocast, prepare_model
+from bench.train import TrainConfig, Trainer, autocast, prepare_model
 
 
 @dataclass(frozen=True)
@@ -92,53 +92,3 @@ def measure(
         stats = trainer.fit(model, images, labels, config, seed=0, flip=True)
         loop_best = min(loop_best, stats.seconds)
     return PerfResult(model_name, batch_size, steps, n / limit_best, n / loop_best)
-
-
-@dataclass(frozen=True)
-class AugmentationShare:
-    model: str
-    batch_size: int
-    augment_s: float  # two SimCLR views of one batch
-    step_s: float  # the whole SimCLR step: views, forward, NT-Xent, backward, optimiser
-
-    @property
-    def share(self) -> float:
-        return self.augment_s / self.step_s
-
-
-def measure_simclr_augmentation(
-    model_name: str, *, batch_size: int = 256, steps: int = 5, device: str = "cpu"
-) -> AugmentationShare:
-    """How much of a DBD SimCLR step the batched augmentations take (best of ``steps``), timed
-    through the hooks DBD trains with."""
-    from defenses.ssl import Contrastive, SimCLRHooks
-
-    dev = torch.device(device)
-    gen = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, device=dev)
-    batch = Batch(x.float().div(255), torch.zeros(batch_size, dtype=torch.long, device=dev), x)
-    model = prepare_model(Contrastive(build_model(model_name, 10)), dev).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    hooks, config = SimCLRHooks(temperature=0.5, flip=True), TrainConfig()
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    augment = step = float("inf")
-    for _ in range(steps + 1):  # the first round warms up
-        sync()
-        t0 = time.perf_counter()
-        views = hooks.transform_batch(batch, gen)
-        sync()
-        t1 = time.perf_counter()
-        with autocast(dev):
-            z = model(views.x)
-        loss = hooks.loss(z.float(), views, config)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync()
-        t2 = time.perf_counter()
-        augment, step = min(augment, t1 - t0), min(step, t2 - t0)
-    return AugmentationShare(model_name, batch_size, augment, step)

@@ -14,6 +14,7 @@ import torch
 from bench import registry
 from bench.config import expand_grid, load_preset, with_overrides
 from bench.errors import BenchError
+from bench.schema import Col
 
 
 def check_defense(
@@ -65,10 +66,11 @@ def check_defense(
         lambda: run_trial(spec, device=torch.device("cpu"), report=lines.append),
     )
     if row is not None:
+        ca, asr, ra, flagged = (row[c] for c in (Col.ca, Col.asr, Col.ra, Col.n_flagged))
         out(
-            f"        CA {row['ca']:.3f}  ASR {row['asr']:.3f}  RA {row['ra']:.3f}  "
-            f"flagged {row['n_flagged'] if row['n_flagged'] >= 0 else '-'}  "
-            f"defense {row['defense_seconds']:.1f}s  (smoke numbers mean nothing)"
+            f"        CA {ca:.3f}  ASR {asr:.3f}  RA {ra:.3f}  "
+            f"flagged {flagged if flagged >= 0 else '-'}  "
+            f"defense {row[Col.defense_seconds]:.1f}s  (smoke numbers mean nothing)"
         )
     out("all checks passed" if ok else "fix the FAIL lines above, then run this again")
     return ok

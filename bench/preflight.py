@@ -9,11 +9,11 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from attacks.base import select_poison_indices
 from bench import registry
 from bench.config import TrialSpec
 from bench.data import load_dataset
 from bench.errors import BenchError
+from bench.poisoning import select_poison_indices
 
 
 def parse_address(address: str) -> tuple[str, int]:

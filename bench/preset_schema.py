@@ -19,6 +19,7 @@ from bench import registry
 from bench.data import DATASETS, SOURCE_MODES
 from bench.errors import BenchError, unknown_name_error
 from bench.models import model_names
+from bench.precision import PRECISIONS
 from bench.train import SCHEDULES
 
 
@@ -115,7 +116,6 @@ SCHEMA: dict[str, dict[str, Rule]] = {
     "preset": {
         "name": Rule(string(non_empty=True).check, required=True),
         "description": string(),
-        "comparable_with_papers": boolean(),
         "reference": string(),  # a published-reference table the preset compares with; "" none
     },
     "grid": {
@@ -146,7 +146,11 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "warmup_fraction": FRACTION,
         "label_smoothing": FRACTION,
         "optimizer": string(("sgd", "adam"), what="optimizer"),
-        "precision": string(("auto", "fp32", "bf16"), what="precision"),
+        "schedule_epochs": integer(0),
+        "milestones": list_of(integer(0)),
+        "gamma": number(0.0, low_open=True),
+        "precision": string(PRECISIONS, what="precision"),
+        # [train.<dataset>]: a per-dataset budget, checked by _dataset_train_problems.
     },
     "resources": {
         "cpus_per_trial": number(0.0, low_open=True),
@@ -187,6 +191,8 @@ def validate_preset(raw: Mapping[str, Any], where: str = "preset") -> None:
 def _section_problems(section: str, table: Mapping[str, Any]) -> list[str]:
     rules = SCHEMA[section]
     extra = {"attack_ratios"} if section == "grid" else set()
+    if section == "train":  # [train.gtsrb]: that dataset's budget
+        extra = {k for k, v in table.items() if isinstance(v, Mapping)}
     problems = []
     unknown = sorted(set(table) - set(rules) - extra)
     if unknown:
@@ -203,6 +209,25 @@ def _section_problems(section: str, table: Mapping[str, Any]) -> list[str]:
             problems.append(f"[{section}] {key} = {_show(table[key])}: {problem}")
     if section == "grid" and "attack_ratios" in table:
         problems += _attack_ratio_problems(table["attack_ratios"])
+    for dataset in sorted(extra) if section == "train" else ():
+        problems += _dataset_train_problems(dataset, table[dataset])
+    return problems
+
+
+def _dataset_train_problems(dataset: str, table: Mapping[str, Any]) -> list[str]:
+    """``[train.<dataset>]``: the keys of [train] (precision excepted) for one dataset."""
+    where = f"[train.{dataset}]"
+    if dataset not in DATASETS:
+        return [f"{where}: {unknown_name_error('dataset', dataset, DATASETS)}"]
+    rules = {k: r for k, r in SCHEMA["train"].items() if k != "precision"}
+    problems = []
+    unknown = sorted(set(table) - set(rules))
+    if unknown:
+        problems.append(f"unknown key(s) {unknown} in {where}; known: {sorted(rules)}")
+    for key, value in table.items():
+        problem = rules[key].check(value) if key in rules else None
+        if problem:
+            problems.append(f"{where} {key} = {_show(value)}: {problem}")
     return problems
 
 

@@ -24,7 +24,8 @@ from typing import Any
 from bench import settings
 from bench.config import Resources, TrialSpec
 from bench.errors import BenchError
-from bench.store import OK, ResultsStore
+from bench.schema import ERROR, OK, SKIPPED, Col, complete_row
+from bench.store import ResultsStore
 
 log = logging.getLogger("bench.runner")
 
@@ -48,7 +49,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
 
     from bench.trial import run_trial_safely
 
-    spec = TrialSpec.from_dict(json.loads(config["spec"]))
+    spec = TrialSpec.from_dict(json.loads(config[Col.spec]))
     logger = _trial_logger(Path(config["log_dir"]) / f"{spec.trial_id}.log", spec.trial_id)
     logger.info("trial %s: %s", spec.trial_id, spec.canonical())
     # Cache builds and rebuilds (bench.data, bench.artifacts) go to the trial's log too.
@@ -64,20 +65,20 @@ def _tune_trial(config: dict[str, Any]) -> None:
             report=logger.info,
             time_limit_s=config["timeout"],
         )
-        if row["status"] == OK:
+        if row[Col.status] == OK:
             break
-        logger.error("attempt %d/%d: %s", attempt, attempts, row["error"])
-    row["attempts"] = attempt
-    row["run"] = Path(config["log_dir"]).parent.name  # the results/runs/<run> that ran it
-    row["ray_node"] = ray.get_runtime_context().get_node_id()
-    row["node_ip"] = ray.util.get_node_ip_address()
+        logger.error("attempt %d/%d: %s", attempt, attempts, row[Col.error])
+    row[Col.attempts] = attempt
+    row[Col.run] = Path(config["log_dir"]).parent.name  # the results/runs/<run> that ran it
+    row[Col.ray_node] = ray.get_runtime_context().get_node_id()
+    row[Col.node_ip] = ray.util.get_node_ip_address()
     record_row(row, Path(config["store"]), Path(config["log_dir"]).parent)
     tune.report(
         {
-            "ok": row["status"] == OK,
-            "status": row["status"],
+            "ok": row[Col.status] == OK,
+            Col.status: row[Col.status],
             "label": f"{spec.dataset}/{spec.attack}/{spec.defense}/r={spec.ratio}/s={spec.seed}",
-            **{k: row.get(k, math.nan) for k in ("ca", "asr", "ra", "wall_seconds")},
+            **{k: row[k] for k in (Col.ca, Col.asr, Col.ra, Col.wall_seconds)},
         }
     )
 
@@ -104,7 +105,7 @@ def record_row(row: dict[str, Any], table: Path, run_dir: Path) -> None:
     try:
         store.upsert([row])
     except Exception as exc:  # OSError, a lock timeout, an unreadable table moved aside...
-        pending = run_dir / PENDING_DIR / f"{row['trial_id']}.json"
+        pending = run_dir / PENDING_DIR / f"{row[Col.trial_id]}.json"
         pending.parent.mkdir(parents=True, exist_ok=True)
         tmp = pending.with_name(pending.name + ".tmp")
         tmp.write_text(json.dumps(row, default=str))
@@ -114,7 +115,7 @@ def record_row(row: dict[str, Any], table: Path, run_dir: Path) -> None:
             table,
             type(exc).__name__,
             exc,
-            row["trial_id"],
+            row[Col.trial_id],
             pending,
         )
         return
@@ -170,9 +171,9 @@ def _progress_callback(total: int, start: float, concurrency: int):
             per_wave = elapsed / max(1, math.ceil(self.done / max(1, concurrency)))
             eta = _format_duration(waves_left * per_wave) if remaining else "0m00s"
             status = (
-                f"CA {result['ca']:.3f} ASR {result['asr']:.3f}"
+                f"CA {result[Col.ca]:.3f} ASR {result[Col.asr]:.3f}"
                 if result.get("ok")
-                else str(result.get("status", "error")).upper()
+                else str(result.get(Col.status, ERROR)).upper()
             )
             log.info(
                 "[%d/%d trials done, %d failed] %s: %s | elapsed %s, ETA %s",
@@ -291,6 +292,13 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
         )
 
 
+def skipped_row(spec: TrialSpec, reason: str) -> dict[str, Any]:
+    """The row of a cell left out of the grid: its spec, status ``skipped`` and the reason."""
+    from bench.provenance import spec_columns
+
+    return complete_row({**spec_columns(spec), Col.status: SKIPPED, Col.error: reason})
+
+
 def run_order(specs: list[TrialSpec]) -> list[TrialSpec]:
     """Defense-major order, `none` first: the `none` trials build the backdoored models that
     later defenses reuse, and each defense runs after the ones before it in the grid, so a stage
@@ -352,11 +360,14 @@ def run_grid(
     results_dir: Path | None = None,
     address: str | None = None,
     run_name: str | None = None,
+    skipped: list[tuple[TrialSpec, str]] | None = None,
 ) -> GridSummary:
-    """Run every spec without an ``ok`` row yet through Ray Tune; rows land in the store."""
+    """Run every spec without an ``ok`` row yet through Ray Tune; rows land in the store.
+    ``skipped`` cells (left out of the grid, with the reason) are recorded as ``skipped`` rows,
+    so the leaderboard can show why they are N/A. One driver per results directory."""
     results_dir = Path(results_dir or settings.results_dir())
     with driver_lock(results_dir):
-        return _run_grid_locked(specs, resources, results_dir, address, run_name)
+        return _run_grid_locked(specs, resources, results_dir, address, run_name, skipped or [])
 
 
 def _run_grid_locked(
@@ -365,11 +376,14 @@ def _run_grid_locked(
     results_dir: Path,
     address: str | None,
     run_name: str | None,
+    skipped: list[tuple[TrialSpec, str]],
 ) -> GridSummary:
     start = time.time()
     store = ResultsStore(results_dir / "results.parquet")
     try:
         merge_pending(store, results_dir / "runs")  # rows an earlier run could not write
+        if skipped:
+            store.upsert([skipped_row(spec, reason) for spec, reason in skipped])
     except OSError as exc:
         raise BenchError(
             f"cannot write the results table {store.path} ({exc}); fix the directory's "
@@ -404,10 +418,11 @@ def _run_grid_locked(
         file_handler.close()
     todo_ids = {s.trial_id for s in todo}
     rows = store.read()
-    ran = rows[rows["trial_id"].isin(todo_ids)] if not rows.empty else rows
-    stored = set(ran["trial_id"]) if not ran.empty else set()
-    waiting = {p.stem for p in pending_rows(results_dir / "runs")} & (todo_ids - stored)
-    ok = int((ran["status"] == OK).sum()) if not ran.empty else 0
+    ran = rows[rows[Col.trial_id].isin(todo_ids)]
+    waiting = {p.stem for p in pending_rows(results_dir / "runs")} & (
+        todo_ids - set(ran[Col.trial_id])
+    )
+    ok = int((ran[Col.status] == OK).sum())
     errors = len(ran) - ok
     not_run = len(todo) - len(ran) - len(waiting)
     seconds = time.time() - start
@@ -454,7 +469,7 @@ def _fit_with_tune(
     tuner = tune.Tuner(
         trainable,
         param_space={
-            "spec": tune.grid_search([s.canonical() for s in todo]),
+            Col.spec: tune.grid_search([s.canonical() for s in todo]),
             "store": str(store.path.resolve()),
             "log_dir": str((run_dir / "trials").resolve()),
             "gpus": resources.gpus_per_trial,
@@ -478,4 +493,4 @@ def _fit_with_tune(
 
 
 def _trial_id_of(config: dict[str, Any]) -> str:
-    return TrialSpec.from_dict(json.loads(config["spec"])).trial_id
+    return TrialSpec.from_dict(json.loads(config[Col.spec])).trial_id

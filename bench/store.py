@@ -3,7 +3,8 @@
 Writers take a file lock (several trials, drivers or nodes may finish at once), read the table,
 replace any row with the same ``trial_id`` and publish the new file with ``os.replace``, so a kill
 at any moment leaves either the old or the new table, never a torn one, and never two rows for
-one trial.
+one trial. Rows follow :mod:`bench.schema`: a table written by older code is upgraded on read,
+and every new row carries every column.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import pandas as pd
 from filelock import FileLock
 
 from bench.errors import BenchError
-
-OK = "ok"
+from bench.schema import OK, Col, complete_row, empty_table, upgrade
 
 
 class ResultsStore:
@@ -30,11 +30,12 @@ class ResultsStore:
         self.lock = FileLock(str(self.path) + ".lock", timeout=600)
 
     def read(self) -> pd.DataFrame:
-        """The table (empty if none yet). A corrupted table is moved aside, never overwritten."""
+        """The table in the current schema (no rows if none yet). A corrupted table is moved
+        aside, never overwritten."""
         if not self.path.exists():
-            return pd.DataFrame()
+            return empty_table()
         try:
-            return pd.read_parquet(self.path)
+            table = pd.read_parquet(self.path)
         except Exception as exc:  # pyarrow raises several types for damaged files
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             os.replace(self.path, aside)
@@ -42,28 +43,28 @@ class ResultsStore:
                 f"results table {self.path} is unreadable ({type(exc).__name__}: {exc}); it was "
                 f"moved to {aside}. Rerun to rebuild it, or restore it from a copy."
             ) from exc
+        return upgrade(table)
 
     def ok_ids(self) -> set[str]:
         df = self.read()
-        if df.empty:
-            return set()
-        return set(df.loc[df["status"] == OK, "trial_id"])
+        return set(df.loc[df[Col.status] == OK, Col.trial_id])
 
     def upsert(self, rows: Iterable[dict[str, Any]]) -> None:
         """Add rows, replacing earlier rows of the same trials (an ``ok`` row is never replaced
-        by a failed one)."""
-        new = pd.DataFrame([_scalar_row(r) for r in rows])
-        if new.empty:
+        by a failed one). Columns a row lacks get their typed defaults."""
+        records = [_scalar_row(complete_row(r)) for r in rows]
+        if not records:
             return
+        new = upgrade(pd.DataFrame(records))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.lock:
             old = self.read()
             if not old.empty:
-                ok_before = set(old.loc[old["status"] == OK, "trial_id"])
-                new = new[(new["status"] == OK) | ~new["trial_id"].isin(ok_before)]
-                old = old[~old["trial_id"].isin(set(new["trial_id"]))]
-                new = pd.concat([old, new], ignore_index=True) if not new.empty else old
-            new = new.drop_duplicates("trial_id", keep="last").reset_index(drop=True)
+                ok_before = set(old.loc[old[Col.status] == OK, Col.trial_id])
+                new = new[(new[Col.status] == OK) | ~new[Col.trial_id].isin(ok_before)]
+                old = old[~old[Col.trial_id].isin(set(new[Col.trial_id]))]
+                new = upgrade(pd.concat([old, new], ignore_index=True)) if not new.empty else old
+            new = new.drop_duplicates(Col.trial_id, keep="last").reset_index(drop=True)
             self._write(new)
 
     def _write(self, df: pd.DataFrame) -> None:

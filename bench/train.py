@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import settings
+from bench import precision, settings
 from bench.limits import check_time_limit
 
 
@@ -31,14 +31,22 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    nesterov: bool = True
-    schedule: str = "onecycle"  # "onecycle" | "cosine" | "constant"
+    nesterov: bool = False
+    schedule: str = "onecycle"  # "onecycle" | "cosine" | "constant" | "multistep"
     warmup_fraction: float = 0.2
     label_smoothing: float = 0.0
     optimizer: str = "sgd"  # "sgd" | "adam" (Adam ignores momentum and nesterov)
+    #: Length of the schedule in epochs when it differs from ``epochs`` (0: ``epochs``): e.g.
+    #: BackdoorBench's cosine with T_max 100 over GTSRB's 50 epochs, or DBD's 100 SimCLR epochs
+    #: of a 1,000-epoch cosine.
+    schedule_epochs: int = 0
+    #: ``multistep``: the lr is multiplied by ``gamma`` at each of these epochs.
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.schedule_epochs < 0:
             raise ValueError(f"bad training budget: {self}")
         if self.schedule not in SCHEDULES:
             raise ValueError(
@@ -47,18 +55,49 @@ class TrainConfig:
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'")
 
+    def lr_factor(self, step: int, steps_per_epoch: int) -> float:
+        """The schedule's multiplier of ``lr`` at optimiser step ``step`` (stepped per batch)."""
+        length = (self.schedule_epochs or self.epochs) * steps_per_epoch
+        return SCHEDULES[self.schedule](self, step / max(1, length), step // steps_per_epoch)
 
-def _onecycle(progress: float, warmup: float) -> float:
+
+def _onecycle(config: TrainConfig, progress: float, _epoch: int) -> float:
+    warmup = config.warmup_fraction
     if progress < warmup:
         return progress / warmup
     return max(0.0, (1.0 - progress) / (1.0 - warmup))
 
 
-SCHEDULES: dict[str, Callable[[float, float], float]] = {
+def _multistep(config: TrainConfig, _progress: float, epoch: int) -> float:
+    return config.gamma ** sum(epoch >= m for m in config.milestones)
+
+
+SCHEDULES: dict[str, Callable[[TrainConfig, float, int], float]] = {
     "onecycle": _onecycle,
-    "cosine": lambda p, _w: 0.5 * (1.0 + math.cos(math.pi * p)),
-    "constant": lambda _p, _w: 1.0,
+    "cosine": lambda _c, p, _e: 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0))),
+    "constant": lambda _c, _p, _e: 1.0,
+    "multistep": _multistep,
 }
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Batched training augmentation, applied to uint8 batches before they become floats:
+    random crop with ``crop_padding`` pixels of padding (``padding_mode`` "zeros" or
+    "reflect"), a horizontal flip where the dataset allows one, and Cutout with one hole of
+    side ``cutout`` (0: off) as the official ABL/NAB code's ``Cutout(1, length)`` cuts it: a
+    centre drawn anywhere in the image, rows and columns ``[c - length // 2, c + length // 2)``
+    clipped to the image, so length 3 cuts a 2 x 2 hole."""
+
+    crop_padding: int = 4
+    padding_mode: str = "zeros"
+    cutout: int = 0
+
+    def __post_init__(self) -> None:
+        if self.padding_mode not in ("zeros", "reflect"):
+            raise ValueError(f"padding_mode must be 'zeros' or 'reflect': {self.padding_mode!r}")
+        if self.crop_padding < 0 or self.cutout < 0:
+            raise ValueError("crop_padding and cutout must be >= 0")
 
 
 @dataclass
@@ -74,6 +113,10 @@ class Batch:
 
 class TrainHooks:
     """Per-batch extension points. Subclass and override what you need; defaults train plainly."""
+
+    #: True for hooks that augment each batch themselves in ``transform_batch`` (e.g. an
+    #: attacker's post-poisoning augmentation): the trainer then crops and flips nothing.
+    replaces_augmentation: bool = False
 
     def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
         """Change a batch after augmentation (training-controlled attacks poison here)."""
@@ -109,15 +152,25 @@ class TrainStats:
     steps: int
     images: int
     epoch_losses: list[float] = field(default_factory=list)
+    #: The optimiser's state at the end, to continue with it (``fit(optimizer_state=...)``).
+    optimizer_state: dict | None = None
 
 
 def random_crop_flip(
-    images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator
+    images: torch.Tensor,
+    pad: int,
+    flip: bool,
+    generator: torch.Generator,
+    padding_mode: str = "zeros",
 ) -> torch.Tensor:
-    """Batched random crop (zero padding ``pad``) and optional horizontal flip of NCHW images."""
+    """Batched random crop (padding ``pad``, zeros or reflected) and optional horizontal flip of
+    NCHW images."""
     n, _, h, w = images.shape
     if pad > 0:
-        padded = F.pad(images, (pad, pad, pad, pad))
+        if padding_mode == "reflect":
+            padded = F.pad(images.float(), (pad, pad, pad, pad), mode="reflect").to(images.dtype)
+        else:
+            padded = F.pad(images, (pad, pad, pad, pad))
         dev = images.device
         dy = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
         dx = torch.randint(0, 2 * pad + 1, (n, 1), device=dev, generator=generator)
@@ -132,10 +185,31 @@ def random_crop_flip(
     return images
 
 
+def cutout(images: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """One hole per image, zeroed, as the official ``Cutout(1, length)`` (see :class:`Augment`)."""
+    n, _, h, w = images.shape
+    dev = images.device
+    cy = torch.randint(0, h, (n, 1, 1), device=dev, generator=generator)
+    cx = torch.randint(0, w, (n, 1, 1), device=dev, generator=generator)
+    rows = torch.arange(h, device=dev).view(1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    half = length // 2
+    hole = (rows >= cy - half) & (rows < cy + half) & (cols >= cx - half) & (cols < cx + half)
+    return images.masked_fill(hole[:, None], 0)
+
+
+def augment_batch(
+    images: torch.Tensor, augment: Augment, flip: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """``augment`` applied to a uint8 NCHW batch."""
+    out = random_crop_flip(images, augment.crop_padding, flip, generator, augment.padding_mode)
+    return cutout(out, augment.cutout, generator) if augment.cutout else out
+
+
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA (AMP), full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast where the precision in force says so (``bench.precision``), else fp32."""
+    if precision.current(device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -145,16 +219,30 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, state: dict | None = None
+) -> torch.optim.Optimizer:
+    """The optimiser ``config`` names over ``model``'s parameters; with ``state`` (an earlier
+    optimiser's ``state_dict`` over the same parameters) it continues that one's moments."""
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov and config.momentum > 0,
-    )
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov and config.momentum > 0,
+        )
+    if state is not None:
+        fresh = [dict(g) for g in optimizer.param_groups]
+        optimizer.load_state_dict(state)
+        for group, settings_ in zip(optimizer.param_groups, fresh, strict=True):
+            group.update({k: v for k, v in settings_.items() if k != "params"})
+            group.pop("initial_lr", None)  # the new schedule starts from config.lr
+    return optimizer
 
 
 class Trainer:
@@ -168,7 +256,7 @@ class Trainer:
         compile: bool | None = None,
     ):
         self.device = torch.device(device)
-        self.crop_padding = crop_padding
+        self.standard_augment = Augment(crop_padding=crop_padding)
         self.progress = progress  # receives one line per epoch (trial logs)
         #: Forward passes through ``torch.compile`` (default: ``$BENCH_COMPILE``).
         self.compile = settings.compile_models() if compile is None else compile
@@ -184,10 +272,20 @@ class Trainer:
         flip: bool,
         hooks: TrainHooks | None = None,
         indices: torch.Tensor | None = None,
-        augment: bool = True,
+        augment: bool | Augment = True,
+        optimizer_state: dict | None = None,
     ) -> TrainStats:
-        """Train ``model`` in place on ``images[indices]`` (uint8 NCHW) for ``config.epochs``."""
+        """Train ``model`` in place on ``images[indices]`` (uint8 NCHW) for ``config.epochs``.
+
+        ``augment``: True for the standard crop + flip, False for none, or an :class:`Augment`.
+        ``optimizer_state`` continues an earlier fit's optimiser (its momentum or Adam moments,
+        as official code that reuses one optimiser across phases); ``config`` still sets the
+        learning rate and the other hyperparameters."""
         hooks = hooks or TrainHooks()
+        if augment is True:
+            augment = self.standard_augment
+        if augment is False or hooks.replaces_augmentation:
+            augment, flip = Augment(crop_padding=0), False
         dev = self.device
         model = prepare_model(model, dev)
         net = torch.compile(model) if self.compile else model  # shares model's parameters
@@ -195,13 +293,10 @@ class Trainer:
         pool = torch.arange(len(labels), device=dev) if indices is None else indices.to(dev).long()
         gen = torch.Generator(device=dev).manual_seed(seed)
         steps_per_epoch = max(1, math.ceil(len(pool) / config.batch_size))
-        total_steps = max(1, steps_per_epoch * config.epochs)
-        optimizer = make_optimizer(model, config)
-        shape = SCHEDULES[config.schedule]
+        optimizer = make_optimizer(model, config, optimizer_state)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: shape(step / total_steps, config.warmup_fraction)
+            optimizer, lambda step: config.lr_factor(step, steps_per_epoch)
         )
-        pad = self.crop_padding if augment else 0
         stats = TrainStats(seconds=0.0, steps=0, images=0)
         start = time.perf_counter()
         model.train()
@@ -218,7 +313,7 @@ class Trainer:
             for b in range(steps_per_epoch):
                 check_time_limit()
                 idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-                x = random_crop_flip(images[idx], pad, flip and augment, gen)
+                x = augment_batch(images[idx], augment, flip, gen)
                 x = x.float().div_(255)
                 x = x.contiguous(memory_format=torch.channels_last)
                 batch = hooks.transform_batch(Batch(x, labels[idx], idx), gen)
@@ -245,6 +340,7 @@ class Trainer:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         stats.seconds = time.perf_counter() - start
+        stats.optimizer_state = optimizer.state_dict()
         return stats
 
 

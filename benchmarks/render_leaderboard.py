@@ -4,7 +4,7 @@
 
 Builds a synthetic table shaped like a real grid (2 datasets x 3 ratios x 10 attacks x 6
 defenses x seeds), renders markdown, exports, plots and the page into a temp dir, and prints
-the wall time of each part. The attack gallery is skipped (it needs the datasets, not the table).
+the wall time. (The attack gallery is its own command, `bench attacks gallery`.)
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.leaderboard import render
+from bench.report.render import render
+from bench.schema import upgrade
 
 ATTACKS = ["badnets", "blended", "trojannn", "sig", "lc", "wanet", "iad", "bpp", "ssba", "lf"]
 DEFENSES = ["none", "abl", "dlp", "nab", "ibau", "dbd"]
@@ -63,7 +64,7 @@ def synthetic_table(rows: int, seed: int = 0) -> pd.DataFrame:
                             }
                         )
                         i += 1
-    return pd.DataFrame(out[:rows])
+    return upgrade(pd.DataFrame(out[:rows]))  # as ResultsStore.read() returns a table
 
 
 def main() -> None:
@@ -73,7 +74,7 @@ def main() -> None:
     df = synthetic_table(args.rows)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = render(df, Path(tmp), gallery=False)
+        result = render(df, Path(tmp))
         total = time.perf_counter() - start
         size = result.page.stat().st_size / 2**20
     print(f"{args.rows} rows -> {len(result.plots)} plots, page {size:.1f} MiB: {total:.2f} s")

@@ -22,7 +22,7 @@ from torch import nn
 
 from bench.params import Configurable
 from bench.stages import seeded_rng
-from bench.train import InputTransform, TrainConfig, Trainer, TrainHooks
+from bench.train import Augment, InputTransform, TrainConfig, Trainer, TrainHooks
 
 #: Resources a defense can ask the harness for.
 NEEDS = frozenset({"poisoned_train", "clean_subset", "backdoored_model"})
@@ -66,6 +66,9 @@ class DefenseContext:
     #: The cached backdoored model when it *is* plain training on ``train`` with
     #: ``train_config`` (static attacks); None otherwise. Used by :meth:`supervised_model`.
     plain_backdoored_model: Callable[[], nn.Module] | None = None
+    #: The per-channel mean (in [0, 1]) the model normalises its input with: the colour that is
+    #: 0 in normalised space (0 for datasets that are not normalised, such as GTSRB).
+    normalization_mean: tuple[float, ...] = (0.0, 0.0, 0.0)
 
     def backdoored_model(self) -> nn.Module:
         """The model plain training on the poisoned set produces (trained once, then cached)."""
@@ -118,8 +121,10 @@ class DefenseContext:
         labels: torch.Tensor | None = None,
         config: TrainConfig | None = None,
         hooks: TrainHooks | None = None,
+        augment: bool | Augment = True,
     ) -> nn.Module:
-        """A fresh model trained with the shared trainer (defaults: the poisoned set, budget)."""
+        """A fresh model trained with the shared trainer (defaults: the poisoned set, budget,
+        standard augmentation)."""
         model = self.make_model()
         self.trainer.fit(
             model,
@@ -129,6 +134,7 @@ class DefenseContext:
             seed=self.seed,
             flip=self.allows_flip,
             hooks=hooks,
+            augment=augment,
         )
         return model
 
@@ -157,3 +163,9 @@ class Defense(Configurable, ABC):
     @abstractmethod
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         """Produce the defended model."""
+
+    def cost_epochs(self, budget: TrainConfig, clean_fraction: float, n_train: int) -> float:
+        """Roughly how much training ``run`` does, in passes over the poisoned training set
+        (for ``bench run --dry-run``'s estimate; the undefended model is counted apart). The
+        default: one training with the preset's budget."""
+        return float(budget.epochs)

@@ -3,11 +3,13 @@
 End-to-end supervised training lets poisoned samples cluster by their (wrong) target label;
 self-supervised features keep them near their true class. DBD therefore decouples training:
 1. SimCLR on the training images without labels (NT-Xent, temperature 0.5, projection head,
-   batched augmentations on the device; ``defenses.ssl``);
-2. the backbone frozen (BatchNorm statistics too), a linear head trained with the symmetric
-   cross-entropy SCE = alpha CE + beta RCE; per-sample SCE then ranks the data;
+   the official augmentations batched on the device; ``defenses.ssl``); plain SGD, cosine;
+2. the backbone's weights frozen (its BatchNorm statistics still move, as in the official
+   train-mode warm-up), a linear head trained with the symmetric cross-entropy
+   SCE = alpha CE + beta RCE; per-sample SCE then ranks the data;
 3. MixMatch fine-tuning of the whole model (the shared hook), labelled = the lowest-loss 50%,
-   unlabelled = the rest, the split recomputed at the start of every epoch.
+   unlabelled = the rest, the split recomputed at the start of every epoch; the stage-2 Adam
+   continues (one optimiser for both stages, as the official code), reflect-padded crops.
 
 The final model is the last epoch's (no selection on test accuracy). lambda_u defaults to the
 spec's per-dataset value: 15 on CIFAR-10, 6 elsewhere (BackdoorBench's ImageNet config for
@@ -24,10 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.train import Batch, TrainConfig, TrainHooks, predict_logits
+from bench.train import Augment, Batch, TrainConfig, TrainHooks, predict_logits
 from defenses.base import Defense, DefenseContext, DefenseOutput
-from defenses.shared import MixMatch, complement, freeze_batchnorm, lowest_fraction
+from defenses.shared import MixMatch, complement, lowest_fraction
 from defenses.ssl import Contrastive, SimCLRHooks
+
+#: The official warm-up and MixMatch crop: RandomCrop(32, padding=4, padding_mode="reflect").
+REFLECT_CROP = Augment(padding_mode="reflect")
 
 
 def symmetric_cross_entropy(
@@ -50,10 +55,9 @@ def sce_losses(
 
 
 class LinearProbe(TrainHooks):
-    """Stage 2: only the head learns (the backbone is frozen, BatchNorm statistics too)."""
-
-    def on_train_start(self, model: nn.Module) -> None:
-        freeze_batchnorm(model)
+    """Stage 2: only the head learns. The backbone's weights are frozen, but the model is in
+    train mode, so its BatchNorm layers normalise with batch statistics and their running
+    statistics move, as in the official warm-up (``model.train()`` around a no-grad backbone)."""
 
     def loss(self, logits: torch.Tensor, batch: Batch, config: TrainConfig) -> torch.Tensor:
         return symmetric_cross_entropy(logits, batch.y).mean()
@@ -148,6 +152,17 @@ class DBD(Defense):
             if not 0 < self.labelled_fraction < 1:
                 raise ValueError("labelled_fraction must be in (0, 1)")
 
+    def cost_epochs(self, budget: TrainConfig, clean_fraction: float, n_train: int) -> float:
+        p = self.params
+        per_epoch = p.labelled_fraction  # labelled draws per MixMatch epoch, as a fraction of N
+        if p.semi_iterations:
+            per_epoch = p.semi_iterations * p.semi_batch_size / n_train
+        # SimCLR: two views per image; warm-up: head only; MixMatch ~3.5 passes per labelled
+        # draw plus the split's loss pass every epoch
+        return (
+            2 * p.simclr_epochs + 0.4 * p.warmup_epochs + p.semi_epochs * (3.5 * per_epoch + 0.35)
+        )
+
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         stages: dict[str, float] = {}
         start = time.perf_counter()
@@ -155,11 +170,11 @@ class DBD(Defense):
         stages["simclr"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        classifier = self.fit_linear_head(ctx, contrastive)
+        classifier, optimizer_state = self.fit_linear_head(ctx, contrastive)
         stages["linear"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        hooks = self.finetune(ctx, classifier)
+        hooks = self.finetune(ctx, classifier, optimizer_state)
         stages["mixmatch"] = time.perf_counter() - start
         losses = sce_losses(classifier, ctx.train.images, ctx.train.labels, ctx.device)
         flagged = complement(hooks.labelled, len(ctx.train.labels))
@@ -170,27 +185,26 @@ class DBD(Defense):
         p = self.params
         contrastive = Contrastive(ctx.make_model(), p.projection_dim)
         simclr = TrainConfig(
-            epochs=p.simclr_schedule_epochs,  # the schedule's length ...
+            epochs=p.simclr_epochs,
+            schedule_epochs=p.simclr_schedule_epochs,
             batch_size=p.simclr_batch_size,
             lr=p.simclr_lr,
             weight_decay=p.simclr_weight_decay,
             schedule="cosine",
         )
         ctx.trainer.fit(
-            contrastive,
-            ctx.train.images,
-            ctx.train.labels,
-            simclr,
-            seed=ctx.seed,
-            flip=ctx.allows_flip,
-            augment=False,
-            hooks=_StopAfter(SimCLRHooks(p.temperature, ctx.allows_flip), p.simclr_epochs),
-        )  # ... of which the first simclr_epochs run
+            contrastive, ctx.train.images, ctx.train.labels, simclr, seed=ctx.seed,
+            flip=ctx.allows_flip, augment=False, hooks=SimCLRHooks(p.temperature, ctx.allows_flip),
+        )  # fmt: skip
         return contrastive
 
-    def fit_linear_head(self, ctx: DefenseContext, contrastive: Contrastive) -> nn.Module:
+    def fit_linear_head(
+        self, ctx: DefenseContext, contrastive: Contrastive
+    ) -> tuple[nn.Module, dict | None]:
         """Stage 2: a fresh linear head on the frozen backbone, trained with SCE. Returns the
-        classifier with every parameter trainable again."""
+        classifier with every parameter trainable again, and the state of the Adam optimiser
+        that stage 3 continues (the official code uses one Adam over the whole model for
+        both)."""
         p = self.params
         parent, attr = contrastive.head_slot
         setattr(parent, attr, nn.Linear(contrastive.feature_dim, ctx.num_classes))
@@ -207,13 +221,13 @@ class DBD(Defense):
             optimizer="adam",
             schedule="constant",
         )
-        ctx.trainer.fit(
+        stats = ctx.trainer.fit(
             classifier, ctx.train.images, ctx.train.labels, warmup, seed=ctx.seed + 1,
-            flip=ctx.allows_flip, hooks=LinearProbe(),
+            flip=ctx.allows_flip, hooks=LinearProbe(), augment=REFLECT_CROP,
         )  # fmt: skip
         for param in classifier.parameters():
             param.requires_grad_(True)
-        return classifier
+        return classifier, stats.optimizer_state
 
     def split_hooks(self, ctx: DefenseContext) -> ResplitMixMatch:
         """Stage 3's MixMatch hooks (they also compute the SCE split)."""
@@ -234,9 +248,12 @@ class DBD(Defense):
             alpha=p.mixmatch_alpha,
             lambda_u=p.lambda_u or (15.0 if ctx.dataset == "cifar10" else 6.0),
             rampup_steps=steps,
+            padding_mode=REFLECT_CROP.padding_mode,
         )
 
-    def finetune(self, ctx: DefenseContext, classifier: nn.Module) -> ResplitMixMatch:
+    def finetune(
+        self, ctx: DefenseContext, classifier: nn.Module, optimizer_state: dict | None = None
+    ) -> ResplitMixMatch:
         """Stage 3: MixMatch on the whole model, the split recomputed every epoch."""
         p = self.params
         hooks = self.split_hooks(ctx)
@@ -252,29 +269,7 @@ class DBD(Defense):
         ctx.log(f"dbd: the linear probe on SimCLR features fits {hooks.fit_accuracy:.3f} of labels")
         ctx.trainer.fit(
             classifier, ctx.train.images, ctx.train.labels, semi, seed=ctx.seed + 2,
-            flip=ctx.allows_flip, hooks=hooks, indices=first,
+            flip=ctx.allows_flip, hooks=hooks, indices=first, augment=REFLECT_CROP,
+            optimizer_state=optimizer_state,
         )  # fmt: skip
         return hooks
-
-
-class _StopAfter(TrainHooks):
-    """Delegates to ``inner`` and stops training after ``epochs`` epochs."""
-
-    def __init__(self, inner: TrainHooks, epochs: int):
-        self.inner, self.epochs, self.done = inner, epochs, 0
-
-    def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
-        return self.inner.transform_batch(batch, generator)
-
-    def loss(self, logits: torch.Tensor, batch: Batch, config: TrainConfig) -> torch.Tensor:
-        return self.inner.loss(logits, batch, config)
-
-    def on_train_start(self, model: nn.Module) -> None:
-        self.inner.on_train_start(model)
-
-    def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
-        self.inner.on_epoch_end(epoch, model)
-        self.done = epoch + 1
-
-    def should_stop(self) -> bool:
-        return self.done >= self.epochs

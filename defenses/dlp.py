@@ -79,6 +79,11 @@ class DLP(Defense):
             if min(self.sl_lr, self.au_lr, self.assf_lr, self.temperature) <= 0:
                 raise ValueError("learning rates and temperature must be positive")
 
+    def cost_epochs(self, budget: TrainConfig, clean_fraction: float, n_train: int) -> float:
+        # MixMatch: per labelled sample ~3.5 passes (its own, two unlabelled views, two guesses)
+        p = self.params
+        return p.sl_epochs + 0.7 + p.assf_epochs * p.labelled_fraction * 3.5
+
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         p = self.params
         images, labels = ctx.train.images, ctx.train.labels

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import time
 
+from bench.train import TrainConfig
 from defenses.base import Defense, DefenseContext, DefenseOutput
 
 
 class NoDefense(Defense):
     name = "none"
     needs = frozenset({"poisoned_train", "backdoored_model"})
+
+    def cost_epochs(self, budget: TrainConfig, clean_fraction: float, n_train: int) -> float:
+        return 0.0  # the backdoored model, counted once per cell
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         start = time.perf_counter()

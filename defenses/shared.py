@@ -18,6 +18,7 @@ from bench.train import (
     Batch,
     TrainConfig,
     TrainHooks,
+    autocast,
     predict_logits,
     prepare_model,
     random_crop_flip,
@@ -145,7 +146,7 @@ def isolate_by_loss(
 
 
 class GradientAscent(TrainHooks):
-    """Unlearn the (suspected poisoned) samples trained on, BatchNorm frozen.
+    """Unlearn the (suspected poisoned) samples trained on.
 
     ``objective="ce"`` is plain gradient ascent on the cross-entropy (ABL's code). Its gradient
     vanishes on samples the model fits with near-certainty (loss ~ 1e-5 is common for a backdoor),
@@ -153,10 +154,15 @@ class GradientAscent(TrainHooks):
     -log(1 - p_y) instead: the same direction per sample (lower p_y) with a gradient that grows
     as p_y -> 1.
 
+    BatchNorm: ``freeze_bn=False`` keeps the model in train mode, as the official ABL code and
+    BackdoorBench do (batch statistics normalise and the running statistics move);
+    ``freeze_bn=True`` holds the running statistics (backdoor-toolbox's stabiliser).
+
     Ascent is unbounded and very sensitive to its length; with ``stop_accuracy`` > 0 it stops
     after the first epoch at which at most that fraction of the unlearned samples
     (``images``, ``labels``) is still classified as labelled. The defender can compute this: it
-    needs no ground truth.
+    needs no ground truth. With ``images`` and ``labels`` given, the hook also records their mean
+    loss before (``loss_before``) and after (``loss_after``) the ascent.
     """
 
     def __init__(
@@ -166,6 +172,7 @@ class GradientAscent(TrainHooks):
         images: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         device: torch.device | None = None,
+        freeze_bn: bool = False,
     ):
         if objective not in ("ce", "unlikelihood"):
             raise ValueError(f"objective must be 'ce' or 'unlikelihood', not {objective!r}")
@@ -173,18 +180,31 @@ class GradientAscent(TrainHooks):
             raise ValueError("stop_accuracy needs the images and labels being unlearned")
         self.objective = objective
         self.stop_accuracy = stop_accuracy
+        self.freeze_bn = freeze_bn
         self.images, self.labels, self.device = images, labels, device or torch.device("cpu")
         self.accuracy = float("nan")
+        self.loss_before = self.loss_after = float("nan")
+
+    def _measure(self, model: nn.Module) -> float:
+        """Mean CE of the unlearned samples (eval mode); sets ``accuracy``."""
+        logits = predict_logits(model, self.images, device=self.device)
+        labels = self.labels.cpu()
+        self.accuracy = (logits.argmax(1) == labels).float().mean().item()
+        return F.cross_entropy(logits, labels).item()
 
     def on_train_start(self, model: nn.Module) -> None:
-        freeze_batchnorm(model)
+        if self.images is not None and self.labels is not None:
+            self.loss_before = self._measure(model)
+            model.train()
+        if self.freeze_bn:
+            freeze_batchnorm(model)
 
     def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
-        if self.stop_accuracy > 0:
-            pred = predict_logits(model, self.images, device=self.device).argmax(1)
-            self.accuracy = (pred == self.labels.cpu()).float().mean().item()
+        if self.images is not None and self.labels is not None:
+            self.loss_after = self._measure(model)
             model.train()
-            freeze_batchnorm(model)
+            if self.freeze_bn:
+                freeze_batchnorm(model)
 
     def should_stop(self) -> bool:
         return self.stop_accuracy > 0 and self.accuracy <= self.stop_accuracy
@@ -239,6 +259,7 @@ class MixMatch(TrainHooks):
         lambda_u: float = 15.0,
         rampup_steps: int = 1,
         crop_padding: int = 4,
+        padding_mode: str = "zeros",
     ):
         self.images = images
         self.unlabelled = unlabelled
@@ -248,7 +269,7 @@ class MixMatch(TrainHooks):
         self.alpha = alpha
         self.lambda_u = lambda_u
         self.rampup_steps = max(1, rampup_steps)
-        self.crop_padding = crop_padding
+        self.crop_padding, self.padding_mode = crop_padding, padding_mode
         self.model: nn.Module | None = None
         self.n_labelled = 0
         self.step = 0
@@ -258,7 +279,8 @@ class MixMatch(TrainHooks):
         self.step = 0
 
     def _view(self, raw: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = random_crop_flip(raw, self.crop_padding, self.flip, gen).float().div_(255)
+        x = random_crop_flip(raw, self.crop_padding, self.flip, gen, self.padding_mode)
+        x = x.float().div_(255)
         return x.contiguous(memory_format=torch.channels_last)
 
     def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
@@ -268,8 +290,10 @@ class MixMatch(TrainHooks):
         pick = torch.randint(len(self.unlabelled), (n,), device=dev, generator=generator)
         raw = self.images[self.unlabelled.to(dev)[pick]]
         u1, u2 = self._view(raw, generator), self._view(raw, generator)
-        with torch.no_grad():
-            guess = (F.softmax(self.model(u1), 1) + F.softmax(self.model(u2), 1)) / 2
+        with torch.no_grad(), autocast(dev):
+            guess = (
+                F.softmax(self.model(u1).float(), 1) + F.softmax(self.model(u2).float(), 1)
+            ) / 2
             guess = guess ** (1.0 / self.temperature)
             guess = guess / guess.sum(1, keepdim=True)
         x = torch.cat([batch.x, u1, u2])

@@ -25,8 +25,8 @@ def random_resized_crop(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     flip: bool = True,
 ) -> torch.Tensor:
-    """Per-image random resized crop (+ horizontal flip) of a float NCHW batch, one
-    ``grid_sample`` call for the whole batch."""
+    """Per-image random resized crop (+ horizontal flip) of a float NCHW batch, bicubic as the
+    official DBD transform (``interpolation=3``), one ``grid_sample`` call for the whole batch."""
     n, dev = len(x), x.device
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
@@ -48,7 +48,8 @@ def random_resized_crop(
     theta[:, 1, 1] = height
     theta[:, 1, 2] = 2 * cy - 1
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    out = F.grid_sample(x, grid, mode="bicubic", padding_mode="reflection", align_corners=False)
+    return out.clamp(0, 1)  # bicubic overshoots, as PIL's does before it rounds to uint8
 
 
 def color_jitter(
@@ -87,12 +88,38 @@ def random_grayscale(x: torch.Tensor, generator: torch.Generator, p: float = 0.2
     return torch.where(apply.view(-1, 1, 1, 1), gray, x)
 
 
+def gaussian_blur(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    sigma: tuple[float, float] = (0.1, 2.0),
+    p: float = 0.5,
+) -> torch.Tensor:
+    """Gaussian blur of a random ``p`` of the batch, each image with its own standard deviation
+    drawn from U(sigma) (DBD's PIL ``GaussianBlur(radius=sigma)``; the radius is PIL's standard
+    deviation), edges extended; the kernel reaches 3 sigma."""
+    n, c, h, w = x.shape
+    dev = x.device
+    s = sigma[0] + (sigma[1] - sigma[0]) * torch.rand(n, device=dev, generator=generator)
+    radius = math.ceil(3 * sigma[1])
+    offsets = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets[None] / s[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n * c, k)
+    flat = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
+    flat = F.conv2d(flat, kernel[:, None, :, None], groups=n * c)  # down the columns
+    flat = F.conv2d(flat, kernel[:, None, None, :], groups=n * c)  # along the rows
+    blurred = flat.reshape(n, c, h, w)
+    apply = torch.rand(n, device=dev, generator=generator) < p
+    return torch.where(apply.view(n, 1, 1, 1), blurred, x)
+
+
 def simclr_view(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """One SimCLR view: random resized crop (scale 0.2-1), flip, colour jitter (0.4, hue 0.1,
-    p 0.8), grayscale (p 0.2). DBD's Gaussian blur is left out (32 px images)."""
+    """One SimCLR view, the official DBD transform in its order: random resized crop (scale
+    0.2-1, bicubic), flip, colour jitter (0.4, hue 0.1, p 0.8), grayscale (p 0.2), Gaussian blur
+    (sigma 0.1-2, p 0.5)."""
     x = random_resized_crop(x, generator, flip=flip)
     x = color_jitter(x, generator)
-    return random_grayscale(x, generator)
+    x = random_grayscale(x, generator)
+    return gaussian_blur(x, generator)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, symmetric: bool = False):

@@ -4,14 +4,10 @@ import pytest
 import torch
 
 from attacks.badnets import BadNets
-from attacks.base import (
-    CLEAN_LABEL,
-    poison_test_set,
-    poison_train_set,
-    select_poison_indices,
-)
+from attacks.base import CLEAN_LABEL
 from attacks.blended import Blended, noise_key
 from bench.errors import BenchError
+from bench.poisoning import poison_test_set, poison_train_set, select_poison_indices
 
 CPU = torch.device("cpu")
 

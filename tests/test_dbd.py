@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from attacks.badnets import BadNets
-from attacks.base import poison_train_set
 from bench.models import build_model
+from bench.poisoning import poison_train_set
 from bench.train import Batch, TrainConfig, Trainer
 from defenses.base import DefenseContext, LabelledImages
 from defenses.dbd import DBD, ResplitMixMatch, symmetric_cross_entropy
@@ -109,7 +109,7 @@ def test_the_labelled_split_holds_fewer_poisoned_samples_than_chance(cifar10):
     ctx = dataclasses.replace(_context(sub, poisoned), seed=1)
     dbd = DBD(simclr_epochs=5, simclr_schedule_epochs=5, simclr_batch_size=256, simclr_lr=0.3,
               warmup_epochs=3)  # fmt: skip
-    classifier = dbd.fit_linear_head(ctx, dbd.pretrain(ctx))
+    classifier, _ = dbd.fit_linear_head(ctx, dbd.pretrain(ctx))
     hooks = dbd.split_hooks(ctx)
     hooks.split(classifier)
     labelled = hooks.labelled

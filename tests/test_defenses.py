@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks.base import poison_test_set, poison_train_set
 from bench import metrics, registry
 from bench.errors import BenchError
 from bench.models import build_model
+from bench.poisoning import poison_test_set, poison_train_set
 from bench.train import Batch, TrainConfig, Trainer, predict
 from defenses.shared import (
     GradientAscent,

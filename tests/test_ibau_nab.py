@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.badnets import BadNets
-from attacks.base import poison_train_set
 from bench.models import build_model
-from bench.train import TrainConfig, Trainer
+from bench.poisoning import poison_train_set
+from bench.train import TrainConfig, Trainer, TrainHooks
 from bench.trial import run_trial
 from defenses.base import DefenseContext, LabelledImages
 from defenses.ibau import IBAU, adversarial_loss, implicit_hypergradient
-from defenses.nab import NAB, make_stamp
+from defenses.nab import NAB, CounterPoison, stamp_colour
 from tests.test_trial import _spec
 
 CPU = torch.device("cpu")
@@ -98,7 +98,10 @@ def test_grid_without_a_clean_fraction_is_a_clear_error():
         run_trial(spec, device=CPU)
 
 
-def test_nab_stamps_relabelled_training_samples_and_every_test_input(cifar10):
+def test_nab_stamps_after_augmentation_at_the_test_position(cifar10):
+    """The official code stamps and relabels per batch, after crop and flip, so the stamp sits
+    where it sits at test time in every batch the model trains on (stamping the stored image
+    before augmentation lets the crop move or remove it)."""
     sub = cifar10.subset(3000, 10, seed=0)
     poisoned = poison_train_set(BadNets(), sub.train_x, sub.train_y, 0.1, 0, seed=0, device=CPU)
     clean_idx = torch.nonzero(~poisoned.poison_mask).flatten()[:300]
@@ -106,34 +109,54 @@ def test_nab_stamps_relabelled_training_samples_and_every_test_input(cifar10):
         LabelledImages(poisoned.images, poisoned.labels),
         clean_subset=LabelledImages(sub.train_x[clean_idx], sub.train_y[clean_idx]),
         name="nab",
+        normalization_mean=(0.49, 0.48, 0.45),
     )
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    seen: list[dict] = []
     original = ctx.train_model
 
-    def spy(images=None, labels=None, config=None, hooks=None):
-        seen.append((images, labels))
-        return original(images, labels, config, hooks)
+    def spy(images=None, labels=None, config=None, hooks=None, augment=True):
+        seen.append({"images": images, "labels": labels, "hooks": hooks})
+        return original(images, labels, config, hooks, augment)
 
     ctx.train_model = spy
     nab = NAB(detection_epochs=2, pseudo_label_epochs=3, detection_batch_size=128)
     out = nab.run(ctx)
-    stamp = make_stamp(poisoned.images, 2)
-    mean = poisoned.images.float().mean(dim=(0, 2, 3)).round().to(torch.uint8)
-    # test time: every input is stamped with the mean colour, top-left 2 x 2, nothing else
+    colour = stamp_colour((0.49, 0.48, 0.45))
+    assert colour.tolist() == [125, 122, 115]  # 0 after the model's normalisation
+    # test time: every input is stamped, top-left 2 x 2, nothing else
     x = sub.test_x[:8]
     stamped = out.input_transform(x)
-    assert (stamped[:, :, :2, :2] == mean.view(1, 3, 1, 1)).all()
+    assert (stamped[:, :, :2, :2] == colour.view(1, 3, 1, 1)).all()
     assert torch.equal(stamped[:, :, 2:], x[:, :, 2:]) and torch.equal(
         stamped[:, :, :, 2:], x[:, :, :, 2:]
     )
-    # train time: the final training set = flagged samples whose pseudo label differs, stamped
-    final_images, final_labels = seen[-1]
-    changed = (final_images != poisoned.images).flatten(1).any(1)
-    relabelled = final_labels != poisoned.labels
-    assert changed.any() and torch.equal(changed, relabelled)
-    assert torch.equal(final_images[changed], stamp(poisoned.images[changed]))
-    flagged = set(out.flagged.tolist())
-    assert set(torch.nonzero(changed).flatten().tolist()) <= flagged
-    assert len(flagged) == round(0.05 * 3000)
+    # train time: the stored images are untouched; flagged samples whose pseudo label differs
+    # are relabelled and marked for the stamp
+    final = seen[-1]
+    assert torch.equal(final["images"], poisoned.images)
+    relabelled = final["labels"] != poisoned.labels
+    hooks = final["hooks"]
+    assert isinstance(hooks, CounterPoison) and relabelled.any()
+    assert torch.equal(hooks.marked, relabelled)
+    assert set(torch.nonzero(relabelled).flatten().tolist()) <= set(out.flagged.tolist())
+    assert len(out.flagged) == round(0.05 * 3000)
+    # ... and in every augmented batch the model trains on, exactly the marked samples carry
+    # the stamp at the test-time position
+    batches = []
+
+    class Record(TrainHooks):
+        def transform_batch(self, batch, generator):
+            batches.append(hooks.transform_batch(batch, generator))
+            return batches[-1]
+
+    config = TrainConfig(epochs=1, batch_size=500, lr=0.01)
+    Trainer(CPU).fit(ctx.make_model(), final["images"], final["labels"], config, seed=0,
+                     flip=True, hooks=Record())  # fmt: skip
+    target = colour.float().div(255).view(1, 3, 1, 1)
+    for batch in batches:
+        hit = hooks.marked[batch.idx]
+        corner = batch.x[:, :, :2, :2]
+        assert torch.allclose(corner[hit], target.expand(int(hit.sum()), 3, 2, 2))
+        assert not torch.isclose(corner[~hit], target).all(dim=(1, 2, 3)).any()
     rejected = out.reject(x)
     assert rejected.dtype == torch.bool and rejected.shape == (8,)

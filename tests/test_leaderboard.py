@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -12,8 +13,11 @@ import pytest
 import torch
 
 from bench import metrics
-from bench.aggregate import aggregate, ranking, trial_table
-from bench.leaderboard import cell_text, render
+from bench.report import stats
+from bench.report.aggregate import aggregate, ranking, trial_table
+from bench.report.markdown import cell_text
+from bench.report.render import render
+from bench.schema import upgrade
 
 EVIL = "<script>window.__pwned=1</script>"
 
@@ -23,7 +27,7 @@ EVIL = "<script>window.__pwned=1</script>"
 
 def test_der_matches_the_ft_sam_worked_example():
     # FT-SAM Table 1, BadNets with FT: CA 91.82 -> 90.29, ASR 93.79 -> 1.70 gives 95.28.
-    assert metrics.defense_effectiveness_rating(0.9182, 0.9379, 0.9029, 0.0170) == pytest.approx(
+    assert stats.defense_effectiveness_rating(0.9182, 0.9379, 0.9029, 0.0170) == pytest.approx(
         0.9528, abs=1e-4
     )
 
@@ -40,7 +44,7 @@ def test_der_matches_the_ft_sam_worked_example():
     ],
 )
 def test_der_sign(ca_def, asr_def, expected):
-    assert metrics.defense_effectiveness_rating(0.80, 0.90, ca_def, asr_def) == pytest.approx(
+    assert stats.defense_effectiveness_rating(0.80, 0.90, ca_def, asr_def) == pytest.approx(
         expected
     )
 
@@ -59,10 +63,10 @@ def test_detection_metrics_by_hand():
 
 
 def test_mean_and_95_ci():
-    mean, half = metrics.mean_ci95([0.90, 0.94])
+    mean, half = stats.mean_ci95([0.90, 0.94])
     assert mean == pytest.approx(0.92)
     assert half == pytest.approx(12.706 * 0.02828427 / math.sqrt(2), rel=1e-4)
-    assert math.isnan(metrics.mean_ci95([0.5])[1])
+    assert math.isnan(stats.mean_ci95([0.5])[1])
 
 
 # --------------------------------------------------------------------------- fixture table
@@ -161,7 +165,7 @@ def table() -> pd.DataFrame:
             error="Traceback ...\nRuntimeError: boom",
         ),
     ]
-    return pd.DataFrame(rows)
+    return upgrade(pd.DataFrame(rows))  # as ResultsStore.read() returns it
 
 
 def test_aggregate_der_ci_and_ranking(table):
@@ -181,13 +185,14 @@ def test_aggregate_der_ci_and_ranking(table):
 
 
 def test_markdown_and_exports_agree_with_the_table(table, tmp_path):
-    out = render(table, tmp_path, gallery=False)
+    out = render(table, tmp_path)
     md = out.markdown.read_text()
     agg = aggregate(table)
     for _, r in agg.iterrows():
         assert cell_text(r) in md
     assert "| abl | 80.0 (±" not in md  # cells are CA / ASR / RA, not DER
-    assert "(reconstructed)" in md and "[plugin: evil<pkg>&co 1.0]" in md
+    assert "(reconstructed)" in md and "[plugin: evil&lt;pkg&gt;&amp;co 1.0]" in md
+    assert "evil<pkg>" not in md and EVIL not in md
     assert "RuntimeError: boom" in md
     exported = pd.read_csv(tmp_path / "leaderboard.csv")
     assert len(exported) == len(agg) == 8
@@ -201,7 +206,7 @@ def test_markdown_and_exports_agree_with_the_table(table, tmp_path):
 
 
 def test_page_agrees_with_the_table_and_escapes_plugin_strings(table, tmp_path):
-    page = render(table, tmp_path, gallery=False).page.read_text()
+    page = render(table, tmp_path).page.read_text()
     assert EVIL not in page and "evil<pkg>" not in page
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in page
     trials = trial_table(table)
@@ -250,7 +255,7 @@ def _browser(tmp_path):
 def test_page_in_a_headless_browser(table, tmp_path):
     from selenium.webdriver.common.by import By
 
-    page = render(table, tmp_path / "out", gallery=False).page
+    page = render(table, tmp_path / "out").page
     driver = _browser(tmp_path)
     try:
         driver.get(page.as_uri())
@@ -286,3 +291,66 @@ def test_page_in_a_headless_browser(table, tmp_path):
         assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         driver.quit()
+
+
+# --------------------------------------------------------------------------- hostile plugin strings
+
+HOSTILE = "evil | cell `code` <img src=x onerror=alert(1)> [link](javascript:alert(1))\n| row |"
+
+
+def _pipes(line: str) -> int:
+    """Cell borders of a markdown table row: pipes not escaped by a backslash."""
+    count, i = 0, 0
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+            continue
+        count += line[i] == "|"
+        i += 1
+    return count
+
+
+def _tables_keep_their_shape(text: str) -> None:
+    block: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            assert {_pipes(row) for row in block} == {_pipes(block[0])}, "\n".join(block)
+            block = []
+
+
+def test_plugin_strings_are_inert_in_leaderboard_and_timing_markdown(tmp_path):
+    stages = json.dumps({HOSTILE: 3.0, "ok": 1.0})
+    rows = [
+        _row("none", "badnets", 0, 0.80, 0.90, 0.08),
+        _row(
+            HOSTILE,
+            "badnets",
+            0,
+            0.79,
+            0.10,
+            0.70,
+            package=f"pkg|{HOSTILE}",
+            det_tpr=0.5,
+            stage_seconds=stages,
+        ),
+        _row(
+            HOSTILE,
+            "blended",
+            0,
+            math.nan,
+            math.nan,
+            math.nan,
+            status="error",
+            error=f"Traceback\nValueError: {HOSTILE}",
+        ),
+    ]
+    out = render(upgrade(pd.DataFrame(rows)), tmp_path)
+    for text in (out.markdown.read_text(), (tmp_path / "TIMING.md").read_text()):
+        _tables_keep_their_shape(text)  # no pipe or newline broke a row
+        assert "<img" not in text and "`code`" not in text  # no HTML, no code span
+        assert "](javascript" not in text  # no link
+        assert "&lt;img src=x onerror=alert(1)&gt;" in text  # the text itself is kept, inert
+    md = out.markdown.read_text()
+    assert md.count("evil \\| cell &#96;code&#96;") >= 4  # cell, ranking, detection, failed

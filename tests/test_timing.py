@@ -6,7 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from bench.timing import grid_wall_seconds, render_markdown, stage_breakdown
+from bench.report.timing import grid_wall_seconds, render_markdown, stage_breakdown
+from bench.schema import upgrade
 
 
 def _row(defense, started, wall, cache, stages, status="ok"):
@@ -26,12 +27,16 @@ def _row(defense, started, wall, cache, stages, status="ok"):
 
 
 def test_breakdown_counts_the_undefended_model_once_and_expands_defense_stages():
-    df = pd.DataFrame(
-        [
-            _row("none", 1000.0, 110.0, "built", {"load": 0.1}),
-            _row("dbd", 1000.0, 400.0, "hit", {"simclr": 300.0, "linear": 20.0, "mixmatch": 70.0}),
-            _row("dbd", 1400.0, 50.0, "", {}, status="error"),
-        ]
+    df = upgrade(
+        pd.DataFrame(
+            [
+                _row("none", 1000.0, 110.0, "built", {"load": 0.1}),
+                _row(
+                    "dbd", 1000.0, 400.0, "hit", {"simclr": 300.0, "linear": 20.0, "mixmatch": 70.0}
+                ),
+                _row("dbd", 1400.0, 50.0, "", {}, status="error"),
+            ]
+        )
     )
     table = stage_breakdown(df)
     assert table.loc["none", "backdoored_seconds"] == 100.0  # built there
@@ -48,16 +53,19 @@ def test_breakdown_counts_the_undefended_model_once_and_expands_defense_stages()
 
 
 def test_each_run_gets_its_own_wall_time_and_breakdown():
-    df = pd.DataFrame(
-        [
-            {**_row("none", 0.0, 60.0, "built", {}), "run": "a"},
-            {**_row("none", 600.0, 120.0, "hit", {}), "run": "b"},
-        ]
+    df = upgrade(
+        pd.DataFrame(
+            [
+                {**_row("none", 0.0, 60.0, "built", {}), "run": "a"},
+                {**_row("none", 600.0, 120.0, "hit", {}), "run": "b"},
+            ]
+        )
     )
     text = render_markdown(df)
     run_a, run_b = text.index("## Run `a`"), text.index("## Run `b`")
     assert run_a < text.index("Wall time 1.0 min", run_a) < run_b
     assert text.index("Wall time 2.0 min", run_b) < text.index("## All rows")
     assert "Wall time" not in text[text.index("## All rows") :]
-    older = render_markdown(pd.concat([df, pd.DataFrame([_row("none", 0.0, 9.0, "built", {})])]))
+    no_run = pd.DataFrame([_row("none", 0.0, 9.0, "built", {})])  # a table older than `run`
+    older = render_markdown(pd.concat([df, upgrade(no_run)]))
     assert "## Rows without a run name\n\nRows from tables older" in older

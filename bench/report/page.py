@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.aggregate import GROUP
-from bench.leaderboard import ordered_defenses, pct
-from bench.store import OK
+from bench.report.aggregate import GROUP, LABEL, REASON, ordered_defenses, trial_table
+from bench.report.plots import slug
+from bench.report.text import pct
+from bench.schema import ERROR, TIMEOUT, Col
 
 esc = html.escape
 
@@ -47,19 +48,19 @@ def _cell_details(agg_row: pd.Series, trials: pd.DataFrame) -> dict:
         {
             k: _clean(t.get(k))
             for k in (
-                "seed",
-                "ca",
-                "asr",
-                "ra",
+                Col.seed,
+                Col.ca,
+                Col.asr,
+                Col.ra,
                 "der",
-                "wall_seconds",
-                "train_seconds",
-                "defense_seconds",
-                "device",
-                "node",
-                "git_rev",
-                "trial_id",
-                "started_at",
+                Col.wall_seconds,
+                Col.train_seconds,
+                Col.defense_seconds,
+                Col.device,
+                Col.node,
+                Col.git_rev,
+                Col.trial_id,
+                Col.started_at,
             )
         }
         for _, t in trials.iterrows()
@@ -70,7 +71,8 @@ def _cell_details(agg_row: pd.Series, trials: pd.DataFrame) -> dict:
 def _badges(row: pd.Series) -> str:
     out = []
     if row["plugin"]:
-        out.append(f'<span class="badge plugin">plugin: {esc(str(row["defense_package"]))}</span>')
+        package = esc(str(row[Col.defense_package]))
+        out.append(f'<span class="badge plugin">plugin: {package}</span>')
     if row["reconstructed"]:
         out.append('<span class="badge recon">reconstructed</span>')
     return " ".join(out)
@@ -85,9 +87,9 @@ def _section(
     plots: list[Path],
 ) -> str:
     dataset, preset, ratio = key
-    attacks = sorted(group["attack"].unique())
-    rank_of = dict(zip(ranks["defense_label"], ranks["rank"], strict=True))
-    der_of = dict(zip(ranks["defense_label"], ranks["der"], strict=True))
+    attacks = sorted(group[Col.attack].unique())
+    rank_of = dict(zip(ranks[LABEL], ranks["rank"], strict=True))
+    der_of = dict(zip(ranks[LABEL], ranks["der"], strict=True))
     head = (
         '<tr><th data-sort="text">defense</th><th data-sort="num">rank</th>'
         '<th data-sort="num">mean DER</th>'
@@ -95,8 +97,8 @@ def _section(
         + "</tr>"
     )
     body = []
-    for label in ordered_defenses(list(group["defense_label"].unique())):
-        rows = group[group["defense_label"] == label].set_index("attack")
+    for label in ordered_defenses(list(group[LABEL].unique())):
+        rows = group[group[LABEL] == label].set_index(Col.attack)
         first = rows.iloc[0]
         cells = [
             f'<td class="name">{esc(label)} {_badges(first)}</td>',
@@ -110,24 +112,22 @@ def _section(
             r = rows.loc[a]
             cell_id = f"c{len(details)}"
             seeds = trials_by_cell.get((dataset, preset, ratio, label, a), pd.DataFrame())
-            details[cell_id] = _cell_details(pd.concat([r, pd.Series({"attack": a})]), seeds)
+            details[cell_id] = _cell_details(pd.concat([r, pd.Series({Col.attack: a})]), seeds)
             n = f", n={int(r['n'])}" if r["n"] > 1 else ""
-            tip = (
-                f"CA {pct(r['ca'])}  ASR {pct(r['asr'])}  RA {pct(r['ra'])}  "
-                f"DER {pct(r['der'])}{n} (click for details)"
-            )
+            ca, asr, ra = pct(r[Col.ca]), pct(r[Col.asr]), pct(r[Col.ra])
+            tip = f"CA {ca}  ASR {asr}  RA {ra}  DER {pct(r['der'])}{n} (click for details)"
             cells.append(
-                f'<td class="cell" data-v="{_num(r["asr"])}" data-cell="{cell_id}" '
-                f'title="{esc(tip)}">{pct(r["ca"])} / <b>{pct(r["asr"])}</b> / {pct(r["ra"])}'
-                "</td>"
+                f'<td class="cell" data-v="{_num(r[Col.asr])}" data-cell="{cell_id}" '
+                f'title="{esc(tip)}">{ca} / <b>{asr}</b> / {ra}</td>'
             )
         body.append(f'<tr data-defense="{esc(label.lower())}">{"".join(cells)}</tr>')
-    models = ", ".join(sorted(group["model"].unique()))
-    sources = "; ".join(sorted({s for s in group["data_source"] if s}))
+    models = ", ".join(sorted(group[Col.model].unique()))
+    sources = "; ".join(sorted({s for s in group[Col.data_source] if s}))
+    named = sorted(set(group[Col.reference]) - {""})
     note = (
-        ""
-        if preset == "paper"
-        else (" Not comparable with published numbers (small model, data subset, short budget).")
+        f" Protocol follows the published reference {', '.join(named)}."
+        if named
+        else " Not comparable with published numbers (the preset follows no published protocol)."
     )
     imgs = "".join(
         f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,'
@@ -216,33 +216,49 @@ def _options(values) -> str:
     )
 
 
-def render_page(
-    df: pd.DataFrame, agg: pd.DataFrame, ranks: pd.DataFrame, plot_files: list[Path]
-) -> str:
-    from bench.aggregate import trial_table
-    from bench.plots import slug
+def _left_out(skipped: pd.DataFrame) -> str:
+    if skipped.empty:
+        return ""
+    items = "".join(
+        f"<li>{esc(str(r[Col.dataset]))} · {esc(str(r[Col.preset]))} · ratio {r[Col.ratio]:g} · "
+        f"{esc(str(r[Col.defense]))} vs {esc(str(r[Col.attack]))}: {esc(str(r[REASON]))}</li>"
+        for _, r in skipped.iterrows()
+    )
+    return f'<h2>Cells left out of the grid</h2><ul class="note">{items}</ul>'
 
+
+def render_page(
+    df: pd.DataFrame,
+    agg: pd.DataFrame,
+    ranks: pd.DataFrame,
+    plot_files: list[Path],
+    *,
+    gallery: Path | None = None,
+    skipped: pd.DataFrame | None = None,
+    reproduction: str = "",
+) -> str:
+    """The page. ``gallery``: an existing attack gallery image to embed; ``skipped``: cells
+    left out (:func:`~bench.report.aggregate.skipped_cells`); ``reproduction``: the reproduction
+    section as HTML (:func:`bench.report.reproduce.render_html`)."""
     nonce = secrets.token_urlsafe(16)
     trials = trial_table(df)
     details: dict[str, dict] = {}
-    by_cell = (
-        dict(tuple(trials.groupby([*GROUP, "defense_label", "attack"]))) if len(trials) else {}
-    )
+    by_cell = dict(tuple(trials.groupby([*GROUP, LABEL, Col.attack]))) if len(trials) else {}
     sections = []
     if not agg.empty:
         for key, group in agg.groupby(GROUP, sort=True):
             rk = ranks[(ranks[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
             mine = [p for p in plot_files if slug(*key) in p.stem]
             sections.append(_section(key, group, rk, by_cell, details, mine))
-    gallery = [p for p in plot_files if p.name == "attacks.png"]
-    n_failed = 0 if df.empty or "status" not in df else int((df["status"] != OK).sum())
-    datasets = sorted(agg["dataset"].unique()) if not agg.empty else []
-    presets = sorted(agg["preset"].unique()) if not agg.empty else []
-    ratios = sorted({f"{r:g}" for r in agg["ratio"]}) if not agg.empty else []
-    gallery_html = "".join(
+    n_failed = int(df[Col.status].isin([ERROR, TIMEOUT]).sum())
+    datasets = sorted(agg[Col.dataset].unique()) if not agg.empty else []
+    presets = sorted(agg[Col.preset].unique()) if not agg.empty else []
+    ratios = sorted({f"{r:g}" for r in agg[Col.ratio]}) if not agg.empty else []
+    gallery_html = (
         f'<h2>Attack gallery</h2><figure><img alt="attack gallery" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"></figure>'
-        for p in gallery
+        f'{base64.b64encode(gallery.read_bytes()).decode()}"></figure>'
+        if gallery is not None
+        else ""
     )
     csp = (
         f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'"
@@ -264,6 +280,8 @@ def render_page(
 <label>Defense <input id="f-text" type="search" placeholder="filter by name"></label>
 </div>
 {"".join(sections) or "<p>No successful trials yet.</p>"}
+{_left_out(skipped if skipped is not None else pd.DataFrame())}
+{reproduction}
 {gallery_html}
 <div id="details" hidden><button id="details-close" style="float:right">close</button>
 <h3 id="details-title"></h3><pre id="details-body"></pre></div>

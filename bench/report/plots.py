@@ -1,10 +1,11 @@
-"""Leaderboard plots (matplotlib, Agg): heatmap, CA-vs-ASR with arrows from `none`, DER bars,
-cost vs DER, ASR vs poison ratio, and the attack gallery."""
+"""Leaderboard plots (matplotlib, Agg) from aggregated cells: heatmap, CA-vs-ASR with arrows from
+`none`, DER bars, cost vs DER, ASR vs poison ratio. (The attack gallery decodes datasets and fits
+attacks, so it is its own command: ``bench attacks gallery``, :mod:`bench.gallery`.)"""
 
 from __future__ import annotations
 
-import logging
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -13,15 +14,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 
-from bench.aggregate import GROUP
+from bench.report.aggregate import GROUP
+from bench.schema import Col
 
-log = logging.getLogger("bench.plots")
+
+def _safe(name: str) -> str:
+    """A file-name part (preset names come from user files: no path separators)."""
+    return re.sub(r"[^\w.-]", "_", name)
 
 
 def slug(dataset: str, preset: str, ratio: float) -> str:
-    return f"{dataset}_{preset}_r{ratio:g}"
+    return _safe(f"{dataset}_{preset}_r{ratio:g}")
 
 
 def _save(fig, path: Path) -> Path:
@@ -38,7 +42,7 @@ def _defense_order(labels) -> list[str]:
 
 
 def asr_heatmap(group: pd.DataFrame, title: str, path: Path) -> Path:
-    asr = group.pivot_table(index="defense_label", columns="attack", values="asr")
+    asr = group.pivot_table(index="defense_label", columns=Col.attack, values=Col.asr)
     asr = asr.reindex(_defense_order(asr.index))
     fig, ax = plt.subplots(figsize=(2.8 + 0.9 * asr.shape[1], 1.6 + 0.45 * asr.shape[0]))
     im = ax.imshow(100 * asr.to_numpy(dtype=float), vmin=0, vmax=100, cmap="Reds", aspect="auto")
@@ -65,26 +69,26 @@ def asr_heatmap(group: pd.DataFrame, title: str, path: Path) -> Path:
 def ca_vs_asr(group: pd.DataFrame, title: str, path: Path) -> Path:
     """Each (defense, attack) point, with an arrow from the same attack's `none` point."""
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    base = group[group["defense"] == "none"].set_index("attack")
+    base = group[group[Col.defense] == "none"].set_index(Col.attack)
     label_points = len(group) <= 30  # beyond that, labels become noise (and slow to lay out)
     for i, (label, sub) in enumerate(
         sorted(group.groupby("defense_label"), key=lambda kv: (kv[0] != "none", kv[0]))
     ):
         colour = f"C{i % 10}"
-        xs, ys = 100 * sub["asr"].to_numpy(), 100 * sub["ca"].to_numpy()
+        xs, ys = 100 * sub[Col.asr].to_numpy(), 100 * sub[Col.ca].to_numpy()
         ax.scatter(xs, ys, color=colour, s=30, zorder=3, label=label)
         if label_points:
-            for x, y, attack in zip(xs, ys, sub["attack"], strict=True):
+            for x, y, attack in zip(xs, ys, sub[Col.attack], strict=True):
                 ax.annotate(attack, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if (sub["defense"] != "none").all():
-            known = sub[sub["attack"].isin(base.index)]
-            start = base.loc[known["attack"]]
-            x0, y0 = 100 * start["asr"].to_numpy(), 100 * start["ca"].to_numpy()
+        if (sub[Col.defense] != "none").all():
+            known = sub[sub[Col.attack].isin(base.index)]
+            start = base.loc[known[Col.attack]]
+            x0, y0 = 100 * start[Col.asr].to_numpy(), 100 * start[Col.ca].to_numpy()
             ax.quiver(
                 x0,
                 y0,
-                100 * known["asr"].to_numpy() - x0,
-                100 * known["ca"].to_numpy() - y0,
+                100 * known[Col.asr].to_numpy() - x0,
+                100 * known[Col.ca].to_numpy() - y0,
                 angles="xy",
                 scale_units="xy",
                 scale=1,
@@ -103,13 +107,13 @@ def ca_vs_asr(group: pd.DataFrame, title: str, path: Path) -> Path:
 
 
 def der_bars(group: pd.DataFrame, title: str, path: Path) -> Path:
-    defended = group[group["defense"] != "none"]
-    attacks = sorted(group["attack"].unique())
+    defended = group[group[Col.defense] != "none"]
+    attacks = sorted(group[Col.attack].unique())
     defenses = _defense_order(defended["defense_label"])
     fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(attacks) * max(1, len(defenses)) ** 0.5, 4))
     width = 0.8 / max(1, len(defenses))
     for i, d in enumerate(defenses):
-        sub = defended[defended["defense_label"] == d].set_index("attack").reindex(attacks)
+        sub = defended[defended["defense_label"] == d].set_index(Col.attack).reindex(attacks)
         xs = [j + i * width for j in range(len(attacks))]
         ax.bar(xs, 100 * sub["der"], width, label=d, yerr=100 * sub["der_ci"].fillna(0), capsize=2)
     ax.axhline(50, color="grey", lw=1, ls="--")
@@ -150,7 +154,7 @@ def cost_vs_der(group: pd.DataFrame, title: str, path: Path) -> Path:
 def asr_vs_ratio(table: pd.DataFrame, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, sub in table.groupby("defense_label"):
-        curve = sub.groupby("ratio")["asr"].mean().sort_index()
+        curve = sub.groupby(Col.ratio)[Col.asr].mean().sort_index()
         ax.plot(100 * curve.index, 100 * curve.to_numpy(), marker="o", label=label)
     ax.set_xlabel("poison ratio (%)")
     ax.set_ylabel("mean ASR over attacks (%)")
@@ -161,92 +165,8 @@ def asr_vs_ratio(table: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def gallery_specs(df: pd.DataFrame, datasets: list[str]) -> list:
-    """One trial spec per (attack, dataset) for the gallery, taken from the results so the
-    gallery finds the artifacts those trials built; datasets without results reuse another
-    dataset's spec (artifact-free attacks render, the others show "not built")."""
-    import dataclasses
-    import json
-
-    from bench.config import TrialSpec
-
-    specs = []
-    for _, rows in df.groupby("attack", sort=True):
-        by_dataset = {r["dataset"]: r["spec"] for _, r in rows.iterrows() if r.get("spec")}
-        if not by_dataset:
-            continue
-        fallback = TrialSpec.from_dict(json.loads(next(iter(by_dataset.values()))))
-        for dataset in datasets:
-            if dataset in by_dataset:
-                specs.append(TrialSpec.from_dict(json.loads(by_dataset[dataset])))
-            else:
-                specs.append(dataclasses.replace(fallback, dataset=dataset))
-    return specs
-
-
-def attack_gallery(specs: list, path: Path, build: bool = False) -> Path | None:
-    """For each attack and dataset: a clean test image, its triggered version and the amplified
-    difference. ``specs`` holds one trial spec per (attack, dataset); attacks that need trained
-    artifacts use the cached ones (built first only when ``build`` is True)."""
-    from attacks.base import ArtifactMissing
-    from bench import registry
-    from bench.data import load_dataset
-    from bench.errors import BenchError
-    from bench.trial import attack_context
-
-    if not specs:
-        return None
-    attacks = sorted({s.attack for s in specs})
-    datasets = sorted({s.dataset for s in specs})
-    loaded = {}
-    for name in datasets:
-        try:
-            loaded[name] = load_dataset(name)
-        except BenchError as exc:
-            log.warning("attack gallery: %s skipped (%s)", name, exc)
-    datasets = [d for d in datasets if d in loaded]
-    if not datasets:
-        return None
-    fig, axes = plt.subplots(
-        len(attacks),
-        3 * len(datasets),
-        figsize=(1.6 * 3 * len(datasets), 1.7 * len(attacks) + 0.4),
-        squeeze=False,
-    )
-    cpu = torch.device("cpu")
-    for spec in specs:
-        if spec.dataset not in loaded:
-            continue
-        i, j = attacks.index(spec.attack), datasets.index(spec.dataset)
-        budget = spec.data_budget()
-        data = loaded[spec.dataset].subset(budget.train_size, budget.test_size, budget.subset_seed)
-        x = data.test_x[data.test_y != spec.target][:1]
-        cells = axes[i, 3 * j : 3 * j + 3]
-        try:
-            attack = registry.create("attack", spec.attack, dict(spec.attack_params))
-            attack.fit(attack_context(spec, data, cpu, build_artifacts=build))
-            stamped = attack.apply_test(x)
-        except ArtifactMissing:
-            for ax in cells:
-                ax.axis("off")
-            cells[1].text(0.5, 0.5, f"{spec.attack}\n(not built)", ha="center", va="center")
-            continue
-        diff = (stamped.float() - x.float()).abs()
-        linf = int(diff.max())
-        amplified = (diff / max(1.0, diff.max().item()) * 255).to(torch.uint8)
-        captions = (f"{spec.dataset} clean", spec.attack, f"|diff| (L∞={linf})")
-        for ax, img, caption in zip(cells, (x, stamped, amplified), captions, strict=True):
-            ax.imshow(img[0].permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.set_title(caption, fontsize=7)
-            ax.axis("off")
-    fig.suptitle("Attack gallery: clean, triggered, amplified difference", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return _save(fig, path)
-
-
-def render_all(
-    df: pd.DataFrame, agg: pd.DataFrame, plot_dir: Path, gallery: bool = True
-) -> list[Path]:
+def render_all(agg: pd.DataFrame, plot_dir: Path) -> list[Path]:
+    """Every plot of the aggregated cells into ``plot_dir``; returns the files written."""
     plot_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if agg.empty:
@@ -256,20 +176,16 @@ def render_all(
         s = slug(dataset, preset, ratio)
         written.append(asr_heatmap(group, title, plot_dir / f"asr_heatmap_{s}.png"))
         written.append(ca_vs_asr(group, title, plot_dir / f"ca_vs_asr_{s}.png"))
-        if (group["defense"] != "none").any():
+        if (group[Col.defense] != "none").any():
             written.append(der_bars(group, title, plot_dir / f"der_bars_{s}.png"))
             written.append(cost_vs_der(group, title, plot_dir / f"cost_vs_der_{s}.png"))
-    for (dataset, preset), table in agg.groupby(["dataset", "preset"], sort=True):
-        if table["ratio"].nunique() > 1:
+    for (dataset, preset), table in agg.groupby([Col.dataset, Col.preset], sort=True):
+        if table[Col.ratio].nunique() > 1:
             written.append(
                 asr_vs_ratio(
                     table,
                     f"{dataset} · {preset}",
-                    plot_dir / f"asr_vs_ratio_{dataset}_{preset}.png",
+                    plot_dir / f"asr_vs_ratio_{_safe(f'{dataset}_{preset}')}.png",
                 )
             )
-    if gallery:
-        path = attack_gallery(gallery_specs(df, ["cifar10", "gtsrb"]), plot_dir / "attacks.png")
-        if path is not None:
-            written.append(path)
     return written

@@ -1,4 +1,5 @@
-"""Where a grid's time went: per-defense totals of each stage, from the results table alone.
+"""Where a grid's time went (TIMING.md, ``bench timing``): per-defense totals of each stage, from
+the results table alone.
 
 A trial's wall time splits into poisoning (the attack's fit and its poisoned sets), training the
 undefended model (only where this trial built it; later trials of the cell load it), the
@@ -14,45 +15,36 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.leaderboard import md_table, write_text_atomic
-from bench.store import OK
+from bench.report.text import md_code, md_table, write_text_atomic
+from bench.schema import OK, Col
 
-STAGES = ["attack_seconds", "backdoored_seconds", "defense_seconds", "eval_seconds"]
-
-
-def _seconds(df: pd.DataFrame, name: str) -> pd.Series:
-    """A timing column as floats (NaN where missing; tables may predate a column)."""
-    if name not in df:
-        return pd.Series(math.nan, index=df.index)
-    return pd.to_numeric(df[name], errors="coerce")
+#: Where a trial's time went; ``backdoored_seconds`` is derived (see below).
+STAGES = [Col.attack_seconds, "backdoored_seconds", Col.defense_seconds, Col.eval_seconds]
 
 
 def _built_backdoored_seconds(df: pd.DataFrame) -> pd.Series:
     """Seconds spent training the undefended model, counted only in the trial that built it."""
-    seconds = _seconds(df, "backdoored_train_seconds").fillna(0.0)
-    if "backdoored_model_cache" not in df:
-        return seconds * 0.0
-    return seconds.where(df["backdoored_model_cache"].eq("built"), 0.0)
+    seconds = df[Col.backdoored_train_seconds].fillna(0.0)
+    return seconds.where(df[Col.backdoored_model_cache].eq("built"), 0.0)
 
 
 def _defense_stages(df: pd.DataFrame) -> pd.DataFrame:
     """One column per stage a defense reported (``stage_seconds`` JSON), NaN elsewhere."""
-    column = df["stage_seconds"] if "stage_seconds" in df else [""] * len(df)
-    parsed = [json.loads(s) if isinstance(s, str) and s else {} for s in column]
+    parsed = [json.loads(s) if isinstance(s, str) and s else {} for s in df[Col.stage_seconds]]
     stages = pd.DataFrame(parsed, index=df.index)
     return stages.drop(columns=["load"], errors="ignore")  # ``none``'s model load: not a stage
 
 
 def stage_breakdown(df: pd.DataFrame) -> pd.DataFrame:
     """Per defense: trials, total seconds per stage, its own stages, and the wall total."""
-    rows = df[df["status"] == OK].copy() if "status" in df else df.iloc[:0]
+    rows = df[df[Col.status] == OK].copy()
     if rows.empty:
         return pd.DataFrame()
     rows["backdoored_seconds"] = _built_backdoored_seconds(rows)
-    timed = pd.DataFrame({c: _seconds(rows, c) for c in [*STAGES, "wall_seconds"]})
-    table = pd.concat([rows[["defense"]], timed, _defense_stages(rows)], axis=1)
-    out = table.groupby("defense").sum(min_count=1)
-    out.insert(0, "trials", rows.groupby("defense").size())
+    timed = rows[[*STAGES, Col.wall_seconds]].astype(float)
+    table = pd.concat([rows[[Col.defense]], timed, _defense_stages(rows)], axis=1)
+    out = table.groupby(Col.defense).sum(min_count=1)
+    out.insert(0, "trials", rows.groupby(Col.defense).size())
     total = out.drop(columns="trials").sum(min_count=1).to_frame("all").T
     total.insert(0, "trials", len(rows))
     return pd.concat([out, total])
@@ -60,16 +52,14 @@ def stage_breakdown(df: pd.DataFrame) -> pd.DataFrame:
 
 def grid_wall_seconds(df: pd.DataFrame) -> float:
     """First trial start to last trial end (what the user waited), from the rows' timestamps."""
-    if df.empty or "started_at" not in df or "finished_at" not in df:
-        return math.nan
-    start = pd.to_numeric(df["started_at"], errors="coerce").min()  # Unix seconds
-    end = pd.to_numeric(df["finished_at"], errors="coerce").max()
+    start = df[Col.started_at].min()  # Unix seconds
+    end = df[Col.finished_at].max()
     return float(end - start) if pd.notna(start) and pd.notna(end) else math.nan
 
 
 def _table(table: pd.DataFrame) -> list[str]:
     minutes = table.drop(columns="trials").div(60)
-    header = ["defense", "trials", *(c.removesuffix("_seconds") for c in minutes.columns)]
+    header = [Col.defense, "trials", *(c.removesuffix("_seconds") for c in minutes.columns)]
     body = [
         [name, str(int(table.loc[name, "trials"]))]
         + ["" if pd.isna(v) else f"{v:.1f}" for v in minutes.loc[name]]
@@ -100,12 +90,16 @@ def _one_run(df: pd.DataFrame, timed: bool = True) -> str:
 def render_markdown(df: pd.DataFrame) -> str:
     """The breakdown as markdown tables in minutes: one per run (``run`` column) with that run's
     wall time, then all rows together when the table holds several runs."""
-    runs = df["run"].fillna("").astype(str) if "run" in df else pd.Series("", index=df.index)
+    runs = df[Col.run].fillna("").astype(str)
     if runs.nunique() <= 1:
         return _one_run(df)
     parts = []
     for name, rows in df.groupby(runs, sort=True):
-        title = f"Run `{name}` (`results/runs/{name}`)" if name else "Rows without a run name"
+        title = (
+            f"Run {md_code(name)} ({md_code(f'results/runs/{name}')})"
+            if name
+            else "Rows without a run name"
+        )
         parts.append(f"## {title}\n\n{_one_run(rows, timed=bool(name))}")
     table = stage_breakdown(df)
     if not table.empty:

@@ -1,0 +1,137 @@
+"""Running a trial's defense on its poisoned cell: the defense's context, its output checked
+against the contract, and the time it took: its own work only, without training the undefended
+model (booked apart) and without waiting for artifacts other trials hold (``wait_seconds``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from bench import checks, lockwait
+from bench.backdoored import BackdooredModelLoader
+from bench.cell import PoisonedCell, model_factory
+from bench.config import TrialSpec
+from bench.errors import BenchError
+from bench.poisoning import cell_spec
+from bench.stages import CellStageCache
+from bench.train import Trainer
+from defenses.base import Defense, DefenseContext, DefenseOutput, LabelledImages
+
+log = logging.getLogger("bench.trial")
+
+
+def clean_subset_indices(poison_mask: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """round(fraction * N) training indices drawn from the samples that were *not* poisoned."""
+    pool = torch.nonzero(~poison_mask).flatten()
+    count = min(len(pool), round(fraction * len(poison_mask)))
+    gen = torch.Generator().manual_seed(seed + 7919)  # independent of the poison draw
+    return pool[torch.randperm(len(pool), generator=gen)[:count]].sort().values
+
+
+def clean_subset(spec: TrialSpec, cell: PoisonedCell) -> LabelledImages:
+    """The clean training images a defense that needs them is assumed to hold."""
+    idx = clean_subset_indices(cell.train.poison_mask, spec.clean_fraction, spec.seed)
+    if len(idx) == 0:
+        raise BenchError(
+            f"defense {spec.defense!r} needs a clean subset, but clean_fraction "
+            f"{spec.clean_fraction} of {len(cell.train.labels)} images selects none; set "
+            "[grid] clean_fraction in the preset (default 0.05)"
+        )
+    return LabelledImages(cell.data.train_x[idx], cell.data.train_y[idx])
+
+
+@dataclass(frozen=True)
+class DefenseRun:
+    """A defense's checked output and what it cost."""
+
+    output: DefenseOutput
+    flagged: torch.Tensor | None  # validated training indices, if the defense flags samples
+    seconds: float  # the defense's own work: no undefended-model training, no lock waits
+    wait_seconds: float  # blocked on artifacts another process was building
+    loader: BackdooredModelLoader
+    stage_log: list[dict]  # shared stages looked up: kind, built/hit, seconds
+    n_clean_subset: int
+
+    def stage_seconds(self) -> str:
+        return json.dumps(self.output.stage_seconds, sort_keys=True)
+
+    def stage_artifacts(self) -> str:
+        return json.dumps(self.stage_log)
+
+
+def run_defense(
+    spec: TrialSpec,
+    cell: PoisonedCell,
+    defense: Defense,
+    device: torch.device,
+    who: str,
+    report: Callable[[str], None] = log.info,
+) -> DefenseRun:
+    """Run ``defense`` on the cell's poisoned training set and check what it returns."""
+    data, poisoned = cell.data, cell.train
+    make_model = model_factory(spec, data)
+    trainer = Trainer(device, progress=report)
+    loader = BackdooredModelLoader(
+        spec,
+        data,
+        poisoned,
+        make_model,
+        trainer,
+        device,
+        attack_hooks=cell.attack.training_hooks(spec.ratio, spec.target, data.info),
+        attack_config=cell.attack.victim_config(spec.train_config()),
+        trained=cell.attack.trained_victim(),
+    )
+    stage_cache = CellStageCache(cell_spec(spec, data))
+    clean = clean_subset(spec, cell) if "clean_subset" in defense.needs else None
+    ctx = DefenseContext(
+        train=LabelledImages(poisoned.images, poisoned.labels),
+        num_classes=data.info.num_classes,
+        allows_flip=data.info.allows_flip,
+        make_model=make_model,
+        trainer=trainer,
+        train_config=spec.train_config(),
+        device=device,
+        seed=spec.seed,
+        clean_subset=clean,
+        load_backdoored_model=loader if "backdoored_model" in defense.needs else None,
+        name=spec.defense,
+        log=report,
+        dataset=spec.dataset,
+        normalization_mean=tuple(data.info.mean),
+        stage_cache=stage_cache,
+        plain_backdoored_model=loader if loader.attack_hooks is None else None,
+    )
+    output, seconds, waited = timed_run(defense, ctx, loader)
+
+    probe = data.test_x[:8]
+    checks.check_model(output.model, data.info.num_classes, probe, device, who)
+    if output.input_transform is not None:
+        checks.check_input_transform(output.input_transform, probe, device, who)
+    flagged = (
+        checks.check_flagged(output.flagged, len(poisoned.labels), who)
+        if output.flagged is not None
+        else None
+    )
+    n_clean = 0 if clean is None else len(clean.labels)
+    return DefenseRun(output, flagged, seconds, waited, loader, stage_cache.log, n_clean)
+
+
+def timed_run(
+    defense: Defense, ctx: DefenseContext, loader: BackdooredModelLoader
+) -> tuple[DefenseOutput, float, float]:
+    """``defense.run(ctx)``, the seconds of the defense's own work and the seconds it waited.
+
+    Its own work is its wall time less the undefended model's training when this trial built
+    it, and less the time blocked on an artifact lock another process held (a post-training
+    defense that starts while its cell's ``none`` trial still trains the model waits for it)."""
+    with lockwait.counting() as waited:
+        start = time.perf_counter()
+        output = defense.run(ctx)
+        wall = time.perf_counter() - start
+    return output, max(0.0, wall - loader.built_seconds - waited.seconds), waited.seconds
