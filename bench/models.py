@@ -234,16 +234,3 @@ def preact_resnet18(num_classes: int) -> ClassifierNet:
 @register_model("resnet18")
 def resnet18(num_classes: int) -> ClassifierNet:
     return CifarResNet(BasicBlock, num_classes, preact=False)
-
-
-def classifier_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
-    """(parent module, attribute name, layer) of the model's final ``nn.Linear``: swap it for
-    ``nn.Identity`` to get a feature extractor (self-supervised backbones, linear probes)."""
-    found = None
-    for parent in model.modules():
-        for attr, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                found = (parent, attr, child)
-    if found is None:
-        raise ValueError(f"{type(model).__name__} has no final nn.Linear classifier layer")
-    return found

@@ -16,12 +16,12 @@ from torch import nn
 
 from attacks.badnets import BadNets
 from bench import registry
+from bench.api import Defense, DefenseOutput
 from bench.checks import PluginError, check_component_class
 from bench.config import expand_grid, load_preset, with_overrides
 from bench.errors import BenchError
 from bench.plugins import check_defense, scaffold_defense
 from bench.trial import run_trial_safely
-from defenses.base import Defense, DefenseOutput
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -129,7 +129,7 @@ def test_import_failure_names_plugin_and_package(fake_defenses):
 
 def test_non_defense_object_is_refused(fake_defenses):
     fake_defenses["func"] = _entry("defense", "func", obj=lambda ctx: None)
-    with pytest.raises(BenchError, match=r"is not a subclass of defenses\.base\.Defense"):
+    with pytest.raises(BenchError, match=r"is not a subclass of bench\.api\.Defense"):
         registry.create("defense", "func")
 
 
