@@ -18,12 +18,13 @@ import pytest
 import torch
 from torch import nn
 
-from bench import api
+from bench import api, registry
 from bench.api import Defense, DefenseContext, DefenseOutput, LabelledImages, TrainConfig
 from bench.config import expand_grid, load_preset, with_overrides
 from bench.defend import defense_context
 from bench.errors import BenchError
 from bench.models import build_model, model_names
+from bench.plugins import check_presets
 from bench.schema import Col
 from bench.train import predict
 from bench.trial import run_trial_safely
@@ -108,6 +109,9 @@ def _public_methods(cls: type) -> list[str]:
         if not name.startswith("_") and (callable(value) or isinstance(value, property))
         and name != "Params"
     ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the context
 
 
 def _context(n: int = 64, seed: int = 0, **kw) -> DefenseContext:
@@ -284,3 +288,23 @@ def test_bad_metrics_become_an_error_row_naming_the_plugin(fake_defenses, metric
     row = run_trial_safely(_smoke("reporting", metrics=json.dumps(metrics)))
     assert row[Col.status] == "error" and message in row[Col.error]
     assert "defense 'reporting' (bench-fake)" in row[Col.error]
+
+
+def test_a_plugin_brings_its_own_preset_budgets(fake_defenses):  # noqa: F811
+    fake_defenses["reporting"] = _entry("defense", "reporting", obj=_Reporting)
+    assert _smoke("reporting").defense_params["rate"] == 0.5  # the plugin's smoke budget
+    assert _smoke("reporting", rate=0.2).defense_params["rate"] == 0.2  # a preset section wins
+    quick = with_overrides(load_preset("quick"), defenses=["reporting"], attacks=["badnets"])
+    assert expand_grid(quick)[0].defense_params["rate"] == 0.1  # no budget: the defaults
+    broken = type("Broken", (_Reporting,), {"presets": {"smoke": {"rate": 2.0}}})
+    fake_defenses["reporting"] = _entry("defense", "reporting", obj=broken)
+    with pytest.raises(BenchError, match="defense 'reporting': invalid parameters: rate must"):
+        _smoke("reporting")
+    with pytest.raises(BenchError, match=r"presets\['smoke'\]: .*rate must be <= 1"):
+        check_presets(broken)
+
+
+def test_builtin_defenses_declare_valid_presets():
+    for entry in registry.entries("defense").values():
+        if entry.builtin:
+            check_presets(entry.load())

@@ -18,6 +18,7 @@ from attacks.badnets import BadNets
 from bench import registry
 from bench.api import Defense, DefenseOutput
 from bench.checks import PluginError, check_component_class
+from bench.cli import build_parser
 from bench.config import expand_grid, load_preset, with_overrides
 from bench.errors import BenchError
 from bench.plugins import check_defense, scaffold_defense
@@ -258,6 +259,24 @@ def test_check_defense_reports_what_to_fix(fake_defenses):
     good: list[str] = []
     assert check_defense("none", out=good.append) is True
     assert good[-1] == "all checks passed"
+    assert not any(line.lstrip().startswith("| ") for line in good)  # the log: --verbose
+
+
+def test_check_defense_verbose_shows_the_trial_log(fake_defenses):
+    assert build_parser().parse_args(["check-defense", "x", "--verbose"]).show_log is True
+    loud: list[str] = []
+    assert check_defense("none", out=loud.append, verbose=True) is True
+    log = [line.strip() for line in loud if line.lstrip().startswith("| ")]
+    assert any(line.startswith("| attack badnets:") for line in log)
+    assert any(line.startswith("| done: CA") for line in log)
+    # a failing trial shows its last log lines even without --verbose
+    fake_defenses["raises"] = _entry(
+        "defense", "raises", obj=_defense_returning("raises", MISBEHAVING["raises"][0])
+    )
+    failed: list[str] = []
+    assert check_defense("raises", out=failed.append) is False
+    assert any("the trial log's last lines" in line for line in failed)
+    assert any("| trial" in line or "| attack badnets" in line for line in failed)
 
 
 # --------------------------------------------------------------------------- scaffolding
