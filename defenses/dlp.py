@@ -141,7 +141,5 @@ class DLP(Defense):
                 optimizer="adam",
                 schedule="constant",
             )
-            ctx.fit(
-                model, config=assf, stream="semi_supervised", indices=labelled, hooks=mixmatch
-            )
+            ctx.fit(model, config=assf, stream="semi_supervised", indices=labelled, hooks=mixmatch)
         return DefenseOutput(model=model, flagged=flagged, scores=-entropy)

@@ -26,11 +26,12 @@ from bench.errors import BenchError
 from bench.models import build_model, model_names
 from bench.plugins import check_presets
 from bench.schema import Col
-from bench.train import predict
+from bench.train import Trainer, TrainHooks, predict
 from bench.trial import run_trial_safely
 from tests.test_plugins import _entry, fake_defenses  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = (ROOT / "docs" / "plugins.md").read_text()
 CPU = torch.device("cpu")
 
 pytestmark = pytest.mark.usefixtures("two_threads")
@@ -109,6 +110,31 @@ def _public_methods(cls: type) -> list[str]:
         if not name.startswith("_") and (callable(value) or isinstance(value, property))
         and name != "Params"
     ]  # fmt: skip
+
+
+def test_the_reference_lists_every_public_name():
+    """docs/plugins.md names everything a defense author can use."""
+    missing = [f"bench.api.{n}" for n in api.__all__ if f"`{n}" not in REFERENCE]
+    for cls, prefix in ((DefenseContext, "ctx."), (DefenseOutput, ""), (Defense, "")):
+        for name in _public_fields(cls) + _public_methods(cls):
+            if f"`{prefix}{name}" not in REFERENCE:
+                missing.append(f"{cls.__name__}.{name}")
+    members = {
+        "TrainConfig": [f.name for f in dataclasses.fields(TrainConfig)],
+        "Augment": [f.name for f in dataclasses.fields(api.Augment)],
+        "TrainHooks": [n for n in vars(TrainHooks) if not n.startswith("_")],
+        "Batch": [f.name for f in dataclasses.fields(api.Batch)],
+        "TrainStats": [f.name for f in dataclasses.fields(api.TrainStats)],
+        "model contract": [
+            f"model.{n}" for n in ("feature_map", "classify", "head", "replace_head")
+        ],
+    }
+    for owner, names in members.items():
+        missing += [f"{owner}: {n}" for n in names if f"`{n}" not in REFERENCE]
+    fit_args = inspect.signature(Trainer.fit).parameters
+    missing += [f"Trainer.fit({a})" for a in fit_args if a != "self" and f"`{a}" not in REFERENCE]
+    assert not missing, f"docs/plugins.md does not mention {missing}"
+    assert "docs/plugins.md" in (ROOT / "README.md").read_text()
 
 
 # --------------------------------------------------------------------------- the context
