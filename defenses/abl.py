@@ -21,9 +21,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from bench.api import Augment, Defense, DefenseContext, DefenseOutput, TrainConfig, require_choice
 from defenses.shared import GradientAscent, JointUnlearning, complement, isolate_by_loss
 
@@ -84,13 +81,10 @@ class ABL(Defense):
         p = self.params
         return p.isolation_epochs + p.finetune_epochs + 0.35  # + the per-sample loss pass
 
-    def sgd(self) -> dict:
-        """The optimiser settings every ABL phase shares (the official code's one SGD)."""
-        p = self.params
-        return {"batch_size": p.batch_size, "weight_decay": p.weight_decay, "nesterov": True}
-
     def run(self, ctx: DefenseContext) -> DefenseOutput:
-        p, sgd = self.params, self.sgd()
+        p = self.params
+        images, labels = ctx.train.images, ctx.train.labels
+        sgd = {"batch_size": p.batch_size, "weight_decay": p.weight_decay, "nesterov": True}
         with ctx.stage("isolation"):
             isolation = TrainConfig(
                 epochs=p.isolation_epochs,
@@ -121,54 +115,41 @@ class ABL(Defense):
             augment = Augment(cutout=p.finetune_cutout)
             optimizer_state = None
             if p.mode == "joint":
-                hooks = JointUnlearning(isolated, len(ctx.train.labels))
-                ctx.fit(model, config=tune, stream="finetune", augment=augment, hooks=hooks)
+                joint = JointUnlearning(isolated, len(labels))
+                ctx.fit(model, config=tune, stream="finetune", augment=augment, hooks=joint)
             elif p.finetune_epochs:
-                rest = complement(isolated, len(ctx.train.labels))
+                rest = complement(isolated, len(labels))
                 optimizer_state = ctx.fit(
                     model, config=tune, stream="finetune", augment=augment, indices=rest
                 ).optimizer_state
 
         with ctx.stage("unlearning"):
-            if p.mode == "sequential":
-                metrics.update(self.unlearn(ctx, model, isolated, optimizer_state))
+            if p.mode == "sequential":  # with the fine-tuning optimiser's state, as official
+                ascent = TrainConfig(
+                    epochs=p.unlearning_epochs, lr=p.unlearning_lr, schedule="constant", **sgd
+                )
+                hooks = GradientAscent(
+                    p.unlearning_objective,
+                    p.unlearning_stop_accuracy,
+                    images[isolated],
+                    labels[isolated],
+                    ctx.device,
+                    freeze_bn=p.unlearning_bn == "frozen",
+                )
+                stats = ctx.fit(
+                    model, config=ascent, stream="unlearning", augment=False, indices=isolated,
+                    hooks=hooks, optimizer_state=optimizer_state,
+                )  # fmt: skip
+                ctx.log(
+                    f"abl: unlearning ran {len(stats.epoch_losses)} epochs; isolated-set loss "
+                    f"{hooks.loss_before:.4g} -> {hooks.loss_after:.4g}, accuracy on their "
+                    f"labels {hooks.accuracy:.3f}"
+                )
+                metrics.update(
+                    unlearning_epochs=len(stats.epoch_losses),
+                    isolated_loss_before=hooks.loss_before,
+                    isolated_loss_after=hooks.loss_after,
+                    isolated_accuracy_after=hooks.accuracy,
+                )
         finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
         return DefenseOutput(model=model, flagged=isolated, scores=-losses, metrics=finite)
-
-    def unlearn(
-        self,
-        ctx: DefenseContext,
-        model: nn.Module,
-        isolated: torch.Tensor,
-        optimizer_state: dict | None,
-    ) -> dict[str, float]:
-        """C: gradient ascent on the isolated samples, continuing the fine-tuning optimiser;
-        returns the isolated set's loss and accuracy before and after."""
-        p = self.params
-        ascent = TrainConfig(
-            epochs=p.unlearning_epochs, lr=p.unlearning_lr, schedule="constant", **self.sgd()
-        )
-        images, labels = ctx.train.images, ctx.train.labels
-        hooks = GradientAscent(
-            p.unlearning_objective,
-            p.unlearning_stop_accuracy,
-            images[isolated],
-            labels[isolated],
-            ctx.device,
-            freeze_bn=p.unlearning_bn == "frozen",
-        )
-        stats = ctx.fit(
-            model, config=ascent, stream="unlearning", augment=False, indices=isolated,
-            hooks=hooks, optimizer_state=optimizer_state,
-        )  # fmt: skip
-        ctx.log(
-            f"abl: unlearning ran {len(stats.epoch_losses)} epochs; isolated-set loss "
-            f"{hooks.loss_before:.4g} -> {hooks.loss_after:.4g}, accuracy on their labels "
-            f"{hooks.accuracy:.3f}"
-        )
-        return {
-            "unlearning_epochs": len(stats.epoch_losses),
-            "isolated_loss_before": hooks.loss_before,
-            "isolated_loss_after": hooks.loss_after,
-            "isolated_accuracy_after": hooks.accuracy,
-        }
