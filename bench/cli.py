@@ -283,7 +283,7 @@ def cmd_check_defense(args: argparse.Namespace) -> int:
         raise BenchError(f"--params must be a JSON object: {exc}") from exc
     if not isinstance(params, dict):
         raise BenchError("--params must be a JSON object, e.g. '{\"epochs\": 5}'")
-    return 0 if check_defense(args.name, params) else 1
+    return 0 if check_defense(args.name, params, verbose=args.show_log) else 1
 
 
 def cmd_new_defense(args: argparse.Namespace) -> int:
@@ -421,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-defense", help="validate a defense plugin with a smoke trial")
     check.add_argument("name")
     check.add_argument("--params", help="JSON object of hyperparameters")
+    check.add_argument(
+        "--verbose", dest="show_log", action="store_true", help="show the smoke trial's log"
+    )
     check.set_defaults(fn=cmd_check_defense)
 
     new = sub.add_parser("new-defense", help="scaffold a defense plugin package")

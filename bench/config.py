@@ -305,7 +305,9 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
         raise BenchError(f"clean_fraction must be in (0, 1), got {grid.clean_fraction!r}")
     attack_params = {a: _resolved("attack", a, preset.attack_params) for a in attacks}
     needs = {d: registry.get_entry("defense", d).load().needs for d in defenses}
-    defense_params = {d: _resolved("defense", d, preset.defense_params) for d in defenses}
+    defense_params = {
+        d: _resolved("defense", d, preset.defense_params, preset.name) for d in defenses
+    }
     data = dataclasses.asdict(preset.data)
     data_hash = {
         d: load_dataset(d, preset.data.source, reuse=True).data_hash
@@ -344,7 +346,12 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
     return list({s.trial_id: s for s in specs}.values())  # a repeated value: each trial once
 
 
-def _resolved(kind: str, name: str, overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Full parameters (defaults filled in), so a changed default makes a new trial id."""
-    component = registry.create(kind, name, dict(overrides.get(name, {})))
+def _resolved(
+    kind: str, name: str, overrides: Mapping[str, Mapping[str, Any]], preset: str = ""
+) -> dict[str, Any]:
+    """Full parameters (defaults filled in), so a changed default makes a new trial id. Without
+    a section of the preset's own, a defense's budget for the preset (``Defense.presets``)."""
+    cls = registry.get_entry(kind, name).load()
+    chosen = overrides[name] if name in overrides else getattr(cls, "presets", {}).get(preset, {})
+    component = cls(**dict(chosen))
     return json.loads(json.dumps(component.describe(), sort_keys=True))

@@ -4,23 +4,32 @@ model (booked apart) and without waiting for artifacts other trials hold (``wait
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from bench import checks, lockwait
+from bench.api import Defense, DefenseContext, DefenseOutput, Harness, LabelledImages
 from bench.backdoored import BackdooredModelLoader
 from bench.cell import PoisonedCell, model_factory
 from bench.config import TrialSpec
 from bench.errors import BenchError
 from bench.poisoning import cell_spec
 from bench.stages import CellStageCache
-from bench.train import Trainer
-from defenses.base import Defense, DefenseContext, DefenseOutput, LabelledImages
+from bench.train import TrainConfig, Trainer
+
+#: What ``DefenseOutput.metrics`` may hold: keys and how many.
+METRIC_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
+MAX_METRICS = 32
 
 log = logging.getLogger("bench.trial")
 
@@ -60,6 +69,9 @@ class DefenseRun:
     def stage_seconds(self) -> str:
         return json.dumps(self.output.stage_seconds, sort_keys=True)
 
+    def defense_metrics(self) -> str:
+        return json.dumps(self.output.metrics, sort_keys=True)
+
     def stage_artifacts(self) -> str:
         return json.dumps(self.stage_log)
 
@@ -89,25 +101,34 @@ def run_defense(
     )
     stage_cache = CellStageCache(cell_spec(spec, data))
     clean = clean_subset(spec, cell) if "clean_subset" in defense.needs else None
-    ctx = DefenseContext(
-        train=LabelledImages(poisoned.images, poisoned.labels),
+    ctx = defense_context(
+        LabelledImages(poisoned.images, poisoned.labels),
         num_classes=data.info.num_classes,
-        allows_flip=data.info.allows_flip,
         make_model=make_model,
-        trainer=trainer,
-        train_config=spec.train_config(),
         device=device,
         seed=spec.seed,
-        clean_subset=clean,
-        load_backdoored_model=loader if "backdoored_model" in defense.needs else None,
-        name=spec.defense,
-        log=report,
+        train_config=spec.train_config(),
         dataset=spec.dataset,
+        allows_flip=data.info.allows_flip,
         normalization_mean=tuple(data.info.mean),
-        stage_cache=stage_cache,
+        defense=spec.defense,
+        report=report,
+        trainer=trainer,
+        clean_subset=clean,
+        backdoored_model=loader if "backdoored_model" in defense.needs else None,
         plain_backdoored_model=loader if loader.attack_hooks is None else None,
+        stage_cache=stage_cache,
     )
     output, seconds, waited = timed_run(defense, ctx, loader)
+    if not isinstance(output, DefenseOutput):
+        raise checks.PluginError(
+            f"{who}: run must return a DefenseOutput, got {type(output).__name__}"
+        )
+    output = dataclasses.replace(
+        output,
+        stage_seconds={**ctx._harness.stage_seconds, **output.stage_seconds},
+        metrics=check_defense_metrics(output.metrics, who),
+    )
 
     probe = data.test_x[:8]
     checks.check_model(output.model, data.info.num_classes, probe, device, who)
@@ -120,6 +141,79 @@ def run_defense(
     )
     n_clean = 0 if clean is None else len(clean.labels)
     return DefenseRun(output, flagged, seconds, waited, loader, stage_cache.log, n_clean)
+
+
+def defense_context(
+    train: LabelledImages,
+    *,
+    num_classes: int,
+    make_model: Callable[[], nn.Module],
+    device: torch.device,
+    seed: int = 0,
+    train_config: TrainConfig | None = None,
+    dataset: str = "",
+    allows_flip: bool = True,
+    normalization_mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+    defense: str = "unnamed",
+    report: Callable[[str], None] = log.info,
+    trainer: Trainer | None = None,
+    clean_subset: LabelledImages | None = None,
+    backdoored_model: Callable[[], nn.Module] | None = None,
+    plain_backdoored_model: Callable[[], nn.Module] | None = None,
+    stage_cache: Any = None,
+) -> DefenseContext:
+    """A defense's context: the public fields, and the harness behind them (the trainer, the
+    resources the defense's needs unlock, the cell's stage cache). Trials and tests build
+    contexts here."""
+    harness = Harness(
+        trainer=trainer or Trainer(device, progress=report),
+        make_model=make_model,
+        defense=defense,
+        report=report,
+        clean_subset=clean_subset,
+        backdoored_model=backdoored_model,
+        plain_backdoored_model=plain_backdoored_model,
+        stage_cache=stage_cache,
+    )
+    return DefenseContext(
+        train=train,
+        num_classes=num_classes,
+        dataset=dataset,
+        allows_flip=allows_flip,
+        normalization_mean=normalization_mean,
+        train_config=train_config or TrainConfig(),
+        device=device,
+        seed=seed,
+        _harness=harness,
+    )
+
+
+def check_defense_metrics(metrics: Any, who: str) -> dict[str, float]:
+    """``DefenseOutput.metrics``: at most :data:`MAX_METRICS` finite numbers under short
+    snake_case keys (they become JSON in the row and the page)."""
+    if not isinstance(metrics, dict):
+        raise checks.PluginError(f"{who}: metrics must be a dict, got {type(metrics).__name__}")
+    if len(metrics) > MAX_METRICS:
+        raise checks.PluginError(
+            f"{who}: metrics holds {len(metrics)} entries; report at most {MAX_METRICS}"
+        )
+    out = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or not METRIC_KEY.fullmatch(key):
+            raise checks.PluginError(
+                f"{who}: metric key {key!r} must be snake_case: a lowercase letter, then up to "
+                "39 lowercase letters, digits or '_'"
+            )
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise checks.PluginError(
+                f"{who}: metric {key!r} must be a number, got {type(value).__name__}"
+            )
+        if not math.isfinite(value):
+            raise checks.PluginError(f"{who}: metric {key!r} is {value}; report finite numbers")
+        out[key] = value
+    return out
 
 
 def timed_run(

@@ -2,6 +2,10 @@
 
 Every model takes float images in [0, 1] and normalises them itself, so attacks and defenses work
 in one pixel space whatever the dataset's statistics.
+
+The model contract (:class:`ClassifierNet`, docs/plugins.md): every built-in model exposes where
+its features end and its classifier begins, so pruning, neuron-based and self-supervised defenses
+need neither forward hooks nor knowledge of the architecture.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from torch import nn
 
 from bench.errors import unknown_name_error
 
-ModelBuilder = Callable[[int], nn.Module]
+ModelBuilder = Callable[[int], "ClassifierNet"]
 _MODELS: dict[str, ModelBuilder] = {}
 
 
@@ -29,10 +33,43 @@ def model_names() -> list[str]:
     return sorted(_MODELS)
 
 
-class Normalized(nn.Module):
-    """Prepends per-channel normalisation to a network."""
+class ClassifierNet(nn.Module):
+    """The model contract: a convolutional feature extractor, then global pooling and one linear
+    layer. ``model(x) == model.classify(model.feature_map(x))`` for every built-in model.
 
-    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+    Subclasses implement :meth:`feature_map` and :meth:`classify` and keep their final layer in
+    ``self.linear`` (the attribute name is part of saved checkpoints)."""
+
+    linear: nn.Module
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w): the last convolutional stage's output for a batch of images."""
+        raise NotImplementedError
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from a :meth:`feature_map` output: global pooling, then the head. Zeroing
+        channels of ``features`` before this call prunes them."""
+        raise NotImplementedError
+
+    @property
+    def head(self) -> nn.Module:
+        """The final classifier layer: ``nn.Linear(C, num_classes)``, C the feature channels."""
+        return self.linear
+
+    def replace_head(self, module: nn.Module) -> nn.Module:
+        """Put ``module`` where the head was (``nn.Identity()``: the model outputs its pooled
+        (N, C) features) and return the old head."""
+        old, self.linear = self.linear, module
+        return old
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.feature_map(x))
+
+
+class Normalized(ClassifierNet):
+    """Prepends per-channel normalisation to a network; the contract's parts go to ``net``."""
+
+    def __init__(self, net: ClassifierNet, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
@@ -41,13 +78,27 @@ class Normalized(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) * self.inv_std)
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w): the last convolutional stage's output for images in [0, 1]."""
+        return self.net.feature_map((x - self.mean) * self.inv_std)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net.classify(features)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.net.head
+
+    def replace_head(self, module: nn.Module) -> nn.Module:
+        return self.net.replace_head(module)
+
 
 def build_model(
     name: str,
     num_classes: int,
     mean: tuple[float, ...] = (0.0, 0.0, 0.0),
     std: tuple[float, ...] = (1.0, 1.0, 1.0),
-) -> nn.Module:
+) -> Normalized:
     if name not in _MODELS:
         raise unknown_name_error("model", name, _MODELS)
     return Normalized(_MODELS[name](num_classes), mean, std)
@@ -64,7 +115,7 @@ def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(ClassifierNet):
     """A VGG-style net sized for CPU presets: one conv per stage at 32, 16, 8 and 4 px.
 
     Pooling right after the first conv keeps full-resolution work small, the main cost on a CPU.
@@ -80,20 +131,24 @@ class SmallCNN(nn.Module):
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
             c_in = c_out
-        self.features = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
         self.linear = nn.Linear(c_in, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.features(x))
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.pool(features))
 
 
 @register_model("cnn_small")
-def cnn_small(num_classes: int) -> nn.Module:
+def cnn_small(num_classes: int) -> ClassifierNet:
     return SmallCNN(num_classes)
 
 
 @register_model("cnn_medium")
-def cnn_medium(num_classes: int) -> nn.Module:
+def cnn_medium(num_classes: int) -> ClassifierNet:
     return SmallCNN(num_classes, widths=(32, 64, 128, 256))
 
 
@@ -142,7 +197,7 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ClassifierNet):
     """ResNet-18 layout for 32 px inputs: 3x3 stem, no max-pool, four stages of two blocks."""
 
     def __init__(self, block: type[nn.Module], num_classes: int, preact: bool):
@@ -160,9 +215,11 @@ class CifarResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(512, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head_act(self.layers(self.stem_act(self.conv1(x))))
-        return self.linear(torch.flatten(self.pool(out), 1))
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head_act(self.layers(self.stem_act(self.conv1(x))))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.flatten(self.pool(features), 1))
 
 
 def _bn_relu(channels: int) -> nn.Sequential:
@@ -170,23 +227,10 @@ def _bn_relu(channels: int) -> nn.Sequential:
 
 
 @register_model("preact_resnet18")
-def preact_resnet18(num_classes: int) -> nn.Module:
+def preact_resnet18(num_classes: int) -> ClassifierNet:
     return CifarResNet(PreActBlock, num_classes, preact=True)
 
 
 @register_model("resnet18")
-def resnet18(num_classes: int) -> nn.Module:
+def resnet18(num_classes: int) -> ClassifierNet:
     return CifarResNet(BasicBlock, num_classes, preact=False)
-
-
-def classifier_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
-    """(parent module, attribute name, layer) of the model's final ``nn.Linear``: swap it for
-    ``nn.Identity`` to get a feature extractor (self-supervised backbones, linear probes)."""
-    found = None
-    for parent in model.modules():
-        for attr, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                found = (parent, attr, child)
-    if found is None:
-        raise ValueError(f"{type(model).__name__} has no final nn.Linear classifier layer")
-    return found

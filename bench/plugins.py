@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,15 @@ from bench.schema import Col
 
 
 def check_defense(
-    name: str, params: dict[str, Any] | None = None, out: Callable[[str], None] = print
+    name: str,
+    params: dict[str, Any] | None = None,
+    out: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> bool:
-    """Run a defense through every check and a smoke trial on real data; True if all pass."""
+    """Run a defense through every check and a smoke trial on real data; True if all pass.
+
+    ``verbose`` prints the smoke trial's log (``ctx.log`` lines, epochs) as it runs; otherwise
+    only a failing trial's last log lines are shown."""
     ok = True
 
     def step(label: str, fn: Callable[[], Any]) -> Any:
@@ -44,7 +51,7 @@ def check_defense(
     if entry is None:
         return False
     out(f"        package {entry.package} {entry.version}, target {entry.target}")
-    cls = step("imports, subclasses defenses.base.Defense, has name/needs/Params/run", entry.load)
+    cls = step("imports, subclasses bench.api.Defense, has name/needs/Params/run", entry.load)
     if cls is None:
         return False
     out(
@@ -53,18 +60,32 @@ def check_defense(
     )
     if step("parameters validate", lambda: cls(**(params or {}))) is None:
         return False
+    if step("per-preset budgets (presets) validate", lambda: check_presets(cls)) is None:
+        return False
     preset = with_overrides(
         load_preset("smoke"), datasets=["cifar10"], attacks=["badnets"], defenses=[name]
     )
-    spec = expand_grid(dataclasses.replace(preset, defense_params={name: params or {}}))[0]
+    if params:
+        preset = dataclasses.replace(preset, defense_params={**preset.defense_params, name: params})
+    spec = expand_grid(preset)[0]
+    out(f"        smoke-trial parameters: {json.dumps(dict(spec.defense_params), sort_keys=True)}")
     from bench.trial import run_trial
 
     lines: list[str] = []
+
+    def report(line: str) -> None:
+        lines.append(line)
+        if verbose:
+            out(f"        | {line}")
+
     row = step(
         "smoke trial on 1,000 real CIFAR-10 images (BadNets 10%): model outputs, "
-        "input transform, flagged indices, finite metrics",
-        lambda: run_trial(spec, device=torch.device("cpu"), report=lines.append),
+        "input transform, flagged indices, metrics",
+        lambda: run_trial(spec, device=torch.device("cpu"), report=report),
     )
+    if row is None and not verbose and lines:
+        out("        the trial log's last lines (all of it: --verbose):")
+        out("\n".join(f"        | {line}" for line in lines[-12:]))
     if row is not None:
         ca, asr, ra, flagged = (row[c] for c in (Col.ca, Col.asr, Col.ra, Col.n_flagged))
         out(
@@ -72,8 +93,25 @@ def check_defense(
             f"flagged {flagged if flagged >= 0 else '-'}  "
             f"defense {row[Col.defense_seconds]:.1f}s  (smoke numbers mean nothing)"
         )
+        out(f"        stages {row[Col.stage_seconds]}  metrics {row[Col.defense_metrics]}")
     out("all checks passed" if ok else "fix the FAIL lines above, then run this again")
     return ok
+
+
+def check_presets(cls: type) -> Mapping[str, Any]:
+    """``presets`` maps preset names to parameter dicts that validate like a preset's section;
+    returns it."""
+    presets = getattr(cls, "presets", {})
+    if not isinstance(presets, Mapping):
+        raise BenchError(f"presets must map preset names to parameters, got {presets!r}")
+    for preset, params in presets.items():
+        if not isinstance(preset, str) or not isinstance(params, Mapping):
+            raise BenchError(f"presets[{preset!r}] must map parameter names to values")
+        try:
+            cls(**dict(params))
+        except BenchError as exc:
+            raise BenchError(f"presets[{preset!r}]: {exc}") from exc
+    return presets
 
 
 _TEMPLATE_PYPROJECT = """[build-system]
@@ -94,21 +132,26 @@ dependencies = ["backdoor-leaderboard", "torch"]
 packages = ["{module}"]
 """
 
-_TEMPLATE_MODULE = '''"""The {name} defense (describe the method and cite the paper here)."""
+_TEMPLATE_MODULE = '''"""The {name} defense (describe the method and cite the paper here).
+
+The public API is bench.api; its reference is docs/plugins.md in backdoor-leaderboard.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 
-from defenses.base import Defense, DefenseContext, DefenseOutput
+from bench.api import Defense, DefenseContext, DefenseOutput
 
 
 class {cls}(Defense):
     name = "{name}"
     # Ask for what you need: "poisoned_train" (always given), "clean_subset", "backdoored_model".
     needs = frozenset({{"poisoned_train"}})
+    # Your budgets for the harness's presets (tune them), used where a preset has no
+    # [defenses.{name}] section of its own.
+    presets = {{"smoke": {{"epochs_scale": 1.0}}, "quick": {{"epochs_scale": 1.0}}}}
 
     @dataclass(frozen=True)
     class Params:
@@ -120,18 +163,20 @@ class {cls}(Defense):
                 raise ValueError(f"epochs_scale must be > 0, got {{self.epochs_scale}}")
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
-        start = time.perf_counter()
-        # Replace this with the defense. The starting point trains plainly on the poisoned set
-        # with the shared trainer (ctx.trainer / ctx.train_model); pass TrainHooks to change the
-        # loss per batch, ctx.backdoored_model() for post-training defenses.
+        # Replace this with the defense. The starting point trains a fresh model plainly on the
+        # poisoned set with the shared trainer; pass hooks=TrainHooks subclasses to ctx.fit to
+        # change the loss per batch, use ctx.backdoored_model() for post-training defenses.
         budget = ctx.train_config
         epochs = max(1, round(budget.epochs * self.params.epochs_scale))
-        model = ctx.train_model(config=dataclasses.replace(budget, epochs=epochs))
+        with ctx.stage("train"):  # its seconds land in the row's stage_seconds
+            model = ctx.make_model()
+            stats = ctx.fit(model, config=dataclasses.replace(budget, epochs=epochs))
+        ctx.log(f"{name}: trained {{epochs}} epochs")
         return DefenseOutput(
             model=model,
             input_transform=None,  # or a uint8 -> uint8 batch function applied at test time
             flagged=None,  # or a tensor of training indices you consider poisoned
-            stage_seconds={{"train": time.perf_counter() - start}},
+            metrics={{"final_loss": stats.epoch_losses[-1]}},  # your own figures, in the row
         )
 '''
 
@@ -141,8 +186,8 @@ A defense plugin for backdoor-leaderboard.
 
 ```bash
 pip install -e .                       # registers the '{name}' defense
-bench check-defense {name}             # smoke trial on real data; fix what it reports
-bench run --preset quick --defenses none,{name}
+bench check-defense {name} --verbose   # smoke trial on real data; fix what it reports
+bench run --preset quick --attacks badnets --defenses none,{name} --datasets cifar10
 bench leaderboard
 ```
 """

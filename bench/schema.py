@@ -26,7 +26,7 @@ import pandas as pd
 from bench.errors import BenchError
 
 #: The schema new rows are written under; rows from older code keep theirs (0: before versioning).
-SCHEMA_VERSION = 2  # 2: data_hash
+SCHEMA_VERSION = 3  # 2: data_hash; 3: defense_metrics
 
 # Column dtypes (pandas). Nullable ``Int64`` / ``boolean`` where a value can be unknown (an
 # error row has no counts); ``str`` columns hold "" where there is nothing to say.
@@ -168,6 +168,10 @@ class Col:
     det_precision = _col(FLOAT, "detection precision")
     det_f1 = _col(FLOAT, "detection F1")
     det_auroc = _col(FLOAT, "AUROC of the defense's per-sample scores")
+    # The defense's own figures (DefenseOutput.metrics)
+    defense_metrics = _col(
+        STR, "numbers the defense reported about its run, e.g. samples relabelled (JSON object)"
+    )
     # The components
     attack_mode = _col(STR, "'static' or 'training-controlled'")
     attack_package = _col(STR, "distribution providing the attack")

@@ -148,6 +148,8 @@ class TrainHooks:
 
 @dataclass
 class TrainStats:
+    """What one ``fit`` did: its seconds, optimiser steps, images seen, mean loss per epoch."""
+
     seconds: float
     steps: int
     images: int

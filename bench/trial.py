@@ -87,6 +87,7 @@ def _run_trial(
         Col.train_seconds: run.seconds
         + (0.0 if math.isnan(backdoored_seconds) else backdoored_seconds),
         Col.stage_seconds: run.stage_seconds(),
+        Col.defense_metrics: run.defense_metrics(),
         Col.wall_seconds: time.perf_counter() - t0,
     }
     ca, asr, ra = scores[Col.ca], scores[Col.asr], scores[Col.ra]

@@ -18,12 +18,10 @@ The paper's per-sample LGA is ``isolation_loss="lga"``, its joint descend/ascend
 
 from __future__ import annotations
 
-import time
+import math
 from dataclasses import dataclass
 
-from bench.params import require_choice
-from bench.train import Augment, TrainConfig
-from defenses.base import Defense, DefenseContext, DefenseOutput
+from bench.api import Augment, Defense, DefenseContext, DefenseOutput, TrainConfig, require_choice
 from defenses.shared import GradientAscent, JointUnlearning, complement, isolate_by_loss
 
 #: Isolation lr where ``isolation_lr`` is 0: the official 0.1, except GTSRB, which the official
@@ -87,70 +85,71 @@ class ABL(Defense):
         p = self.params
         images, labels = ctx.train.images, ctx.train.labels
         sgd = {"batch_size": p.batch_size, "weight_decay": p.weight_decay, "nesterov": True}
-        stages: dict[str, float] = {}
-
-        start = time.perf_counter()
-        isolation = TrainConfig(
-            epochs=p.isolation_epochs,
-            lr=p.isolation_lr or ISOLATION_LR.get(ctx.dataset, 0.1),
-            schedule="constant",
-            **sgd,
-        )
-        found = isolate_by_loss(
-            ctx,
-            isolation,
-            gamma=p.gamma,
-            per_sample=p.isolation_loss == "lga",
-            fraction=p.isolation_ratio,
-        )
+        with ctx.stage("isolation"):
+            isolation = TrainConfig(
+                epochs=p.isolation_epochs,
+                lr=p.isolation_lr or ISOLATION_LR.get(ctx.dataset, 0.1),
+                schedule="constant",
+                **sgd,
+            )
+            found = isolate_by_loss(
+                ctx,
+                isolation,
+                gamma=p.gamma,
+                per_sample=p.isolation_loss == "lga",
+                fraction=p.isolation_ratio,
+            )
         model, losses, isolated = found.model, found.losses, found.isolated
-        stages["isolation"] = time.perf_counter() - start
-        ctx.log(f"abl: isolated {len(isolated)} samples (loss <= {losses[isolated].max():.4f})")
+        threshold = losses[isolated].max().item()
+        ctx.log(f"abl: isolated {len(isolated)} samples (loss <= {threshold:.4f})")
+        metrics = {"isolated": len(isolated), "isolation_loss_threshold": threshold}
 
-        start = time.perf_counter()
-        rest = complement(isolated, len(labels))
-        tune = TrainConfig(
-            epochs=p.finetune_epochs,
-            lr=p.finetune_lr,
-            schedule="multistep",
-            milestones=p.finetune_milestones,
-            **sgd,
-        )
-        augment = Augment(cutout=p.finetune_cutout)
-        optimizer_state = None
-        if p.mode == "joint":
-            ctx.trainer.fit(
-                model, images, labels, tune, seed=ctx.seed + 1, flip=ctx.allows_flip,
-                augment=augment, hooks=JointUnlearning(isolated, len(labels)),
-            )  # fmt: skip
-        elif p.finetune_epochs:
-            optimizer_state = ctx.trainer.fit(
-                model, images, labels, tune, seed=ctx.seed + 1, flip=ctx.allows_flip,
-                augment=augment, indices=rest,
-            ).optimizer_state  # fmt: skip
-        stages["finetune"] = time.perf_counter() - start
+        with ctx.stage("finetune"):
+            tune = TrainConfig(
+                epochs=p.finetune_epochs,
+                lr=p.finetune_lr,
+                schedule="multistep",
+                milestones=p.finetune_milestones,
+                **sgd,
+            )
+            augment = Augment(cutout=p.finetune_cutout)
+            optimizer_state = None
+            if p.mode == "joint":
+                joint = JointUnlearning(isolated, len(labels))
+                ctx.fit(model, config=tune, stream="finetune", augment=augment, hooks=joint)
+            elif p.finetune_epochs:
+                rest = complement(isolated, len(labels))
+                optimizer_state = ctx.fit(
+                    model, config=tune, stream="finetune", augment=augment, indices=rest
+                ).optimizer_state
 
-        start = time.perf_counter()
-        if p.mode == "sequential":
-            ascent = TrainConfig(
-                epochs=p.unlearning_epochs, lr=p.unlearning_lr, schedule="constant", **sgd
-            )
-            hooks = GradientAscent(
-                p.unlearning_objective,
-                p.unlearning_stop_accuracy,
-                images[isolated],
-                labels[isolated],
-                ctx.device,
-                freeze_bn=p.unlearning_bn == "frozen",
-            )
-            stats = ctx.trainer.fit(
-                model, images, labels, ascent, seed=ctx.seed + 2, flip=ctx.allows_flip,
-                augment=False, indices=isolated, hooks=hooks, optimizer_state=optimizer_state,
-            )  # fmt: skip
-            ctx.log(
-                f"abl: unlearning ran {len(stats.epoch_losses)} epochs; isolated-set loss "
-                f"{hooks.loss_before:.4g} -> {hooks.loss_after:.4g}, accuracy on their labels "
-                f"{hooks.accuracy:.3f}"
-            )
-        stages["unlearning"] = time.perf_counter() - start
-        return DefenseOutput(model=model, flagged=isolated, scores=-losses, stage_seconds=stages)
+        with ctx.stage("unlearning"):
+            if p.mode == "sequential":  # with the fine-tuning optimiser's state, as official
+                ascent = TrainConfig(
+                    epochs=p.unlearning_epochs, lr=p.unlearning_lr, schedule="constant", **sgd
+                )
+                hooks = GradientAscent(
+                    p.unlearning_objective,
+                    p.unlearning_stop_accuracy,
+                    images[isolated],
+                    labels[isolated],
+                    ctx.device,
+                    freeze_bn=p.unlearning_bn == "frozen",
+                )
+                stats = ctx.fit(
+                    model, config=ascent, stream="unlearning", augment=False, indices=isolated,
+                    hooks=hooks, optimizer_state=optimizer_state,
+                )  # fmt: skip
+                ctx.log(
+                    f"abl: unlearning ran {len(stats.epoch_losses)} epochs; isolated-set loss "
+                    f"{hooks.loss_before:.4g} -> {hooks.loss_after:.4g}, accuracy on their "
+                    f"labels {hooks.accuracy:.3f}"
+                )
+                metrics.update(
+                    unlearning_epochs=len(stats.epoch_losses),
+                    isolated_loss_before=hooks.loss_before,
+                    isolated_loss_after=hooks.loss_after,
+                    isolated_accuracy_after=hooks.accuracy,
+                )
+        finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        return DefenseOutput(model=model, flagged=isolated, scores=-losses, metrics=finite)

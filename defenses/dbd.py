@@ -19,15 +19,22 @@ GTSRB). The low-credibility half of the last split is reported as ``flagged``.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.train import Augment, Batch, TrainConfig, TrainHooks, predict_logits
-from defenses.base import Defense, DefenseContext, DefenseOutput
+from bench.api import (
+    Augment,
+    Batch,
+    Defense,
+    DefenseContext,
+    DefenseOutput,
+    TrainConfig,
+    TrainHooks,
+    predict_logits,
+)
 from defenses.shared import MixMatch, complement, lowest_fraction
 from defenses.ssl import Contrastive, SimCLRHooks
 
@@ -76,21 +83,22 @@ class ResplitMixMatch(MixMatch):
         labelled_fraction: float,
         device,
         samples_per_epoch: int = 0,
-        seed: int = 0,
+        generator: torch.Generator | None = None,
         **kw,
     ):
         self.all_images, self.all_labels = images, labels
         self.labelled_fraction, self.device = labelled_fraction, device
         self.samples_per_epoch = samples_per_epoch
-        self.generator = torch.Generator().manual_seed(seed)
+        #: Draws the random remainder of a tiled epoch.
+        self.generator = generator or torch.Generator().manual_seed(0)
         self.labelled = torch.empty(0, dtype=torch.long)
-        self.fit_accuracy = float("nan")  # of the given labels at the last split
+        self.fit_accuracies: list[float] = []  # of the given labels, at every split
         super().__init__(images, torch.empty(0, dtype=torch.long), **kw)
 
     def split(self, model: nn.Module) -> torch.Tensor:
         logits = predict_logits(model, self.all_images, device=self.device)
         labels = self.all_labels.cpu()
-        self.fit_accuracy = logits.argmax(1).eq(labels).float().mean().item()
+        self.fit_accuracies.append(logits.argmax(1).eq(labels).float().mean().item())
         losses = symmetric_cross_entropy(logits, labels)
         self.labelled = lowest_fraction(losses, self.labelled_fraction)
         self.unlabelled = complement(self.labelled, len(self.all_labels)).to(self.images.device)
@@ -164,21 +172,17 @@ class DBD(Defense):
         )
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
-        stages: dict[str, float] = {}
-        start = time.perf_counter()
-        contrastive = self.pretrain(ctx)
-        stages["simclr"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        classifier, optimizer_state = self.fit_linear_head(ctx, contrastive)
-        stages["linear"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        hooks = self.finetune(ctx, classifier, optimizer_state)
-        stages["mixmatch"] = time.perf_counter() - start
+        with ctx.stage("simclr"):
+            contrastive = self.pretrain(ctx)
+        with ctx.stage("linear"):
+            classifier, optimizer_state = self.fit_linear_head(ctx, contrastive)
+        with ctx.stage("mixmatch"):
+            hooks = self.finetune(ctx, classifier, optimizer_state)
         losses = sce_losses(classifier, ctx.train.images, ctx.train.labels, ctx.device)
         flagged = complement(hooks.labelled, len(ctx.train.labels))
-        return DefenseOutput(classifier, flagged=flagged, scores=losses, stage_seconds=stages)
+        fits = hooks.fit_accuracies  # of the labels: the probe's, then at each later split
+        metrics = {"probe_fit_accuracy": fits[0], "last_split_fit_accuracy": fits[-1]}
+        return DefenseOutput(classifier, flagged=flagged, scores=losses, metrics=metrics)
 
     def pretrain(self, ctx: DefenseContext) -> Contrastive:
         """Stage 1: SimCLR on the training images, labels unused."""
@@ -192,10 +196,8 @@ class DBD(Defense):
             weight_decay=p.simclr_weight_decay,
             schedule="cosine",
         )
-        ctx.trainer.fit(
-            contrastive, ctx.train.images, ctx.train.labels, simclr, seed=ctx.seed,
-            flip=ctx.allows_flip, augment=False, hooks=SimCLRHooks(p.temperature, ctx.allows_flip),
-        )  # fmt: skip
+        hooks = SimCLRHooks(p.temperature, ctx.allows_flip)
+        ctx.fit(contrastive, config=simclr, stream="simclr", augment=False, hooks=hooks)
         return contrastive
 
     def fit_linear_head(
@@ -206,9 +208,9 @@ class DBD(Defense):
         that stage 3 continues (the official code uses one Adam over the whole model for
         both)."""
         p = self.params
-        parent, attr = contrastive.head_slot
-        setattr(parent, attr, nn.Linear(contrastive.feature_dim, ctx.num_classes))
-        classifier, head = contrastive.backbone, getattr(parent, attr)
+        classifier = contrastive.backbone
+        classifier.replace_head(nn.Linear(contrastive.feature_dim, ctx.num_classes))
+        head = classifier.head
         for param in classifier.parameters():
             param.requires_grad_(False)
         for param in head.parameters():
@@ -221,9 +223,9 @@ class DBD(Defense):
             optimizer="adam",
             schedule="constant",
         )
-        stats = ctx.trainer.fit(
-            classifier, ctx.train.images, ctx.train.labels, warmup, seed=ctx.seed + 1,
-            flip=ctx.allows_flip, hooks=LinearProbe(), augment=REFLECT_CROP,
+        stats = ctx.fit(
+            classifier, config=warmup, stream="linear_probe", hooks=LinearProbe(),
+            augment=REFLECT_CROP,
         )  # fmt: skip
         for param in classifier.parameters():
             param.requires_grad_(True)
@@ -241,14 +243,14 @@ class DBD(Defense):
             p.labelled_fraction,
             ctx.device,
             samples_per_epoch=p.semi_iterations * p.semi_batch_size,
-            seed=ctx.seed + 3,
+            generator=ctx.rng("mixmatch_epochs"),
             num_classes=ctx.num_classes,
             flip=ctx.allows_flip,
             temperature=p.mixmatch_temperature,
             alpha=p.mixmatch_alpha,
             lambda_u=p.lambda_u or (15.0 if ctx.dataset == "cifar10" else 6.0),
             rampup_steps=steps,
-            padding_mode=REFLECT_CROP.padding_mode,
+            augment=REFLECT_CROP,
         )
 
     def finetune(
@@ -266,10 +268,10 @@ class DBD(Defense):
             schedule="constant",
         )
         first = hooks.split(classifier)
-        ctx.log(f"dbd: the linear probe on SimCLR features fits {hooks.fit_accuracy:.3f} of labels")
-        ctx.trainer.fit(
-            classifier, ctx.train.images, ctx.train.labels, semi, seed=ctx.seed + 2,
-            flip=ctx.allows_flip, hooks=hooks, indices=first, augment=REFLECT_CROP,
-            optimizer_state=optimizer_state,
+        probe = hooks.fit_accuracies[-1]
+        ctx.log(f"dbd: the linear probe on SimCLR features fits {probe:.3f} of labels")
+        ctx.fit(
+            classifier, config=semi, stream="mixmatch", hooks=hooks, indices=first,
+            augment=REFLECT_CROP, optimizer_state=optimizer_state,
         )  # fmt: skip
         return hooks

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 
-from bench.params import require_choice
-from bench.train import TrainConfig
-from defenses.base import Defense, DefenseContext, DefenseOutput
+from bench.api import Defense, DefenseContext, DefenseOutput, TrainConfig, require_choice
 from defenses.shared import (
     GradientAscent,
     JointUnlearning,
@@ -88,83 +85,61 @@ class DLP(Defense):
         p = self.params
         images, labels = ctx.train.images, ctx.train.labels
         n = len(labels)
-        stages: dict[str, float] = {}
 
-        start = time.perf_counter()
-        # SL is standard supervised training: the preset's recipe with DLP's epochs and lr. When
-        # that equals the preset's recipe, it is the backdoored model, trained once per cell.
-        sl = dataclasses.replace(
-            ctx.train_config, epochs=p.sl_epochs, lr=p.sl_lr, weight_decay=p.weight_decay
-        )
-        model = ctx.supervised_model(sl)
-        stages["supervised"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        entropy = prediction_entropy(model, images, ctx.device)
-        flagged = lowest_fraction(entropy, p.filter_fraction)
-        ctx.log(
-            f"dlp: flagged {len(flagged)} lowest-entropy samples "
-            f"(entropy <= {entropy[flagged].max():.4g})"
-        )
-        au = TrainConfig(
-            epochs=p.au_epochs,
-            batch_size=p.batch_size,
-            lr=p.au_lr,
-            weight_decay=0.0,
-            schedule="constant",
-        )
-        if p.au_mode == "ascent":  # on the flagged samples only, as seen (no augmentation)
-            hooks = GradientAscent(
-                p.au_objective, p.au_stop_accuracy, images[flagged], labels[flagged], ctx.device
+        with ctx.stage("supervised"):
+            # SL is standard supervised training: the preset's recipe with DLP's epochs and lr.
+            # When that equals the preset's recipe, it is the backdoored model, trained once.
+            sl = dataclasses.replace(
+                ctx.train_config, epochs=p.sl_epochs, lr=p.sl_lr, weight_decay=p.weight_decay
             )
-            only_flagged = {"augment": False, "indices": flagged}
-        else:  # descend on everything else while ascending on the flagged samples
-            hooks, only_flagged = JointUnlearning(flagged, n, p.au_weight), {}
-        ctx.trainer.fit(
-            model,
-            images,
-            labels,
-            au,
-            seed=ctx.seed + 1,
-            flip=ctx.allows_flip,
-            hooks=hooks,
-            **only_flagged,
-        )
-        stages["unlearning"] = time.perf_counter() - start
+            model = ctx.supervised_model(sl)
 
-        start = time.perf_counter()
-        losses = per_sample_losses(model, images, labels, ctx.device)
-        losses[flagged] = float("inf")  # flagged samples are never trusted with their labels
-        labelled = lowest_fraction(losses, p.labelled_fraction)
-        unlabelled = complement(labelled, n)
-        steps = p.assf_epochs * math.ceil(len(labelled) / p.assf_batch_size)
-        hooks = MixMatch(
-            images.to(ctx.device),
-            unlabelled,
-            ctx.num_classes,
-            flip=ctx.allows_flip,
-            temperature=p.temperature,
-            alpha=p.mixup_alpha,
-            lambda_u=p.lambda_u,
-            rampup_steps=round(p.rampup_fraction * steps),
-        )
-        assf = TrainConfig(
-            epochs=p.assf_epochs,
-            batch_size=p.assf_batch_size,
-            lr=p.assf_lr,
-            weight_decay=0.0,
-            optimizer="adam",
-            schedule="constant",
-        )
-        ctx.trainer.fit(
-            model,
-            images,
-            labels,
-            assf,
-            seed=ctx.seed + 2,
-            flip=ctx.allows_flip,
-            indices=labelled,
-            hooks=hooks,
-        )
-        stages["semi_supervised"] = time.perf_counter() - start
-        return DefenseOutput(model=model, flagged=flagged, scores=-entropy, stage_seconds=stages)
+        with ctx.stage("unlearning"):
+            entropy = prediction_entropy(model, images, ctx.device)
+            flagged = lowest_fraction(entropy, p.filter_fraction)
+            ctx.log(
+                f"dlp: flagged {len(flagged)} lowest-entropy samples "
+                f"(entropy <= {entropy[flagged].max():.4g})"
+            )
+            au = TrainConfig(
+                epochs=p.au_epochs,
+                batch_size=p.batch_size,
+                lr=p.au_lr,
+                weight_decay=0.0,
+                schedule="constant",
+            )
+            if p.au_mode == "ascent":  # on the flagged samples only, as seen (no augmentation)
+                hooks = GradientAscent(
+                    p.au_objective, p.au_stop_accuracy, images[flagged], labels[flagged], ctx.device
+                )
+                only_flagged = {"augment": False, "indices": flagged}
+            else:  # descend on everything else while ascending on the flagged samples
+                hooks, only_flagged = JointUnlearning(flagged, n, p.au_weight), {}
+            ctx.fit(model, config=au, stream="unlearning", hooks=hooks, **only_flagged)
+
+        with ctx.stage("semi_supervised"):
+            losses = per_sample_losses(model, images, labels, ctx.device)
+            losses[flagged] = float("inf")  # flagged samples are never trusted with their labels
+            labelled = lowest_fraction(losses, p.labelled_fraction)
+            unlabelled = complement(labelled, n)
+            steps = p.assf_epochs * math.ceil(len(labelled) / p.assf_batch_size)
+            mixmatch = MixMatch(
+                images.to(ctx.device),
+                unlabelled,
+                ctx.num_classes,
+                flip=ctx.allows_flip,
+                temperature=p.temperature,
+                alpha=p.mixup_alpha,
+                lambda_u=p.lambda_u,
+                rampup_steps=round(p.rampup_fraction * steps),
+            )
+            assf = TrainConfig(
+                epochs=p.assf_epochs,
+                batch_size=p.assf_batch_size,
+                lr=p.assf_lr,
+                weight_decay=0.0,
+                optimizer="adam",
+                schedule="constant",
+            )
+            ctx.fit(model, config=assf, stream="semi_supervised", indices=labelled, hooks=mixmatch)
+        return DefenseOutput(model=model, flagged=flagged, scores=-entropy)

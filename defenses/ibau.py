@@ -20,7 +20,6 @@ it is commented out), and the outer lr follows the official 1e-3 (BackdoorBench:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.train import TrainConfig
-from defenses.base import Defense, DefenseContext, DefenseOutput
+from bench.api import Defense, DefenseContext, DefenseOutput, LabelledImages, TrainConfig
 
 Loss = Callable[[torch.Tensor], torch.Tensor]
 
@@ -106,10 +104,15 @@ class IBAU(Defense):
         return p.rounds * clean_fraction * (1 + 4 + 2 * p.fixed_point_iterations)
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
-        p = self.params
-        clean = ctx.require_clean_subset()
+        clean = ctx.clean_subset
         model = ctx.backdoored_model()  # loaded (or trained once) outside the defense's clock
-        start = time.perf_counter()
+        with ctx.stage("unlearning"):
+            delta_norm = self.unlearn(ctx, model, clean)
+        return DefenseOutput(model=model, metrics={"delta_norm": delta_norm})
+
+    def unlearn(self, ctx: DefenseContext, model: nn.Module, clean: LabelledImages) -> float:
+        """The minimax rounds, updating ``model`` in place; returns the last round's ||delta||."""
+        p = self.params
         dev = ctx.device
         model = model.to(dev).eval()  # eval mode for the whole defense, as the official code
         images = clean.images.to(dev).float().div(255)
@@ -120,8 +123,9 @@ class IBAU(Defense):
         ]
         params = [q for q in model.parameters() if q.requires_grad]
         optimizer = torch.optim.Adam(params, lr=p.outer_lr)
-        gen = torch.Generator(device=dev).manual_seed(ctx.seed)
+        gen = ctx.rng("portion", device=dev)  # which images of a batch receive delta
         x0, y0 = batches[0]
+        delta_norm = float("nan")
         for round_ in range(p.rounds):
             delta = self.universal_perturbation(model, batches, images.shape[1:])
             for x, y in batches:
@@ -145,8 +149,9 @@ class IBAU(Defense):
                 for q, g in zip(params, grads, strict=True):
                     q.grad = g.detach()
                 optimizer.step()
-            ctx.log(f"ibau: round {round_ + 1}/{p.rounds}, ||delta|| {float(delta.norm()):.2f}")
-        return DefenseOutput(model=model, stage_seconds={"unlearning": time.perf_counter() - start})
+            delta_norm = float(delta.norm())
+            ctx.log(f"ibau: round {round_ + 1}/{p.rounds}, ||delta|| {delta_norm:.2f}")
+        return delta_norm
 
     def universal_perturbation(
         self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], shape

@@ -24,14 +24,21 @@ normalises with (spec 4.3; BackdoorBench's choice; black on GTSRB, which is not 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
-from bench.params import require_choice
-from bench.train import Augment, Batch, TrainConfig, TrainHooks, predict
-from defenses.base import Defense, DefenseContext, DefenseOutput
+from bench.api import (
+    Augment,
+    Batch,
+    Defense,
+    DefenseContext,
+    DefenseOutput,
+    TrainConfig,
+    TrainHooks,
+    predict,
+    require_choice,
+)
 from defenses.shared import isolate_by_loss
 
 
@@ -107,58 +114,54 @@ class NAB(Defense):
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         p = self.params
         images, labels = ctx.train.images, ctx.train.labels
-        clean = ctx.require_clean_subset()
+        clean = ctx.clean_subset
         colour = stamp_colour(ctx.normalization_mean)
         stamp = make_stamp(colour, p.stamp_size)
-        stages: dict[str, float] = {}
 
-        start = time.perf_counter()
-        cosine = p.detection_schedule == "cosine"
-        detection = TrainConfig(
-            epochs=p.detection_epochs,
-            batch_size=p.detection_batch_size,
-            lr=p.detection_lr,
-            weight_decay=p.weight_decay,
-            nesterov=p.detection_nesterov,
-            schedule=p.detection_schedule,
-            schedule_epochs=p.detection_schedule_epochs if cosine else 0,
-        )
-        found = isolate_by_loss(
-            ctx, detection, gamma=p.gamma, per_sample=False, fraction=p.detection_fraction
-        )
-        flagged = found.isolated
-        stages["detection"] = time.perf_counter() - start
+        with ctx.stage("detection"):
+            cosine = p.detection_schedule == "cosine"
+            detection = TrainConfig(
+                epochs=p.detection_epochs,
+                batch_size=p.detection_batch_size,
+                lr=p.detection_lr,
+                weight_decay=p.weight_decay,
+                nesterov=p.detection_nesterov,
+                schedule=p.detection_schedule,
+                schedule_epochs=p.detection_schedule_epochs if cosine else 0,
+            )
+            found = isolate_by_loss(
+                ctx, detection, gamma=p.gamma, per_sample=False, fraction=p.detection_fraction
+            )
+            flagged = found.isolated
 
-        start = time.perf_counter()
-        vd = TrainConfig(
-            epochs=p.pseudo_label_epochs,
-            batch_size=p.pseudo_label_batch_size,
-            lr=p.pseudo_label_lr,
-            weight_decay=p.weight_decay,
-            schedule="multistep",
-            milestones=p.pseudo_label_milestones,
-        )
-        labeller = ctx.train_model(
-            clean.images, clean.labels, vd, augment=Augment(cutout=p.pseudo_label_cutout)
-        )
-        pseudo = predict(labeller, stamp(images[flagged]), device=ctx.device)
-        differs = pseudo != labels[flagged]
-        relabel = flagged[differs]
-        stages["pseudo_label"] = time.perf_counter() - start
+        with ctx.stage("pseudo_label"):
+            vd = TrainConfig(
+                epochs=p.pseudo_label_epochs,
+                batch_size=p.pseudo_label_batch_size,
+                lr=p.pseudo_label_lr,
+                weight_decay=p.weight_decay,
+                schedule="multistep",
+                milestones=p.pseudo_label_milestones,
+            )
+            labeller = ctx.make_model()
+            ctx.fit(labeller, clean.images, clean.labels, vd, stream="pseudo_label",
+                    augment=Augment(cutout=p.pseudo_label_cutout))  # fmt: skip
+            pseudo = predict(labeller, stamp(images[flagged]), device=ctx.device)
+            differs = pseudo != labels[flagged]
+            relabel = flagged[differs]
         ctx.log(
             f"nab: flagged {len(flagged)}, stamped and relabelled {len(relabel)} "
             f"(pseudo label = given label for {len(flagged) - len(relabel)})"
         )
 
-        start = time.perf_counter()
-        new_labels = labels.clone()
-        new_labels[relabel] = pseudo[differs]
-        marked = torch.zeros(len(labels), dtype=torch.bool)
-        marked[relabel] = True
-        model = ctx.train_model(
-            images, new_labels, ctx.train_config, hooks=CounterPoison(marked, colour, p.stamp_size)
-        )
-        stages["train"] = time.perf_counter() - start
+        with ctx.stage("train"):
+            new_labels = labels.clone()
+            new_labels[relabel] = pseudo[differs]
+            marked = torch.zeros(len(labels), dtype=torch.bool)
+            marked[relabel] = True
+            model = ctx.make_model()
+            ctx.fit(model, images, new_labels, stream="train",
+                    hooks=CounterPoison(marked, colour, p.stamp_size))  # fmt: skip
 
         def reject(x: torch.Tensor) -> torch.Tensor:
             plain = predict(model, x, device=ctx.device)
@@ -169,6 +172,6 @@ class NAB(Defense):
             input_transform=stamp,
             flagged=flagged,
             scores=-found.losses,
-            stage_seconds=stages,
             reject=reject,
+            metrics={"relabelled": len(relabel)},
         )

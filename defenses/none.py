@@ -6,10 +6,7 @@ defenses of the same cell reuse it instead of training it again.
 
 from __future__ import annotations
 
-import time
-
-from bench.train import TrainConfig
-from defenses.base import Defense, DefenseContext, DefenseOutput
+from bench.api import Defense, DefenseContext, DefenseOutput, TrainConfig
 
 
 class NoDefense(Defense):
@@ -20,6 +17,6 @@ class NoDefense(Defense):
         return 0.0  # the backdoored model, counted once per cell
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
-        start = time.perf_counter()
-        model = ctx.backdoored_model()
-        return DefenseOutput(model=model, stage_seconds={"load": time.perf_counter() - start})
+        with ctx.stage("load"):
+            model = ctx.backdoored_model()
+        return DefenseOutput(model=model)

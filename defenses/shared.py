@@ -1,8 +1,8 @@
 """Pieces several defenses share, written once: loss-guided isolation, per-sample ranking,
 gradient-ascent unlearning and MixMatch-style semi-supervised fine-tuning.
 
-All of them run through the one trainer (:class:`bench.train.Trainer`) as :class:`TrainHooks`;
-none has a training loop of its own.
+All of them run through the one trainer (``ctx.fit``) as :class:`TrainHooks`; none has a
+training loop of its own.
 """
 
 from __future__ import annotations
@@ -14,16 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.train import (
+from bench.api import (
+    Augment,
     Batch,
+    DefenseContext,
     TrainConfig,
     TrainHooks,
+    augment_batch,
     autocast,
     predict_logits,
-    prepare_model,
-    random_crop_flip,
 )
-from defenses.base import DefenseContext
+
+#: The seed stream of loss-guided isolation's training (shared by ABL and NAB, so one name).
+ISOLATION_STREAM = "isolation"
 
 # --------------------------------------------------------------------------- ranking
 
@@ -113,18 +116,10 @@ def isolate_by_loss(
 
     def build() -> dict:
         model = ctx.make_model()
-        ctx.trainer.fit(
-            model,
-            images,
-            labels,
-            config,
-            seed=ctx.seed,
-            flip=ctx.allows_flip,
-            augment=False,
-            hooks=LossGuidedIsolation(gamma, per_sample=per_sample),
-        )
+        hooks = LossGuidedIsolation(gamma, per_sample=per_sample)
+        ctx.fit(model, config=config, stream=ISOLATION_STREAM, augment=False, hooks=hooks)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        losses = per_sample_losses(model, images, labels, ctx.trainer.device)
+        losses = per_sample_losses(model, images, labels, ctx.device)
         return {"state_dict": state, "losses": losses}
 
     params = {
@@ -132,12 +127,13 @@ def isolate_by_loss(
         "gamma": gamma,
         "per_sample": per_sample,
         "flip": ctx.allows_flip,
+        "seed_stream": ISOLATION_STREAM,
     }
     stage = ctx.shared_stage("loss_guided_isolation", params, build)
     with torch.random.fork_rng(devices=[]):  # loading must not move the global RNG either
         model = ctx.make_model()
     model.load_state_dict(stage["state_dict"])
-    prepare_model(model, ctx.device)
+    model.to(device=ctx.device, memory_format=torch.channels_last)
     losses = stage["losses"]
     return Isolation(model, losses, lowest_fraction(losses, fraction))
 
@@ -244,7 +240,7 @@ class MixMatch(TrainHooks):
     guesses their labels (mean softmax of both views, sharpened with ``temperature``), mixes the
     labelled and unlabelled batches with Beta(alpha, alpha) mixup, and trains with soft
     cross-entropy on the labelled part plus ``lambda_u`` (ramped up linearly) times the squared
-    error on the unlabelled part.
+    error on the unlabelled part. The unlabelled views are augmented with ``augment``.
     """
 
     def __init__(
@@ -258,8 +254,7 @@ class MixMatch(TrainHooks):
         alpha: float = 0.75,
         lambda_u: float = 15.0,
         rampup_steps: int = 1,
-        crop_padding: int = 4,
-        padding_mode: str = "zeros",
+        augment: Augment = Augment(),  # noqa: B008 (frozen)
     ):
         self.images = images
         self.unlabelled = unlabelled
@@ -269,7 +264,7 @@ class MixMatch(TrainHooks):
         self.alpha = alpha
         self.lambda_u = lambda_u
         self.rampup_steps = max(1, rampup_steps)
-        self.crop_padding, self.padding_mode = crop_padding, padding_mode
+        self.augment = augment
         self.model: nn.Module | None = None
         self.n_labelled = 0
         self.step = 0
@@ -279,8 +274,7 @@ class MixMatch(TrainHooks):
         self.step = 0
 
     def _view(self, raw: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = random_crop_flip(raw, self.crop_padding, self.flip, gen, self.padding_mode)
-        x = x.float().div_(255)
+        x = augment_batch(raw, self.augment, self.flip, gen).float().div_(255)
         return x.contiguous(memory_format=torch.channels_last)
 
     def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:

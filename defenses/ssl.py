@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models import classifier_head
-from bench.train import Batch, TrainConfig, TrainHooks
+from bench.api import Batch, TrainConfig, TrainHooks
 
 # RGB -> YIQ; hue jitter is a rotation of the chroma plane (I, Q).
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -136,14 +135,13 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, symmetric: b
 
 
 class Contrastive(nn.Module):
-    """A classifier's backbone (its final linear layer swapped for the identity) followed by
-    SimCLR's projection head Linear(d, d) -> BN -> ReLU -> Linear(d, out)."""
+    """A classifier's backbone (its head swapped for the identity through the model contract's
+    ``replace_head``; ``backbone.replace_head`` puts a head back) followed by SimCLR's
+    projection head Linear(d, d) -> BN -> ReLU -> Linear(d, out)."""
 
     def __init__(self, classifier: nn.Module, out_dim: int = 128):
         super().__init__()
-        parent, attr, head = classifier_head(classifier)
-        setattr(parent, attr, nn.Identity())
-        self.head_slot = (parent, attr)  # where a classifier head goes back in
+        head = classifier.replace_head(nn.Identity())
         d = head.in_features
         self.backbone = classifier
         self.projection = nn.Sequential(

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from attacks.badnets import BadNets
+from bench.api import DefenseContext, LabelledImages
+from bench.defend import defense_context
 from bench.models import build_model
 from bench.poisoning import poison_train_set
-from bench.train import Batch, TrainConfig, Trainer
-from defenses.base import DefenseContext, LabelledImages
+from bench.train import Batch, TrainConfig
 from defenses.dbd import DBD, ResplitMixMatch, symmetric_cross_entropy
 from defenses.shared import MixMatch, lowest_fraction
 from defenses.ssl import color_jitter, nt_xent, random_resized_crop, simclr_view
@@ -135,15 +136,12 @@ def test_an_official_mixmatch_epoch_tiles_the_labelled_split():
 
 
 def _context(sub, poisoned) -> DefenseContext:
-    return DefenseContext(
-        train=LabelledImages(poisoned.images, poisoned.labels),
+    return defense_context(
+        LabelledImages(poisoned.images, poisoned.labels),
         num_classes=10,
-        allows_flip=True,
         make_model=lambda: build_model("cnn_small", 10, sub.info.mean, sub.info.std),
-        trainer=Trainer(CPU),
-        train_config=TrainConfig(epochs=1),
         device=CPU,
-        seed=0,
+        train_config=TrainConfig(epochs=1),
         dataset="cifar10",
     )
 
@@ -156,5 +154,6 @@ def test_dbd_runs_all_three_stages_and_flags_the_low_credibility_half(cifar10):
     dbd = DBD(simclr_epochs=1, simclr_schedule_epochs=1, simclr_batch_size=128, warmup_epochs=1)
     out = DBD(**{**dbd.describe(), "semi_epochs": 2, "semi_iterations": 3}).run(ctx)
     assert len(out.flagged) == 300 and out.scores.shape == (600,)
-    assert set(out.stage_seconds) == {"simclr", "linear", "mixmatch"}
+    assert set(ctx._harness.stage_seconds) == {"simclr", "linear", "mixmatch"}
+    assert set(out.metrics) == {"probe_fit_accuracy", "last_split_fit_accuracy"}
     assert all(p.requires_grad for p in out.model.parameters())  # the backbone was unfrozen

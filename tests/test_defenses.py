@@ -10,7 +10,7 @@ from bench import metrics, registry
 from bench.errors import BenchError
 from bench.models import build_model
 from bench.poisoning import poison_test_set, poison_train_set
-from bench.train import Batch, TrainConfig, Trainer, predict
+from bench.train import Augment, Batch, TrainConfig, Trainer, predict
 from defenses.shared import (
     GradientAscent,
     JointUnlearning,
@@ -78,7 +78,7 @@ def test_mixmatch_sharpens_mixes_and_weights_its_losses():
         alpha=0.75,
         lambda_u=10.0,
         rampup_steps=4,
-        crop_padding=1,
+        augment=Augment(crop_padding=1),
     )
     hooks.on_train_start(model)
     gen = torch.Generator().manual_seed(0)

@@ -10,11 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.badnets import BadNets
+from bench.api import DefenseContext, LabelledImages
+from bench.checks import PluginError
+from bench.defend import defense_context
 from bench.models import build_model
 from bench.poisoning import poison_train_set
 from bench.train import TrainConfig, Trainer, TrainHooks
 from bench.trial import run_trial
-from defenses.base import DefenseContext, LabelledImages
 from defenses.ibau import IBAU, adversarial_loss, implicit_hypergradient
 from defenses.nab import NAB, CounterPoison, stamp_colour
 from tests.test_trial import _spec
@@ -69,26 +71,24 @@ def test_hypergradient_matches_finite_differences_on_a_tiny_model():
 
 def _context(train, **kw) -> DefenseContext:
     info_mean, info_std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-    return DefenseContext(
-        train=train,
+    return defense_context(
+        train,
         num_classes=10,
-        allows_flip=True,
         make_model=lambda: build_model("cnn_small", 10, info_mean, info_std),
-        trainer=Trainer(CPU),
-        train_config=TrainConfig(epochs=1, batch_size=128),
         device=CPU,
-        seed=0,
+        train_config=TrainConfig(epochs=1, batch_size=128),
         **kw,
     )
 
 
 def test_missing_clean_subset_or_backdoored_model_is_a_clear_error(cifar10):
     sub = cifar10.subset(200, 10, seed=0)
-    ctx = _context(LabelledImages(sub.train_x, sub.train_y), name="ibau")
-    with pytest.raises(RuntimeError, match="'ibau' asked for the clean subset"):
+    ctx = _context(LabelledImages(sub.train_x, sub.train_y), defense="ibau")
+    with pytest.raises(PluginError, match="'ibau' asked for the clean subset"):
         IBAU().run(ctx)
-    ctx.clean_subset = LabelledImages(sub.train_x[:50], sub.train_y[:50])
-    with pytest.raises(RuntimeError, match="'ibau' asked for the backdoored model"):
+    clean = LabelledImages(sub.train_x[:50], sub.train_y[:50])
+    ctx = _context(LabelledImages(sub.train_x, sub.train_y), defense="ibau", clean_subset=clean)
+    with pytest.raises(PluginError, match="'ibau' asked for the backdoored model"):
         IBAU().run(ctx)
 
 
@@ -98,29 +98,31 @@ def test_grid_without_a_clean_fraction_is_a_clear_error():
         run_trial(spec, device=CPU)
 
 
-def test_nab_stamps_after_augmentation_at_the_test_position(cifar10):
+def test_nab_stamps_after_augmentation_at_the_test_position(cifar10, monkeypatch):
     """The official code stamps and relabels per batch, after crop and flip, so the stamp sits
     where it sits at test time in every batch the model trains on (stamping the stored image
     before augmentation lets the crop move or remove it)."""
     sub = cifar10.subset(3000, 10, seed=0)
     poisoned = poison_train_set(BadNets(), sub.train_x, sub.train_y, 0.1, 0, seed=0, device=CPU)
-    clean_idx = torch.nonzero(~poisoned.poison_mask).flatten()[:300]
+    pool = torch.nonzero(~poisoned.poison_mask).flatten()  # the subset is sorted by class
+    clean_idx = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:300]]
     ctx = _context(
         LabelledImages(poisoned.images, poisoned.labels),
         clean_subset=LabelledImages(sub.train_x[clean_idx], sub.train_y[clean_idx]),
-        name="nab",
+        defense="nab",
         normalization_mean=(0.49, 0.48, 0.45),
     )
     seen: list[dict] = []
-    original = ctx.train_model
+    original = DefenseContext.fit
 
-    def spy(images=None, labels=None, config=None, hooks=None, augment=True):
-        seen.append({"images": images, "labels": labels, "hooks": hooks})
-        return original(images, labels, config, hooks, augment)
+    def spy(self, model, images=None, labels=None, config=None, **kw):
+        seen.append({"images": images, "labels": labels, "hooks": kw.get("hooks")})
+        return original(self, model, images, labels, config, **kw)
 
-    ctx.train_model = spy
+    monkeypatch.setattr(DefenseContext, "fit", spy)
     nab = NAB(detection_epochs=2, pseudo_label_epochs=3, detection_batch_size=128)
     out = nab.run(ctx)
+    assert out.metrics == {"relabelled": int((seen[-1]["labels"] != poisoned.labels).sum())}
     colour = stamp_colour((0.49, 0.48, 0.45))
     assert colour.tolist() == [125, 122, 115]  # 0 after the model's normalisation
     # test time: every input is stamped, top-left 2 x 2, nothing else

@@ -1,5 +1,6 @@
 """Plugins: discovery, validation before a grid, contract checks inside a trial, tooling."""
 
+import ast
 import dataclasses
 import importlib.util
 import os
@@ -16,12 +17,15 @@ from torch import nn
 
 from attacks.badnets import BadNets
 from bench import registry
+from bench.api import Defense, DefenseContext, DefenseOutput, LabelledImages
 from bench.checks import PluginError, check_component_class
+from bench.cli import build_parser
 from bench.config import expand_grid, load_preset, with_overrides
+from bench.defend import defense_context
 from bench.errors import BenchError
+from bench.models import build_model
 from bench.plugins import check_defense, scaffold_defense
 from bench.trial import run_trial_safely
-from defenses.base import Defense, DefenseOutput
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -129,7 +133,7 @@ def test_import_failure_names_plugin_and_package(fake_defenses):
 
 def test_non_defense_object_is_refused(fake_defenses):
     fake_defenses["func"] = _entry("defense", "func", obj=lambda ctx: None)
-    with pytest.raises(BenchError, match=r"is not a subclass of defenses\.base\.Defense"):
+    with pytest.raises(BenchError, match=r"is not a subclass of bench\.api\.Defense"):
         registry.create("defense", "func")
 
 
@@ -258,6 +262,24 @@ def test_check_defense_reports_what_to_fix(fake_defenses):
     good: list[str] = []
     assert check_defense("none", out=good.append) is True
     assert good[-1] == "all checks passed"
+    assert not any(line.lstrip().startswith("| ") for line in good)  # the log: --verbose
+
+
+def test_check_defense_verbose_shows_the_trial_log(fake_defenses):
+    assert build_parser().parse_args(["check-defense", "x", "--verbose"]).show_log is True
+    loud: list[str] = []
+    assert check_defense("none", out=loud.append, verbose=True) is True
+    log = [line.strip() for line in loud if line.lstrip().startswith("| ")]
+    assert any(line.startswith("| attack badnets:") for line in log)
+    assert any(line.startswith("| done: CA") for line in log)
+    # a failing trial shows its last log lines even without --verbose
+    fake_defenses["raises"] = _entry(
+        "defense", "raises", obj=_defense_returning("raises", MISBEHAVING["raises"][0])
+    )
+    failed: list[str] = []
+    assert check_defense("raises", out=failed.append) is False
+    assert any("the trial log's last lines" in line for line in failed)
+    assert any("| trial" in line or "| attack badnets" in line for line in failed)
 
 
 # --------------------------------------------------------------------------- scaffolding
@@ -277,6 +299,18 @@ def test_new_defense_scaffold_is_a_valid_plugin(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "bench_my_filter", module)
     spec.loader.exec_module(module)
     check_component_class(module.MyFilterDefense, "defense", "scaffold")
+    # it runs as written: the template follows the API
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    ctx = defense_context(
+        LabelledImages(images, torch.arange(32) % 10),
+        num_classes=10,
+        make_model=lambda: build_model("cnn_small", 10),
+        device=torch.device("cpu"),
+        train_config=dataclasses.replace(load_preset("smoke").train, epochs=1),
+        report=lambda line: None,
+    )
+    out = module.MyFilterDefense().run(ctx)
+    assert set(out.metrics) == {"final_loss"} and set(ctx._harness.stage_seconds) == {"train"}
     with pytest.raises(BenchError, match="already exists"):
         scaffold_defense("my_filter", tmp_path)
     with pytest.raises(BenchError, match="already registered"):
@@ -342,3 +376,97 @@ def test_example_plugin_installs_runs_and_lands_on_the_leaderboard(tmp_path):
     finally:
         _pip("uninstall", "-y", "bench-finetune")
     assert "finetune" not in _bench("list").stdout
+
+
+# --------------------------------------------------------------------------- the example plugins
+
+EXAMPLES = {
+    "finetune": ("defense-plugin", "bench_finetune", "FineTune"),
+    "fineprune": ("fine-pruning", "bench_fineprune", "FinePruning"),
+}
+
+
+def _example(name: str, monkeypatch) -> type:
+    """The example plugin's class, imported from examples/ without installing it."""
+    folder, module_name, cls = EXAMPLES[name]
+    path = ROOT / "examples" / folder / module_name / "__init__.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, module_name, module)
+    spec.loader.exec_module(module)
+    return getattr(module, cls)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_plugins_pass_check_defense(name, fake_defenses, monkeypatch):
+    fake_defenses[name] = _entry("defense", name, obj=_example(name, monkeypatch))
+    lines: list[str] = []
+    assert check_defense(name, out=lines.append, verbose=True) is True, "\n".join(lines)
+    if name == "fineprune":
+        text = "\n".join(lines)
+        assert '"finetune_epochs": 1' in text  # the plugin's own smoke budget
+        assert "| fineprune: pruned" in text and '"channels": 192' in text
+
+
+def _fineprune_context(cifar10, model_name: str, n: int):
+    sub = cifar10.subset(n, 10, seed=0)
+    torch.manual_seed(0)
+    backdoored = build_model(model_name, 10, sub.info.mean, sub.info.std)
+    clean = LabelledImages(sub.train_x, sub.train_y)
+    ctx = defense_context(
+        clean,
+        num_classes=10,
+        make_model=lambda: build_model(model_name, 10, sub.info.mean, sub.info.std),
+        device=torch.device("cpu"),
+        clean_subset=clean,
+        backdoored_model=lambda: backdoored,
+        report=lambda line: None,
+    )
+    return ctx, sub
+
+
+def test_fine_pruning_stops_before_the_held_out_accuracy_drops_too_far(cifar10, monkeypatch):
+    """Dormant channels first, in steps, keeping the last step within the allowed drop."""
+    ctx, _ = _fineprune_context(cifar10, "cnn_small", 60)
+    activity = torch.arange(192.0).flip(0)  # channel 191 is the least active
+    monkeypatch.setattr(DefenseContext, "channel_activations", lambda *a: activity.expand(5, 192))
+    scripted = iter([0.80, 0.80, 0.79, 0.77, 0.75, 0.90])  # unpruned, then 10, 20, 30, 40 pruned
+    monkeypatch.setattr(DefenseContext, "evaluate", lambda *a, **k: next(scripted))
+    defense = _example("fineprune", monkeypatch)(finetune_epochs=0, max_accuracy_drop=0.04)
+    out = defense.run(ctx)
+    assert out.metrics == {
+        "channels": 192,
+        "pruned": 30,
+        "held_out_accuracy_before": 0.80,
+        "held_out_accuracy_pruned": 0.77,
+    }
+    assert torch.equal(
+        torch.nonzero(out.model.mask.flatten() == 0).flatten(), torch.arange(162, 192)
+    )
+
+
+def test_fine_pruning_runs_on_a_preact_resnet(cifar10, monkeypatch):
+    """The paper preset's architecture, from the model contract alone: layer4's output channels
+    are pruned and stay at zero through fine-tuning."""
+    ctx, sub = _fineprune_context(cifar10, "preact_resnet18", 64)
+    defense = _example("fineprune", monkeypatch)(
+        finetune_epochs=1, prune_step=0.25, max_accuracy_drop=0.5
+    )
+    out = defense.run(ctx)
+    assert out.metrics["channels"] == 512 and out.metrics["pruned"] % 128 == 0
+    pruned = ~out.model.mask.flatten().bool()
+    assert int(pruned.sum()) == out.metrics["pruned"] > 0
+    with torch.no_grad():
+        features = out.model.model.feature_map(sub.test_x[:4].float() / 255) * out.model.mask
+    assert features[:, pruned].abs().max() == 0
+    assert set(ctx._harness.stage_seconds) == {"prune", "finetune"}
+
+
+def test_the_examples_use_only_the_public_api_and_fine_pruning_stays_short():
+    source = (ROOT / "examples/fine-pruning/bench_fineprune/__init__.py").read_text()
+    assert len(source.splitlines()) < 100 and "_hook" not in source  # no forward hooks
+    for folder, module_name, _ in EXAMPLES.values():
+        tree = ast.parse((ROOT / "examples" / folder / module_name / "__init__.py").read_text())
+        used = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert {m for m in used if m and m.split(".")[0] in ("bench", "defenses")} == {"bench.api"}

@@ -65,6 +65,8 @@ def _cell_details(agg_row: pd.Series, trials: pd.DataFrame) -> dict:
         }
         for _, t in trials.iterrows()
     ]
+    for seed, (_, t) in zip(seeds, trials.iterrows(), strict=True):  # the defense's own figures
+        seed[Col.defense_metrics] = json.loads(t.get(Col.defense_metrics) or "{}")
     return {"summary": {k: _clean(v) for k, v in agg_row.items()}, "trials": seeds}
 
 

@@ -2,21 +2,22 @@
 
 The simplest post-training defense, and the usual first baseline in backdoor papers (BackdoorBench
 "FT"): clean gradients overwrite part of what the poisoned samples taught the network. It needs
-the backdoored model and the defender's clean data, which the harness provides.
+the backdoored model and the defender's clean data, which the harness provides. Written against
+the public API (bench.api; reference: docs/plugins.md).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from typing import ClassVar
 
-from bench.train import TrainConfig
-from defenses.base import Defense, DefenseContext, DefenseOutput
+from bench.api import Defense, DefenseContext, DefenseOutput, TrainConfig
 
 
 class FineTune(Defense):
     name = "finetune"
     needs = frozenset({"backdoored_model", "clean_subset"})
+    presets: ClassVar = {"smoke": {"epochs": 1}}  # the smoke preset checks plumbing, in seconds
 
     @dataclass(frozen=True)
     class Params:
@@ -32,8 +33,8 @@ class FineTune(Defense):
                 raise ValueError(f"lr must be in (0, 1), got {self.lr}")
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
-        model = ctx.backdoored_model()
-        clean = ctx.require_clean_subset()
+        model = ctx.backdoored_model()  # loaded (or trained once) outside the defense's clock
+        clean = ctx.clean_subset
         p = self.params
         config = TrainConfig(
             epochs=p.epochs,
@@ -41,10 +42,7 @@ class FineTune(Defense):
             lr=p.lr,
             weight_decay=p.weight_decay,
             schedule="cosine",
-            warmup_fraction=0.0,
         )
-        start = time.perf_counter()
-        ctx.trainer.fit(
-            model, clean.images, clean.labels, config, seed=ctx.seed, flip=ctx.allows_flip
-        )
-        return DefenseOutput(model=model, stage_seconds={"finetune": time.perf_counter() - start})
+        with ctx.stage("finetune"):
+            ctx.fit(model, clean.images, clean.labels, config, stream="finetune")
+        return DefenseOutput(model=model)
