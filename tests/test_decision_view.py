@@ -226,6 +226,6 @@ def test_protocol_and_details_are_readable(quick_like):
     (row,) = shown["seeds"]["rows"]
     assert row[-1] == "results/runs/2026-01-01T00-00-00/trials/cifar10-ibau-badnets-0.1-0.log"
     assert row[-3] == "2023-11-14 22:13:20 UTC"  # finished_at, in ISO
-    fields = {name: value for name, value, _ in shown["fields"][0]["rows"]}
+    fields = dict(shown["fields"][0]["rows"])
     assert fields["defense_metrics"] == "relabelled: 12"
     assert "spec" not in fields and "ca" not in fields  # shown elsewhere

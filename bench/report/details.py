@@ -109,19 +109,22 @@ def _value(name: str, value: Any) -> str:
 
 
 def _fields(trial: pd.Series, recorded: list[str]) -> list[list[str]]:
-    """[field, value, meaning] for every non-empty column of the results table (``recorded``)
-    not shown elsewhere, including columns this schema does not know (a newer table's, e.g. a
-    defense's own metrics)."""
+    """[field, value] for every non-empty column of the results table (``recorded``) not shown
+    elsewhere, including columns this schema does not know (a newer table's, e.g. a defense's
+    own metrics). What a field means is in :func:`meanings`, once per page."""
     rows = []
     for name in recorded:
-        value = trial.get(name)
         if name in _SHOWN:
             continue
-        text = _value(name, value)
+        text = _value(name, trial.get(name))
         if text:
-            meaning = BY_NAME[name].meaning if name in BY_NAME else ""
-            rows.append([name, text, meaning])
+            rows.append([name, text])
     return rows
+
+
+def meanings(recorded: list[str]) -> dict[str, str]:
+    """Column -> what it means (from the schema), for the columns a page shows."""
+    return {name: BY_NAME[name].meaning for name in recorded if name in BY_NAME}
 
 
 SEED_HEADER = [

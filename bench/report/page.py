@@ -49,7 +49,14 @@ from bench.report.aggregate import (
     in_table,
     trial_table,
 )
-from bench.report.details import cell_details, is_missing, log_path, minutes, points
+from bench.report.details import (
+    cell_details,
+    is_missing,
+    log_path,
+    meanings,
+    minutes,
+    points,
+)
 from bench.report.naming import (
     DATASET_NAMES,
     dataset_name,
@@ -622,6 +629,7 @@ def render_page(
     links = " · ".join(f'<a href="{esc(d)}">{esc(d)}</a>' for d in downloads)
     data = {
         "cells": ctx.details,
+        "meanings": meanings(ctx.recorded),
         "boards": boards,
         "drop": 100 * decision.DEFAULT_MAX_DROP,
         "families": catalog.FAMILY_MEANING,

@@ -390,8 +390,10 @@ JS = r"""
       d.fields.forEach(f => {
         const det = el('details');
         det.appendChild(el('summary', 'Every recorded field, seed ' + f.seed));
-        const t = kv(f.rows.map(r => [r[0], r[1]]));
-        Array.from(t.tBodies[0].rows).forEach((tr, i) => { tr.title = f.rows[i][2]; });
+        const t = kv(f.rows);
+        Array.from(t.tBodies[0].rows).forEach((tr, i) => {
+          tr.title = data.meanings[f.rows[i][0]] || '';
+        });
         det.appendChild(t);
         body.appendChild(det);
       });

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.collections import LineCollection
 
 from bench.report.aggregate import D_CA, DER, GROUP, LABEL, NONE, RANK, ranking
 from bench.schema import Col
@@ -167,24 +168,29 @@ def heatmaps(group: pd.DataFrame, title: str, path: Path) -> Path:
 
 
 def _panels(n: int):
-    """A grid of small multiples (at most 5 a row) with room above for the title and legend."""
+    """A grid of small multiples (at most 5 a row) with room above for the title and below for
+    the legend. Margins are fixed in inches (a layout engine costs more than the drawing)."""
     cols = min(5, n)
     rows = math.ceil(n / cols)
+    width, height = 0.8 + 2.45 * cols, 1.5 + 2.2 * rows
     fig, axes = plt.subplots(
-        rows,
-        cols,
-        figsize=(0.8 + 2.45 * cols, 1.5 + 2.2 * rows),
-        sharex=True,
-        sharey=True,
-        squeeze=False,
-        layout="constrained",
+        rows, cols, figsize=(width, height), sharex=True, sharey=True, squeeze=False
+    )
+    fig.subplots_adjust(
+        left=0.65 / width,
+        right=1 - 0.15 / width,
+        top=1 - 0.55 / height,
+        bottom=0.95 / height,
+        wspace=0.12,
+        hspace=0.35,
     )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, axes
 
 
-def _legend(fig, labels: list[str], style: dict[str, Style]) -> None:
+def _finish(fig, title: str, labels: list[str], style: dict[str, Style], path: Path) -> Path:
+    fig.suptitle(title, fontsize=11, y=1 - 0.12 / fig.get_figheight(), va="top")
     handles = [
         plt.Line2D([], [], ls="", marker=style[lb].marker, color=style[lb].colour, ms=7)
         for lb in labels
@@ -192,11 +198,15 @@ def _legend(fig, labels: list[str], style: dict[str, Style]) -> None:
     fig.legend(
         handles,
         [_short(lb) for lb in labels],
-        loc="outside lower center",
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.0),
         ncol=min(len(labels), 6),
         fontsize=8,
         frameon=False,
     )
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def ca_vs_asr(group: pd.DataFrame, title: str, path: Path, style: dict[str, Style]) -> Path:
@@ -209,23 +219,25 @@ def ca_vs_asr(group: pd.DataFrame, title: str, path: Path, style: dict[str, Styl
     for ax, attack in zip(axes.flat, attacks, strict=False):
         cells = group[group[Col.attack] == attack].set_index(LABEL)
         base = cells[cells[Col.defense] == NONE]
-        for label in order:
-            if label not in cells.index:
-                continue
-            x, y = 100 * cells.at[label, Col.asr], 100 * cells.at[label, Col.ca]
-            if len(base) and label not in base.index:
-                x0, y0 = 100 * base[Col.asr].iloc[0], 100 * base[Col.ca].iloc[0]
-                ax.plot([x0, x], [y0, y], color="#BBBBBB", lw=0.8, zorder=1)
+        shown = [lb for lb in order if lb in cells.index]
+        xs = 100 * cells.loc[shown, Col.asr].to_numpy(dtype=float)
+        ys = 100 * cells.loc[shown, Col.ca].to_numpy(dtype=float)
+        if len(base):
+            x0, y0 = 100 * base[Col.asr].iloc[0], 100 * base[Col.ca].iloc[0]
+            spokes = [[(x0, y0), (x, y)] for x, y in zip(xs, ys, strict=True)]
+            ax.add_collection(LineCollection(spokes, colors="#BBBBBB", linewidths=0.8, zorder=1))
+        for label, x, y in zip(shown, xs, ys, strict=True):
             s = style[label]
-            ax.scatter(
+            ax.plot(
                 [x],
                 [y],
-                color=s.colour,
+                ls="",
                 marker=s.marker,
-                s=42,
+                color=s.colour,
+                ms=7,
+                mec="white",
+                mew=0.5,
                 zorder=3,
-                edgecolor="white",
-                linewidth=0.5,
             )
         ax.set_title(attack, fontsize=10)
         ax.set_xlim(-5, 105)
@@ -235,11 +247,7 @@ def ca_vs_asr(group: pd.DataFrame, title: str, path: Path, style: dict[str, Styl
         ax.set_xlabel("ASR (%)")
     for ax in axes[:, 0]:
         ax.set_ylabel("CA (%)")
-    fig.suptitle(f"CA vs ASR · {title}", fontsize=11)
-    _legend(fig, order, style)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, f"CA vs ASR · {title}", order, style, path)
 
 
 def der_strip(group: pd.DataFrame, title: str, path: Path, style: dict[str, Style]) -> Path:
@@ -366,11 +374,7 @@ def asr_vs_ratio(
         ax.set_xlabel("poison ratio (%)")
     for ax in axes[:, 0]:
         ax.set_ylabel("ASR (%)")
-    fig.suptitle(f"ASR vs poison ratio · {title}", fontsize=11)
-    _legend(fig, labels, style)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, f"ASR vs poison ratio · {title}", labels, style, path)
 
 
 HEATMAP_CAPTION = (
