@@ -137,6 +137,8 @@ def test_ratio_plots_compare_only_attacks_run_at_every_ratio(quick_like, tmp_pat
     assert plots.common_attacks(agg[agg["dataset"] == "cifar10"]) == []
     names = {f.path.name for f in plots.render_all(agg, tmp_path / "a")}
     assert not any(n.startswith("asr_vs_ratio") for n in names)  # not a sweep: no ratio plot
+    assert "ca_vs_asr_gtsrb_quick_r0.1.png" not in names  # only none there: nothing to compare
+    (tmp_path / "a" / "der_bars_cifar10_quick_r0.2.png").write_bytes(b"stale")  # a gone table
     sweep = pd.concat(
         [
             quick_like,
@@ -151,7 +153,11 @@ def test_ratio_plots_compare_only_attacks_run_at_every_ratio(quick_like, tmp_pat
         ],
         ignore_index=True,
     )
-    figures = plots.render_all(aggregate(sweep), tmp_path / "b")
+    (tmp_path / "a" / "attacks.png").write_bytes(b"gallery")  # not ours: never removed
+    figures = plots.render_all(aggregate(sweep), tmp_path / "a")
+    plots.remove_stale(tmp_path / "a", figures)
+    left = {p.name for p in (tmp_path / "a").iterdir()}
+    assert left == {f.path.name for f in figures} | {"attacks.png"}
     ratio = [f for f in figures if f.path.name.startswith("asr_vs_ratio")]
     assert len(ratio) == 1 and ratio[0].ratio is None
     assert "(badnets)" in ratio[0].caption  # says which attacks the lines come from

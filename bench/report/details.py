@@ -59,7 +59,10 @@ def is_missing(x: Any) -> bool:
 
 def points(x: Any) -> str:
     """A change of a fraction in percentage points, signed: '-1.2'; '–' when unknown."""
-    return "–" if is_missing(x) else f"{100 * float(x):+.1f}"
+    if is_missing(x):
+        return "–"
+    text = f"{100 * float(x):+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text
 
 
 def minutes(seconds: Any) -> str:

@@ -69,7 +69,7 @@ from bench.report.naming import (
 from bench.report.page_assets import CSS, JS
 from bench.report.plots import Figure, Style, rank_order
 from bench.report.protocol import protocol
-from bench.report.reproduce import PUB, Reproduction, render_html
+from bench.report.reproduce import PUB, SUCCESS_ASR, Reproduction, render_html
 from bench.report.text import pct
 from bench.schema import ERROR, TIMEOUT, Col
 
@@ -373,7 +373,8 @@ def _section(
     trials = pd.concat(mine) if mine else pd.DataFrame()
     sub = (
         f"{plural(len(attacks), Col.attack)}: {', '.join(attacks)} · "
-        f"{plural(len(defended), Col.defense)} · {seeds_text(group['n'])}"
+        f"{plural(len(defended), Col.defense) if defended else 'no defense'} · "
+        f"{seeds_text(group['n'])}"
     )
     parts = [
         f'<section class="board" id="t{i}" data-dataset="{esc(str(dataset))}" '
@@ -632,6 +633,7 @@ def render_page(
         "meanings": meanings(ctx.recorded),
         "boards": boards,
         "drop": 100 * decision.DEFAULT_MAX_DROP,
+        "works": SUCCESS_ASR,
         "families": catalog.FAMILY_MEANING,
         "styles": {k: [v.colour, GLYPHS.get(v.marker, "●")] for k, v in style.items()},
     }
@@ -676,7 +678,8 @@ chosen in the decision view">Max CA drop <input id="f-drop" type="number" min="0
 <p class="note">Best: the <b>lowest ASR</b> among defenses losing at most <b><span
 class="bound">{decision.DEFAULT_MAX_DROP * 100:g}</span> points</b> of clean accuracy (the bound
 is a control above); for a family, within the bound on every one of its attacks, with the worst
-attack beside the mean. Open a defense for its details.</p>
+attack beside the mean. An ASR in <b class="works">orange</b> is {SUCCESS_ASR * 100:g}% or more:
+the backdoor survives even the best choice. Open a defense for its details.</p>
 {decide_html or "<p>No successful trials yet.</p>"}
 {_family_legend(agg)}
 <noscript><p class="warn">The decision view needs JavaScript; the tables below do not.</p>

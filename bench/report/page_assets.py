@@ -50,9 +50,11 @@ button.open:hover{background:#fff4d6}button.open:focus-visible{outline:3px solid
 .glyph{display:inline-block;width:1.2em;text-align:center;margin-right:3px}
 .badge{font-size:11px;padding:1px 6px;border-radius:8px;margin-left:4px;white-space:nowrap}
 .plugin{background:#e3ecff;color:#1a3f8f}.recon{background:#ffe9d6;color:#8a4300}
+.lb.plain th,.lb.plain td{text-align:left;white-space:normal;min-width:6em}
 table.decision td,table.decision th{white-space:nowrap}
 table.decision thead th{text-align:right}table.decision thead th:nth-child(-n+2){text-align:left}
 table.decision td.base{color:#545b69}
+table.decision td.works,b.works{color:#a3470f;font-weight:600}
 table.decision .worst{display:block;font-size:12px;font-weight:normal;color:#545b69;
 white-space:normal;max-width:8em;margin-left:auto}
 table.decision tr.family th{background:#eef1f5;text-align:left;white-space:normal;
@@ -121,7 +123,16 @@ JS = r"""
   function pts(x) {
     if (missing(x)) return '–';
     const v = (100 * x).toFixed(1);
-    return (v.startsWith('-') || v === '0.0' ? '' : '+') + (v === '-0.0' ? '0.0' : v);
+    if (v === '0.0' || v === '-0.0') return '0.0';
+    return (v.startsWith('-') ? '' : '+') + v;
+  }
+  function asrCell(x) {
+    const c = el('td', pct(x));
+    if (!missing(x) && x >= data.works) {
+      c.className = 'works';
+      c.title = 'the backdoor still works: ASR of ' + Math.round(100 * data.works) + '% or more';
+    }
+    return c;
   }
   const mins = m => missing(m) ? '–' : (m < 100 ? m.toFixed(1) : Math.round(m).toString());
   const ratioKey = r => String(r);
@@ -286,7 +297,7 @@ JS = r"""
           tr.appendChild(cell);
           if (f) {
             cell.appendChild(nameNode(f.label, null));
-            const asr = td(pct(f.mean_asr));
+            const asr = asrCell(f.mean_asr);
             const worst = 'worst ' + pct(f.worst_asr) + ' ' + f.worst_attack;
             asr.appendChild(el('span', worst, 'worst'));
             tr.appendChild(asr);
@@ -311,7 +322,7 @@ JS = r"""
           tr.appendChild(cell);
           if (o) {
             cell.appendChild(nameNode(o.label, o.cell));
-            tr.appendChild(td(pct(o.asr)));
+            tr.appendChild(asrCell(o.asr));
             tr.appendChild(td(pts(o.d_ca)));
             tr.appendChild(td(pct(o.ra)));
             const m = td(mins(o.minutes));

@@ -133,14 +133,19 @@ def heatmaps(group: pd.DataFrame, title: str, path: Path) -> Path:
     drop.loc[[lb for lb in order if lb in base]] = math.nan  # the baseline loses nothing
     names = _row_names(group, order)
     panel = 0.55 * len(attacks) + 1.0
+    defended = len(order) > len(base)
     fig, axes = plt.subplots(
-        1, 2, figsize=(2.2 + 2 * panel, 1.3 + 0.42 * len(order)), sharey=True, squeeze=False
+        1,
+        2 if defended else 1,
+        figsize=(2.2 + (2 if defended else 1) * panel, 1.3 + 0.42 * len(order)),
+        sharey=True,
+        squeeze=False,
     )
     top = max(20.0, float(drop.max().max()) if drop.notna().any().any() else 0.0)
-    for ax, values, vmax, name in (
-        (axes[0][0], asr, 100.0, "ASR (%)"),
-        (axes[0][1], drop, top, "CA drop vs none (points)"),
-    ):
+    panels = [(axes[0][0], asr, 100.0, "ASR (%)")]
+    if defended:
+        panels.append((axes[0][1], drop, top, "CA drop vs none (points)"))
+    for ax, values, vmax, name in panels:
         data = values.to_numpy(dtype=float)
         im = ax.imshow(data.clip(0, None), vmin=0, vmax=vmax, cmap="YlOrBr", aspect="auto")
         ax.set_xticks(range(len(attacks)), attacks, rotation=45, ha="right")
@@ -163,7 +168,7 @@ def heatmaps(group: pd.DataFrame, title: str, path: Path) -> Path:
                     color="white" if dark else "black",
                 )
         fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
-    fig.suptitle(f"ASR and CA drop · {title}", fontsize=11)
+    fig.suptitle(f"{'ASR and CA drop' if defended else 'ASR'} · {title}", fontsize=11)
     return _save(fig, path)
 
 
@@ -315,20 +320,24 @@ def cost_vs_der(group: pd.DataFrame, title: str, path: Path, style: dict[str, St
             xytext=(3, 0),
             textcoords="offset points",
         )
-    for label, r in summary.iterrows():
-        if label in set(group.loc[group[Col.defense] == NONE, LABEL]):
-            continue
-        if math.isnan(r["minutes"]) or math.isnan(r["der"]):
-            continue
+    base_labels = set(group.loc[group[Col.defense] == NONE, LABEL])
+    points = summary[~summary.index.isin(base_labels)].dropna().sort_values("der")
+    span = max(points["minutes"].max(), base if not math.isnan(base) else 0.0, 1e-9)
+    placed: list[tuple[float, float]] = []
+    for label, r in points.iterrows():
+        x, y = r["minutes"], 100 * r["der"]
         s = style[label]
-        ax.scatter(r["minutes"], 100 * r["der"], color=s.colour, marker=s.marker, s=60, zorder=3)
+        ax.scatter(x, y, color=s.colour, marker=s.marker, s=60, zorder=3)
+        # A label that would sit on an earlier one goes below its marker instead.
+        crowded = any(abs(x - px) < 0.2 * span and abs(y - py) < 5 for px, py in placed)
         ax.annotate(
             _short(label),
-            (r["minutes"], 100 * r["der"]),
+            (x, y),
             fontsize=8,
-            xytext=(5, 3),
+            xytext=(6, -11 if crowded else 3),
             textcoords="offset points",
         )
+        placed.append((x, y))
     ax.set_xlim(left=0)
     ax.set_xlabel("minutes to a defended model (mean per attack)")
     ax.set_ylabel("mean DER")
@@ -382,6 +391,10 @@ HEATMAP_CAPTION = (
     "Right: clean accuracy lost against the undefended model (none) of the same seed, in "
     "points; lower is better, and a negative number means CA rose. Rows in rank order."
 )
+BASELINE_CAPTION = (
+    "ASR of the undefended model (none) against each attack, in percent: how well each attack "
+    "works here. No defense ran on this table."
+)
 CA_VS_ASR_CAPTION = (
     "One panel per attack. Each marker is a defense at (ASR, CA); the grey circle is no defense "
     "and a thin line joins it to each defense, so the line shows what the defense changed. The "
@@ -405,6 +418,22 @@ RATIO_CAPTION = (
 )
 
 
+#: File-name prefixes of the plots :func:`render_all` writes (others in the folder are not ours).
+PREFIXES = ("asr_heatmap_", "ca_vs_asr_", "der_bars_", "cost_vs_der_", "asr_vs_ratio_")
+
+
+def remove_stale(plot_dir: Path, written: list[Figure]) -> list[Path]:
+    """Delete plots an earlier render wrote that this one did not (a table that no longer
+    exists, a ratio plot no longer drawn): a stale plot would contradict the tables."""
+    keep = {f.path.name for f in written}
+    stale = [
+        p for p in plot_dir.glob("*.png") if p.name.startswith(PREFIXES) and p.name not in keep
+    ]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
 def render_all(
     agg: pd.DataFrame, plot_dir: Path, style: dict[str, Style] | None = None
 ) -> list[Figure]:
@@ -422,17 +451,18 @@ def render_all(
         def add(path: Path, name: str, caption: str, key=key, title=title) -> None:
             written.append(Figure(path, f"{name} · {title}", caption, *key))
 
+        defended = bool((group[Col.defense] != NONE).any())
         add(
             heatmaps(group, title, plot_dir / f"asr_heatmap_{s}.png"),
-            "ASR and CA drop",
-            HEATMAP_CAPTION,
+            "ASR and CA drop" if defended else "ASR without a defense",
+            HEATMAP_CAPTION if defended else BASELINE_CAPTION,
         )
-        add(
-            ca_vs_asr(group, title, plot_dir / f"ca_vs_asr_{s}.png", style),
-            "CA vs ASR",
-            CA_VS_ASR_CAPTION,
-        )
-        if (group[Col.defense] != NONE).any():
+        if defended:
+            add(
+                ca_vs_asr(group, title, plot_dir / f"ca_vs_asr_{s}.png", style),
+                "CA vs ASR",
+                CA_VS_ASR_CAPTION,
+            )
             add(der_strip(group, title, plot_dir / f"der_bars_{s}.png", style), "DER", DER_CAPTION)
             devices = "; ".join(sorted({d for d in group[Col.device] if d})) or "not recorded"
             add(

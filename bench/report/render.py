@@ -74,6 +74,7 @@ def render(df: pd.DataFrame, out_dir: Path, references_dir: Path | None = None) 
     plot_dir = out_dir / "plots"
     style = plots.styles(agg)
     figures = plots.render_all(agg, plot_dir, style)
+    plots.remove_stale(plot_dir, figures)
     gallery = plot_dir / GALLERY
     gallery = gallery if gallery.is_file() else None
     html = out_dir / "index.html"

@@ -231,7 +231,16 @@ def _agreement(c: Comparison) -> Table:
         ]
         for _, r in defended.iterrows()
     ]
-    header = [Col.dataset, Col.ratio, Col.attack, Col.defense, "ASR", "ours", "published", "agree"]
+    header = [
+        Col.dataset,
+        Col.ratio,
+        Col.attack,
+        Col.defense,
+        "ASR ours / published",
+        "ours",
+        "published",
+        "agree",
+    ]
     title = f"Preset {c.preset} against {c.reference.name}: verdict agreement"
     return Table(title, lines, header, rows)
 
