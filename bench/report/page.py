@@ -227,7 +227,7 @@ def _ranking_table(tid: str, group: pd.DataFrame, ranks: pd.DataFrame, ctx: _Ctx
         '<h3>Ranking</h3><p class="note">Defenses by mean DER over this table\'s attacks (ties: '
         "higher mean CA), with what a mean hides: the worst-case ASR, the clean accuracy lost "
         "against no defense (points) and the minutes to a defended model.</p>"
-        f'<div class="scroll"><table class="lb rank" id="{tid}">'
+        f'<div class="scroll"><table class="lb rank" id="{tid}" aria-label="ranking">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
         f'<tr class="nomatch" hidden><td colspan="10">No defense matches the filter.</td></tr>'
         "</tbody></table></div>"
@@ -271,7 +271,7 @@ def _matrix_table(tid: str, key: tuple, group: pd.DataFrame, order: list[str], c
         '<h3>Every cell</h3><p class="note">CA / <b>ASR</b> / RA in percent (clean accuracy, '
         "attack success, robust accuracy); rows in rank order; a header sorts. Open a cell for "
         "its seeds, times, logs and parameters.</p>"
-        f'<div class="scroll"><table class="lb matrix" id="{tid}">'
+        f'<div class="scroll"><table class="lb matrix" id="{tid}" aria-label="every cell">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
         f'<tr class="nomatch" hidden><td colspan="{cols}">No defense matches the filter.</td>'
         "</tr></tbody></table></div>"
@@ -447,7 +447,8 @@ def _decision(agg: pd.DataFrame, ctx: _Ctx) -> tuple[str, list[dict]]:
             f'data-preset="{esc(b[Col.preset])}"><h3>{esc(title)}</h3>'
             f'<p class="sub">{esc(sub)}</p>'
             + (
-                '<div class="scroll"><table class="lb decision"><thead><tr>'
+                '<div class="scroll"><table class="lb decision" '
+                'aria-label="best defense per attack"><thead><tr>'
                 '<th scope="col">attack</th><th scope="col">best defense</th>'
                 '<th scope="col">ASR</th><th scope="col">CA change</th><th scope="col">RA</th>'
                 '<th scope="col">minutes</th><th scope="col">no defense: CA / ASR</th>'
@@ -637,6 +638,15 @@ def render_page(
         "families": catalog.FAMILY_MEANING,
         "styles": {k: [v.colour, GLYPHS.get(v.marker, "●")] for k, v in style.items()},
     }
+    repro_html = render_html(reproduction) if reproduction else ""
+    nav = [
+        '<a href="#decide">Which defense?</a>',
+        *toc,
+        *(['<a href="#reproduction">Reproduction</a>'] if repro_html else []),
+        '<a href="#failed">Failed trials</a>',
+        *(['<a href="#methods">Methods</a>'] if not agg.empty else []),
+        *(['<a href="#gallery">Attack gallery</a>'] if gallery is not None else []),
+    ]
     failed_link = f'<a href="#failed">{n_failed} failed</a>' if n_failed else "0 failed"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -659,9 +669,7 @@ post-training defense starts from. Percentages are means over seeds; an interval
 interval and appears only where a cell has more than one seed. In the decision view, ties on ASR
 go to the smaller loss of clean accuracy, then to the faster defense; a defense with no
 baseline of the same seed (so no known CA change) is never chosen.</p></details>
-<nav aria-label="sections"><a href="#decide">Which defense?</a> · {" · ".join(toc)}
-{" · " if toc else ""}<a href="#reproduction">Reproduction</a> · <a href="#failed">Failed
-trials</a> · <a href="#methods">Methods</a>{" · downloads: " + links if links else ""}</nav>
+<nav aria-label="sections">{" · ".join(nav)}{" · downloads: " + links if links else ""}</nav>
 </header>
 <form class="controls" role="search" aria-label="filter the tables">
 <label>Dataset <select id="f-dataset">{_options(datasets, DATASET_NAMES)}</select></label>
@@ -687,7 +695,7 @@ the backdoor survives even the best choice. Open a defense for its details.</p>
 </section>
 {"".join(sections)}
 {('<section id="sweeps"><h2>Poison-ratio sweeps</h2>' + sweeps + "</section>") if sweeps else ""}
-{render_html(reproduction) if reproduction else ""}
+{repro_html}
 {_failed(df)}
 {_methods(agg)}
 {gallery_html}
