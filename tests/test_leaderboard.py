@@ -419,6 +419,14 @@ def test_page_in_a_headless_browser(table, tmp_path):
         assert not driver.execute_script("return arguments[0].open", dialog)
         assert driver.switch_to.active_element == cell
 
+        # A plot enlarges in the same dialog, and Esc closes it too.
+        driver.find_element(By.CSS_SELECTOR, "section.board:not([hidden]) button.zoom").click()
+        assert driver.execute_script("return arguments[0].open", dialog)
+        big = driver.find_element(By.CSS_SELECTOR, "#details img.big")
+        assert big.get_attribute("src").startswith("data:image/png;base64,")
+        driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        assert not driver.execute_script("return arguments[0].open", dialog)
+
         # The URL holds filters, sorts and the bound: a fresh load restores them.
         url = driver.current_url
         for part in ("q=abl", "ratio=0.1", "drop=15", f"sort.{matrix_id}=asr%3Abadnets.desc"):

@@ -244,6 +244,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
                 Col.reference: g[Col.reference].iloc[0],
                 Col.attack_mode: g[Col.attack_mode].iloc[0],
                 Col.attack_package: g[Col.attack_package].iloc[0],
+                Col.attack_version: g[Col.attack_version].iloc[0],
                 Col.config_id: g[VERSION].iloc[0],
                 "n": int(g[Col.seed].nunique()),
                 "seeds": ",".join(str(s) for s in sorted(g[Col.seed].unique())),

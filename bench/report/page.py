@@ -514,42 +514,69 @@ def _link(url: str, text: str) -> str:
 
 
 def _methods(agg: pd.DataFrame) -> str:
+    """Two small tables (attacks, defenses): each method's paper and official code."""
     if agg.empty:
         return ""
-    rows = []
     attacks = agg.drop_duplicates(Col.attack).sort_values(Col.attack)
-    for _, r in attacks.iterrows():
-        fam = catalog.family(r[Col.attack], r[Col.attack_mode], r[Col.attack_package])
-        rows.append(_method_row(Col.attack, str(r[Col.attack]), fam, catalog.ATTACKS, r, True))
+    attack_rows = [
+        _method_row(
+            str(r[Col.attack]),
+            catalog.family(r[Col.attack], r[Col.attack_mode], r[Col.attack_package]),
+            catalog.ATTACKS.get(str(r[Col.attack])),
+            str(r[Col.attack_package]),
+            str(r[Col.attack_version]),
+        )
+        for _, r in attacks.iterrows()
+    ]
     defenses = agg[agg[Col.defense] != NONE].drop_duplicates(LABEL).sort_values(LABEL)
-    for _, r in defenses.iterrows():
-        rows.append(_method_row(Col.defense, str(r[LABEL]), "", catalog.DEFENSES, r, False))
+    defense_rows = [
+        _method_row(
+            str(r[LABEL]),
+            "",
+            catalog.DEFENSES.get(str(r[Col.defense])),
+            str(r[Col.defense_package]),
+            str(r[Col.defense_version]),
+        )
+        for _, r in defenses.iterrows()
+    ]
+
+    def table(name: str, rows: list[str]) -> str:
+        if not rows:
+            return ""
+        return (
+            f'<div class="scroll"><table class="lb plain methods" aria-label="{name}">'
+            f"<thead><tr><th>{name}</th><th>paper and official code</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>"
+        )
+
     return (
         '<section id="methods"><h2>Methods: papers and official code</h2>'
         '<p class="note">Plain links (nothing on this page is fetched). Where no official code '
         "exists, the harness implements the method from its paper and the method spec.</p>"
-        '<div class="scroll"><table class="lb plain"><thead><tr><th>kind</th><th>name</th>'
-        "<th>family</th><th>paper</th><th>official code</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+        + table("attacks", attack_rows)
+        + table("defenses", defense_rows)
+        + "</section>"
     )
 
 
-def _method_row(kind: str, name: str, fam: str, known: dict, r: pd.Series, attack: bool) -> str:
-    package = str(r[Col.attack_package] if attack else r[Col.defense_package])
-    key = name if attack else str(r[Col.defense])
+def _method_row(name: str, family: str, method, package: str, version: str) -> str:
+    """A method's row: its name (and family), then its paper and code, or its plugin package."""
     plugin = package not in ("", catalog.BUILTIN_PACKAGE)
-    m = None if plugin else known.get(key)
-    if m is None:
-        version = str(r[Col.defense_version]) if not attack else ""
-        paper = "–"
-        code = esc(f"plugin package {package} {version}".strip()) if plugin else "–"
+    head = esc(name) + (f'<br><span class="muted">{esc(family)}</span>' if family else "")
+    if plugin or method is None:
+        where = f"plugin package {package} {version}".strip() if plugin else "not catalogued"
+        body = f'<span class="muted">{esc(where)}</span>'
     else:
-        paper = f'{_link(m.paper, m.title)} <span class="muted">({esc(m.cite)})</span>'
-        code = _link(m.code, m.code.removeprefix("https://")) if m.code else esc(m.note or "none")
-    return (
-        f'<tr><td>{kind}</td><th scope="row">{esc(name)}</th><td>{esc(fam)}</td>'
-        f"<td>{paper}</td><td>{code}</td></tr>"
-    )
+        code = (
+            "code: " + _link(method.code, method.code.removeprefix("https://github.com/"))
+            if method.code
+            else esc(method.note or "no official code")
+        )
+        body = (
+            f'{_link(method.paper, method.title)} <span class="muted">({esc(method.cite)})'
+            f"</span><br>{code}"
+        )
+    return f'<tr><th scope="row">{head}</th><td>{body}</td></tr>'
 
 
 def _published(reproduction: Reproduction | None) -> dict[tuple, str]:

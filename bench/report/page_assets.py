@@ -51,6 +51,8 @@ button.open:hover{background:#fff4d6}button.open:focus-visible{outline:3px solid
 .badge{font-size:11px;padding:1px 6px;border-radius:8px;margin-left:4px;white-space:nowrap}
 .plugin{background:#e3ecff;color:#1a3f8f}.recon{background:#ffe9d6;color:#8a4300}
 .lb.plain th,.lb.plain td{text-align:left;white-space:normal;min-width:6em}
+.lb.methods{margin-bottom:12px}.lb.methods th[scope=row]{font-weight:600}
+.lb.methods td{max-width:60em;overflow-wrap:break-word}
 table.decision td,table.decision th{white-space:nowrap}
 table.decision thead th{text-align:right}table.decision thead th:nth-child(-n+2){text-align:left}
 table.decision td.base{color:#545b69}
