@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from bench import metrics
 from bench.report import stats
 from bench.report.aggregate import aggregate, ranking, trial_table
 from bench.report.markdown import cell_text
+from bench.report.page import render_page
 from bench.report.render import render
 from bench.schema import upgrade
 
@@ -178,10 +180,19 @@ def test_aggregate_der_ci_and_ranking(table):
     assert abl["det_tpr"] == pytest.approx(0.85)
     assert abl["cost_vs_none"] == pytest.approx(1.5)
     assert agg.loc[(0.1, "none", "badnets")]["der"] == pytest.approx(0.5)
+    # CA change against the seed's own none: (0.78 - 0.80 + 0.76 - 0.82) / 2
+    assert abl["d_ca"] == pytest.approx(-0.04) and abl["base_ca"] == pytest.approx(0.81)
     ranks = ranking(aggregate(table))
     top = ranks[ranks["ratio"] == 0.1].sort_values("rank")
+    # `none` is the baseline, not a contender: three defenses ranked.
     assert list(top["defense_label"])[:2] == ["dlp (reconstructed)", "abl"]
-    assert top["rank"].tolist() == [1, 2, 3, 4]
+    assert top["rank"].tolist() == [1, 2, 3] and "none" not in set(top["defense_label"])
+    abl_rank = top.set_index("defense_label").loc["abl"]
+    # What the mean hides: ABL's worst attack is blended (40% ASR), and its time in minutes.
+    assert abl_rank["worst_asr"] == pytest.approx(0.40) and abl_rank["worst_attack"] == "blended"
+    assert abl_rank["d_ca"] == pytest.approx((-0.04 + -0.02) / 2)
+    assert abl_rank["minutes"] == pytest.approx(2.5)
+    assert abl_rank["n_min"] == 1 and abl_rank["n_max"] == 2
 
 
 def test_markdown_and_exports_agree_with_the_table(table, tmp_path):
@@ -194,6 +205,13 @@ def test_markdown_and_exports_agree_with_the_table(table, tmp_path):
     assert "(reconstructed)" in md and "[plugin: evil&lt;pkg&gt;&amp;co 1.0]" in md
     assert "evil<pkg>" not in md and EVIL not in md
     assert "RuntimeError: boom" in md
+    # Titled by what the table holds, seeds in the header, the decision view first.
+    assert "## cifar10 · preset `quick` · poison ratio 0.1: static poison-label attacks" in md
+    assert "1–2 seeds (cells differ) per cell" in md
+    assert md.index("## Which defense?") < md.index("## cifar10")
+    # Under the default 5-point bound ABL (4 points lost) beats DLP (10 points lost) on badnets.
+    assert "| static poison-label, 10% | badnets | abl | 8.0 | -4.0 | 71.0 | 2.5 |" in md
+    assert "| worst-case ASR |" in md and "| 40.0 (blended) |" in md
     exported = pd.read_csv(tmp_path / "leaderboard.csv")
     assert len(exported) == len(agg) == 8
     assert {p.name for p in out.plots} >= {
@@ -211,10 +229,35 @@ def test_page_agrees_with_the_table_and_escapes_plugin_strings(table, tmp_path):
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in page
     trials = trial_table(table)
     agg = aggregate(table)
-    cells = re.findall(r'<td class="cell" data-v="([^"]*)" data-cell="(c\d+)"', page)
+    cells = re.findall(
+        r'<td class="cell" data-v="([^"]*)"><button type="button" class="open" '
+        r'data-cell="(c\d+)"[^>]*>([^<]*<b>[^<]*</b>[^<]*)(<span class="ci">[^<]*</span>)?',
+        page,
+    )
     assert len(cells) == len(agg)
-    assert sorted(round(float(v), 6) for v, _ in cells) == sorted(round(a, 6) for a in agg["asr"])
+    assert sorted(round(float(v), 6) for v, *_ in cells) == sorted(round(a, 6) for a in agg["asr"])
     assert len(trials) == 10
+    # Intervals only where a cell has more than one seed (abl and none on badnets at 0.1).
+    assert sum(1 for *_, ci in cells if ci) == 2 == int((agg["n"] > 1).sum())
+    # Self-contained and locked down: a per-page nonce, no network, no external asset.
+    nonce = _nonce(page)
+    assert f'<script nonce="{nonce}">' in page and "default-src 'none'" in _csp(page)
+    assert page.count("<script") == 2  # the JSON data block and the nonced script
+    assert nonce != _nonce(render_page(table, agg, ranking(agg), []))  # one per page
+    assert not re.search(r'(src|href)="(https?:)?//', page.split('<section id="methods">')[0])
+    assert not re.search(r"<(link|iframe|object|embed)\b", page)
+    # The methods' papers and code are plain links; trial logs are where the runner writes them.
+    assert 'href="https://arxiv.org/abs/2110.11571"' in page  # ABL
+    assert 'href="https://github.com/bboylyg/ABL"' in page
+
+
+def _csp(page: str) -> str:
+    found = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page)
+    return html.unescape(found[1])
+
+
+def _nonce(page: str) -> str:
+    return re.search(r"script-src 'nonce-([^']+)'", _csp(page))[1]
 
 
 # --------------------------------------------------------------------------- real browser
@@ -251,9 +294,54 @@ def _browser(tmp_path):
     return webdriver.Chrome(service=Service(driver_bin), options=options)
 
 
+def _names(driver, table_id: str) -> list[str]:
+    """The defense names of a table's visible rows, in order."""
+    return driver.execute_script(
+        "return Array.from(document.getElementById(arguments[0]).tBodies[0].rows)"
+        ".filter(r => !r.hidden && r.dataset.defense !== undefined)"
+        ".map(r => Array.from(r.querySelector('.name').childNodes)"
+        ".filter(n => !(n.classList && n.classList.contains('glyph')))"
+        ".map(n => n.textContent).join('').trim());",
+        table_id,
+    )
+
+
+def _table_id(driver, kind: str, ratio: str) -> str:
+    return driver.execute_script(
+        "return document.querySelector('section.board[data-ratio=\"' + arguments[1] + '\"] "
+        "table.' + arguments[0]).id;",
+        kind,
+        ratio,
+    )
+
+
+def _decision(driver, ratio: str = "10%") -> dict[str, str]:
+    """Attack (or 'all N (mean)') -> the best defense the decision view shows for the group of
+    attacks run at ``ratio``."""
+    rows = driver.execute_script(
+        "return Array.from(document.querySelectorAll('table.decision tbody tr')).map(r => {"
+        "  if (r.classList.contains('family')) return ['', r.textContent];"
+        "  const best = r.cells[1].querySelector('[data-label]');"
+        "  return [r.cells[0].textContent, best ? best.dataset.label : r.cells[1].textContent];"
+        "});"
+    )
+    found, group = {}, ""
+    for attack, best in rows:
+        if not attack:
+            group = best
+        elif f"{ratio} poison" in group:
+            found[attack] = best.strip()
+    return found
+
+
 @pytest.mark.slow
 def test_page_in_a_headless_browser(table, tmp_path):
+    """The done-when of the decision-view issue, in a real Chromium: rank order by default, the
+    decision view's best defense (and the bound changing it), keyboard sorting, Esc closing the
+    details, the URL round-tripping filters, sorts and the bound, no page-wide horizontal
+    scroll at 390 px with the details as a bottom sheet, and the injected script inert."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     page = render(table, tmp_path / "out").page
     driver = _browser(tmp_path)
@@ -262,32 +350,120 @@ def test_page_in_a_headless_browser(table, tmp_path):
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert severe == [], severe
         assert driver.execute_script("return window.__pwned") is None
-        board = driver.find_element(By.CSS_SELECTOR, 'section.board[data-ratio="0.1"]')
 
-        def names():
-            return [
-                r.find_element(By.CSS_SELECTOR, "td.name").text
-                for r in board.find_elements(By.CSS_SELECTOR, "tbody tr")
-                if r.is_displayed()
-            ]
+        # Rank order by default: the ranking and every cell, `none` pinned on top.
+        ranking_id, matrix_id = _table_id(driver, "rank", "0.1"), _table_id(driver, "matrix", "0.1")
+        ranked = ["dlp (reconstructed)", "abl"]
+        assert _names(driver, ranking_id)[1:3] == ranked
+        assert _names(driver, ranking_id)[0].startswith("none")
+        matrix = _names(driver, matrix_id)
+        assert matrix[:3] == ["none", *ranked] and EVIL in matrix[3], matrix
+        ranks = driver.execute_script(
+            "return Array.from(document.getElementById(arguments[0]).tBodies[0].rows)"
+            ".map(r => r.cells[0].textContent);",
+            ranking_id,
+        )
+        assert ranks[:4] == ["–", "1", "2", "3"]
 
-        before = names()
-        assert any(EVIL in n for n in before), before
-        header = next(h for h in board.find_elements(By.CSS_SELECTOR, "th") if h.text == "badnets")
-        header.click()  # ascending ASR
-        ascending = names()
-        assert ascending != before and ascending[0].startswith("dlp")
-        header.click()  # descending
-        assert names()[0].startswith(EVIL)
-        driver.find_element(By.ID, "f-text").send_keys("abl")
-        assert names() == ["abl"]
-        driver.find_element(By.ID, "f-text").clear()
-        driver.find_element(By.ID, "f-text").send_keys(" ")
-        board.find_elements(By.CSS_SELECTOR, "td.cell")[0].click()
-        details = driver.find_element(By.ID, "details")
-        assert details.is_displayed() and '"trials"' in details.text
-        driver.save_screenshot(str(tmp_path / "leaderboard.png"))
-        assert (tmp_path / "leaderboard.png").stat().st_size > 10_000
+        # The decision view: DLP has the lowest ASR on badnets but costs 10 points of CA, so
+        # under the default 5-point bound ABL (4 points) is the best; with 15 points, DLP.
+        assert _decision(driver)["badnets"] == "abl"
+        assert _decision(driver)["all 2 (mean)"] == "abl"  # the only one run on both attacks
+        drop = driver.find_element(By.ID, "f-drop")
+        drop.clear()
+        drop.send_keys("15")
+        assert _decision(driver)["badnets"] == "dlp (reconstructed)"
+        assert "drop=15" in driver.current_url
+
+        # Keyboard sorting: Enter on the badnets header of every cell, twice.
+        header = driver.find_element(
+            By.CSS_SELECTOR, f'#{matrix_id} th[data-key="asr:badnets"] button'
+        )
+        header.send_keys(Keys.ENTER)
+        th = driver.find_element(By.CSS_SELECTOR, f'#{matrix_id} th[data-key="asr:badnets"]')
+        assert th.get_attribute("aria-sort") == "ascending"
+        assert _names(driver, matrix_id)[:2] == ["none", "dlp (reconstructed)"]
+        header.send_keys(Keys.ENTER)
+        assert th.get_attribute("aria-sort") == "descending"
+        assert EVIL in _names(driver, matrix_id)[1]
+        # The hostile label, shown by the script as text (details title) and never run.
+        driver.find_element(
+            By.CSS_SELECTOR, f"#{matrix_id} tbody tr:nth-child(2) button.open"
+        ).click()
+        assert EVIL in driver.find_element(By.ID, "details-title").text
+        driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        assert driver.execute_script("return window.__pwned") is None
+
+        # A filter keeps `none`, and says so when nothing matches.
+        search = driver.find_element(By.ID, "f-text")
+        search.send_keys("zzz")
+        assert _names(driver, matrix_id) == ["none"]
+        nomatch = driver.find_element(By.CSS_SELECTOR, f"#{matrix_id} tr.nomatch")
+        assert nomatch.is_displayed() and "zzz" in nomatch.text
+        search.clear()
+        search.send_keys("abl")
+        assert _names(driver, matrix_id) == ["none", "abl"]
+        Select = pytest.importorskip("selenium.webdriver.support.select").Select
+        Select(driver.find_element(By.ID, "f-ratio")).select_by_value("0.1")
+
+        # Details: a keyboard-opened cell, Esc closes it and focus returns to the cell.
+        cell = driver.find_element(
+            By.CSS_SELECTOR, f"#{matrix_id} tr:not(.pinned):not([hidden]) button.open"
+        )
+        cell.send_keys(Keys.ENTER)
+        dialog = driver.find_element(By.ID, "details")
+        assert driver.execute_script("return arguments[0].open", dialog)
+        assert "Per seed" in dialog.text and "results/runs/" not in dialog.text  # no run name
+        assert "abl against badnets" in dialog.text and "-4.0 points" in dialog.text
+        driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        assert not driver.execute_script("return arguments[0].open", dialog)
+        assert driver.switch_to.active_element == cell
+
+        # A plot enlarges in the same dialog, and Esc closes it too.
+        driver.find_element(By.CSS_SELECTOR, "section.board:not([hidden]) button.zoom").click()
+        assert driver.execute_script("return arguments[0].open", dialog)
+        big = driver.find_element(By.CSS_SELECTOR, "#details img.big")
+        assert big.get_attribute("src").startswith("data:image/png;base64,")
+        driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        assert not driver.execute_script("return arguments[0].open", dialog)
+
+        # The URL holds filters, sorts and the bound: a fresh load restores them.
+        url = driver.current_url
+        for part in ("q=abl", "ratio=0.1", "drop=15", f"sort.{matrix_id}=asr%3Abadnets.desc"):
+            assert part in url, url
+        driver.get("about:blank")
+        driver.get(url)
+        assert driver.find_element(By.ID, "f-text").get_attribute("value") == "abl"
+        assert driver.find_element(By.ID, "f-drop").get_attribute("value") == "15"
+        assert not driver.find_element(
+            By.CSS_SELECTOR, 'section.board[data-ratio="0.05"]'
+        ).is_displayed()
+        th = driver.find_element(By.CSS_SELECTOR, f'#{matrix_id} th[data-key="asr:badnets"]')
+        assert th.get_attribute("aria-sort") == "descending"
+        assert _names(driver, matrix_id) == ["none", "abl"]
+        assert _decision(driver)["badnets"] == "dlp (reconstructed)"
+
+        # A phone: no horizontal page scroll (tables scroll in their own box), details as a
+        # bottom sheet inside the screen.
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+        )
+        driver.get(page.as_uri())
+        widths = driver.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth]"
+        )
+        assert widths[0] <= widths[1] == 390, widths
+        driver.find_element(By.CSS_SELECTOR, "table.matrix button.open").click()
+        box = driver.execute_script(
+            "const r = document.getElementById('details').getBoundingClientRect();"
+            "return [r.left, r.right, r.bottom, r.top, window.innerHeight];"
+        )
+        left, right, bottom, top, height = box
+        assert left == 0 and right <= 390 and abs(bottom - height) < 1 and top > 0, box
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= 390
+
+        assert driver.execute_script("return window.__pwned") is None
         assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         driver.quit()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.report.catalog import BUILTIN_PACKAGE
 from bench.report.stats import defense_effectiveness_rating, mean_ci95
 from bench.schema import OK, SKIPPED, SPEC_COLUMNS, Col
 
@@ -34,6 +35,11 @@ GROUP = [Col.dataset, Col.preset, Col.ratio]
 #: Derived columns (not in the results table).
 LABEL = "defense_label"
 DER = "der"
+#: CA minus the baseline's CA (negative: the defense costs clean accuracy), and the baseline's
+#: own CA and ASR, all from the seed-matched `none` trial.
+D_CA = "d_ca"
+BASE_CA = "base_ca"
+BASE_ASR = "base_asr"
 COST_VS_NONE = "cost_vs_none"
 VERSION = "version"
 BASELINE_GIT_REV = "baseline_git_rev"
@@ -52,10 +58,12 @@ CELL = [*GROUP, LABEL, Col.attack]
 DEFENSE_FIELDS = (Col.defense, Col.defense_params, Col.clean_fraction)
 BASELINE_KEY = [c for c in SPEC_COLUMNS if c not in (*DEFENSE_FIELDS, Col.seed)]
 DIRTY_SUFFIX = "-dirty"
-BUILTIN_PACKAGE = "backdoor-leaderboard"
-METRICS = [Col.ca, Col.asr, Col.ra, DER]
+METRICS = [Col.ca, Col.asr, Col.ra, DER, D_CA]
 DETECTION = [Col.det_tpr, Col.det_fpr, Col.det_precision, Col.det_f1, Col.det_auroc]
 COST = [Col.defense_seconds, Col.train_seconds, Col.wall_seconds, Col.peak_memory_mb]
+BASELINE = [BASE_CA, BASE_ASR]
+#: The label of the undefended baseline (the built-in `none`).
+NONE = "none"
 
 
 def defense_label(name: str, package: str | None, version: str | None, reconstructed: bool) -> str:
@@ -69,6 +77,13 @@ def defense_label(name: str, package: str | None, version: str | None, reconstru
 def ordered_defenses(labels: Iterable[str]) -> list[str]:
     """Labels in table order: `none` first, then alphabetical."""
     return sorted(set(labels), key=lambda v: (v != "none", v))
+
+
+def in_table(table: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    """The rows of ``table`` that belong to one leaderboard table (``key``: :data:`GROUP`)."""
+    if table.empty:
+        return table
+    return table[(table[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
 
 
 def is_dirty(git_rev: object) -> bool:
@@ -142,12 +157,15 @@ def _score(trials: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
     for key, (_, row), s in zip(_keys(base, BASELINE_KEY), base.iterrows(), stamp, strict=True):
         candidates.setdefault((key, str(row[Col.seed])), []).append((s, row))
     ders, costs, revs, other_rev, dirty, missing = [], [], [], [], [], []
+    base_ca, base_asr = [], []
     for key, (_, row) in zip(_keys(trials, BASELINE_KEY), trials.iterrows(), strict=True):
         found = candidates.get((key, str(row[Col.seed])), [])
         # Same revision first, then the most recent.
         best = max(found, key=lambda c: (c[1][Col.git_rev] == row[Col.git_rev], c[0]), default=None)
         ref = None if best is None else best[1]
         if ref is None:
+            base_ca.append(math.nan)
+            base_asr.append(math.nan)
             ders.append(math.nan)
             costs.append(math.nan)
             revs.append("")
@@ -155,6 +173,8 @@ def _score(trials: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
             dirty.append(is_dirty(row[Col.git_rev]))
             missing.append(True)
             continue
+        base_ca.append(float(ref[Col.ca]))
+        base_asr.append(float(ref[Col.asr]))
         ders.append(
             defense_effectiveness_rating(ref[Col.ca], ref[Col.asr], row[Col.ca], row[Col.asr])
         )
@@ -164,6 +184,9 @@ def _score(trials: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
         dirty.append(is_dirty(row[Col.git_rev]) or is_dirty(ref[Col.git_rev]))
         missing.append(False)
     trials[DER] = ders
+    trials[BASE_CA] = base_ca
+    trials[BASE_ASR] = base_asr
+    trials[D_CA] = trials[Col.ca].astype(float) - trials[BASE_CA]
     trials[COST_VS_NONE] = costs
     trials[BASELINE_GIT_REV] = revs
     trials[BASELINE_OTHER_REV] = other_rev
@@ -219,6 +242,9 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
                 Col.data_source: "; ".join(sorted(g[Col.data_source].dropna().unique())),
                 Col.device: "; ".join(sorted(g[Col.device].dropna().unique())),
                 Col.reference: g[Col.reference].iloc[0],
+                Col.attack_mode: g[Col.attack_mode].iloc[0],
+                Col.attack_package: g[Col.attack_package].iloc[0],
+                Col.attack_version: g[Col.attack_version].iloc[0],
                 Col.config_id: g[VERSION].iloc[0],
                 "n": int(g[Col.seed].nunique()),
                 "seeds": ",".join(str(s) for s in sorted(g[Col.seed].unique())),
@@ -227,7 +253,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
         for m in METRICS:
             values = [v for v in g[m] if not math.isnan(v)]
             row[m], row[f"{m}_ci"] = mean_ci95(values)
-        for col in [*DETECTION, *COST, COST_VS_NONE]:
+        for col in [*DETECTION, *COST, COST_VS_NONE, *BASELINE]:
             row[col] = g[col].astype(float).mean()
         row[Col.versions] = g[Col.versions].iloc[-1]
         row[Col.git_rev] = ", ".join(sorted(g[Col.git_rev].unique()))
@@ -264,25 +290,54 @@ def skipped_cells(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop_duplicates(keys).sort_values(keys).reset_index(drop=True)
 
 
+#: Ranking columns beyond the means: the worst case over a table's attacks, cost, seeds.
+WORST_ASR = "worst_asr"
+WORST_ATTACK = "worst_attack"
+WORST_D_CA = "worst_d_ca"
+MINUTES = "minutes"
+RANK = "rank"
+
+
 def ranking(agg: pd.DataFrame) -> pd.DataFrame:
-    """Per table: defenses ranked by mean DER over attacks, ties broken by mean CA."""
+    """Per table: the defenses (the `none` baseline is not ranked) by mean DER over attacks,
+    ties broken by mean CA, with what a mean hides: the worst-case ASR (and its attack), the
+    mean and worst change in CA against `none`, and the cost in minutes to a defended model."""
     if agg.empty:
         return pd.DataFrame()
+    defended = agg[agg[Col.defense] != NONE].copy()
+    if defended.empty:
+        return pd.DataFrame()
+    defended["_minutes"] = defended[Col.train_seconds].astype(float) / 60
+    # The worst attack of each defense: the highest ASR (first by name on ties).
+    worst = (
+        defended.sort_values([Col.asr, Col.attack], ascending=[False, True], na_position="last")
+        .groupby([*GROUP, LABEL], sort=False)
+        .head(1)
+        .set_index([*GROUP, LABEL])
+    )
     summary = (
-        agg.groupby([*GROUP, LABEL], sort=False)
+        defended.groupby([*GROUP, LABEL], sort=False)
         .agg(
             der=(DER, "mean"),
             ca=(Col.ca, "mean"),
             asr=(Col.asr, "mean"),
             ra=(Col.ra, "mean"),
+            d_ca=(D_CA, "mean"),
+            worst_d_ca=(D_CA, "min"),
             attacks=(Col.attack, "nunique"),
+            minutes=("_minutes", "mean"),
             cost_vs_none=(COST_VS_NONE, "mean"),
+            n_min=("n", "min"),
+            n_max=("n", "max"),
             **{flag: (flag, "any") for flag in FLAGS},
         )
         .reset_index()
     )
+    key = pd.MultiIndex.from_frame(summary[[*GROUP, LABEL]])
+    summary[WORST_ASR] = worst[Col.asr].reindex(key).to_numpy()
+    summary[WORST_ATTACK] = worst[Col.attack].reindex(key).to_numpy()
     summary = summary.sort_values(
-        [*GROUP, DER, Col.ca], ascending=[True] * len(GROUP) + [False, False]
+        [*GROUP, DER, Col.ca], ascending=[True] * len(GROUP) + [False, False], na_position="last"
     )
-    summary["rank"] = summary.groupby(GROUP).cumcount() + 1
+    summary[RANK] = summary.groupby(GROUP).cumcount() + 1
     return summary.reset_index(drop=True)

@@ -12,24 +12,36 @@ import math
 
 import pandas as pd
 
+from bench.report import decision
 from bench.report.aggregate import (
     BASELINE_GIT_REV,
     BASELINE_OTHER_REV,
     COST_VS_NONE,
+    D_CA,
     DER,
     DETECTION,
     DIRTY,
     GROUP,
     LABEL,
+    MINUTES,
     NO_BASELINE,
+    NONE,
+    RANK,
     REASON,
     SUPERSEDED_TRIALS,
     SUPERSEDED_VERSIONS,
+    WORST_ASR,
+    WORST_ATTACK,
     aggregate,
+    in_table,
     ordered_defenses,
     ranking,
     skipped_cells,
+    trial_table,
 )
+from bench.report.details import points
+from bench.report.naming import dataset_name, holds, seeds_text
+from bench.report.protocol import protocol
 from bench.report.text import md_code, md_escape, md_table, pct
 from bench.schema import ERROR, TIMEOUT, Col
 
@@ -42,11 +54,12 @@ INTRO = (
     "accuracy), means over seeds; with several seeds the ASR's 95% confidence interval and n "
     "follow. `mean` averages over attacks. DER (defense effectiveness rating, 0-100, 50 = no "
     "change) compares each trial with the `none` trial of the same spec (all but the defense) "
-    "and seed; defenses are ranked by mean DER, ties broken by CA. Cost vs none: seconds to a "
+    "and seed; defenses are ranked by mean DER, ties broken by CA, beside the worst-case ASR "
+    "over the table's attacks and the CA change against `none` (points). Minutes: to a "
     "defended model (the defense's own work plus the undefended model it starts from, lock "
-    "waits excluded) over seconds to the undefended model, same device. Each cell shows one "
-    "parameter version (the latest); rows that differ in anything but the seed are never "
-    "pooled."
+    "waits excluded); cost vs none: those seconds over the undefended model's, same device. "
+    "Each cell shows one parameter version (the latest); rows that differ in anything but the "
+    "seed are never pooled."
 )
 
 
@@ -100,11 +113,18 @@ def _cells(group: pd.DataFrame, skipped: pd.DataFrame) -> tuple[list[str], list[
     return header, rows
 
 
-def _header_lines(group: pd.DataFrame, skipped: pd.DataFrame) -> list[str]:
+def _header_lines(group: pd.DataFrame, skipped: pd.DataFrame, trials: pd.DataFrame) -> list[str]:
     models = ", ".join(sorted(group[Col.model].unique())) if len(group) else "–"
     sources = "; ".join(sorted({s for s in group[Col.data_source] if s})) if len(group) else "–"
-    trials = int(group["n"].sum()) if len(group) else 0
-    lines = [f"Model: {md_escape(models)}. Data: {md_escape(sources)}. Trials: {trials}."]
+    n = int(group["n"].sum()) if len(group) else 0
+    seeds = seeds_text(group["n"]) if len(group) else "no seeds"
+    lines = [
+        f"Model: {md_escape(models)}. Data: {md_escape(sources)}. Trials: {n} ({seeds} per cell)."
+    ]
+    found = protocol(trials)
+    if found.lines:
+        facts = "; ".join(f"{k}: {v}" for k, v in found.lines)
+        lines.append(f"Protocol: {md_escape(facts)}.")
     references = set(group[Col.reference] if len(group) else []) | set(skipped[Col.reference])
     named = sorted(references - {""})
     if named:
@@ -186,15 +206,28 @@ def _left_out_notes(skipped: pd.DataFrame) -> list[str]:
 
 def _ranking_table(rk: pd.DataFrame) -> list[str]:
     return md_table(
-        ["rank", Col.defense, "mean DER", "mean CA", "mean ASR", "cost vs none"],
+        [
+            "rank",
+            Col.defense,
+            "mean DER",
+            "worst-case ASR",
+            "mean ASR",
+            "mean CA change",
+            "minutes",
+            "cost vs none",
+            "seeds",
+        ],
         [
             [
-                str(r["rank"]),
+                str(r[RANK]),
                 md_escape(r[LABEL]) + marks(r),
                 pct(r[DER]),
-                pct(r[Col.ca]),
+                f"{pct(r[WORST_ASR])} ({md_escape(r[WORST_ATTACK])})",
                 pct(r[Col.asr]),
+                points(r[D_CA]),
+                "–" if math.isnan(r[MINUTES]) else f"{r[MINUTES]:.1f}",
                 "–" if math.isnan(r[COST_VS_NONE]) else f"{r[COST_VS_NONE]:.2f}x",
+                seeds_text([r["n_min"], r["n_max"]]),
             ]
             for _, r in rk.iterrows()
         ],
@@ -220,10 +253,19 @@ def _detection_table(group: pd.DataFrame) -> list[str]:
     ]
 
 
-def _section(key: tuple, group: pd.DataFrame, skipped: pd.DataFrame, ranks: pd.DataFrame):
+def _section(
+    key: tuple,
+    group: pd.DataFrame,
+    skipped: pd.DataFrame,
+    ranks: pd.DataFrame,
+    trials: pd.DataFrame,
+):
     dataset, preset, ratio = key
-    out = [f"## {md_escape(dataset)} · preset {md_code(preset)} · poison ratio {ratio:g}", ""]
-    out += [*_header_lines(group, skipped), ""]
+    title = f"## {md_escape(dataset)} · preset {md_code(preset)} · poison ratio {ratio:g}"
+    if len(group):
+        title += f": {md_escape(holds(group, ratio))}"
+    out = [title, ""]
+    out += [*_header_lines(group, skipped, trials), ""]
     header, rows = _cells(group, skipped)
     out += md_table(header, rows, escape=False)
     notes = _left_out_notes(skipped)
@@ -232,17 +274,101 @@ def _section(key: tuple, group: pd.DataFrame, skipped: pd.DataFrame, ranks: pd.D
     if notes:
         out += ["", *(f"{n}  " for n in notes[:-1]), notes[-1]]
     if len(group):
-        rk = ranks[(ranks[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
-        out += ["", "Ranking:", "", *_ranking_table(rk)]
+        rk = in_table(ranks, key)
+        if rk.empty:
+            out += [
+                "",
+                "Only the undefended baseline (`none`) ran on this table: nothing to rank. Its "
+                "cells show how well each attack works without a defense.",
+            ]
+        else:
+            out += ["", "Ranking:", "", *_ranking_table(rk)]
         out += _detection_table(group)
     out.append("")
     return out
 
 
-def _in_group(table: pd.DataFrame, key: tuple) -> pd.DataFrame:
-    if table.empty:
-        return table
-    return table[(table[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
+def decision_section(agg: pd.DataFrame, max_drop: float = decision.DEFAULT_MAX_DROP) -> list[str]:
+    """'Which defense?': per dataset and preset, the best defense per attack and per family
+    under the CA-drop bound (:mod:`bench.report.decision`)."""
+    bound = f"{100 * max_drop:g}"
+    out = [
+        "## Which defense?",
+        "",
+        f"Per attack, the defense with the lowest ASR among those losing at most {bound} points "
+        "of clean accuracy against `none` of the same seed (ties: the smaller loss, then the "
+        "faster); per family (`all`), the defense within the bound on every attack of the "
+        "family with the lowest mean ASR, and its worst attack. The page (`index.html`) lets "
+        "you change the bound.",
+        "",
+    ]
+    for board in decision.boards(agg):
+        cells = agg[
+            (agg[Col.dataset] == board[Col.dataset]) & (agg[Col.preset] == board[Col.preset])
+        ]
+        out.append(
+            f"### {md_escape(dataset_name(board[Col.dataset]))} · preset "
+            f"{md_code(board[Col.preset])} ({seeds_text(cells['n'])})"
+        )
+        out.append("")
+        if not board["defended"]:
+            out += ["No defense ran here (only `none`): nothing to choose from.", ""]
+            continue
+        rows = []
+        for g in board["groups"]:
+            group = f"{g['family']}, {100 * g[Col.ratio]:g}%"
+            if len(g["attacks"]) > 1:
+                f = decision.family_best(g, max_drop)
+                rows.append(
+                    [group, f"all {len(g['attacks'])}"]
+                    + (
+                        [
+                            f["label"],
+                            f"{pct(f['mean_asr'])} (worst {pct(f['worst_asr'])}, "
+                            f"{f['worst_attack']})",
+                            points(f["mean_d_ca"]),
+                            "",
+                            _minutes(f["minutes"]),
+                        ]
+                        if f
+                        else [f"none within {bound} points on every attack", "", "", "", ""]
+                    )
+                    + [""]
+                )
+            for a in g["attacks"]:
+                o = decision.best(a, max_drop)
+                base = a[NONE]
+                none = f"{pct(base[Col.ca])} / {pct(base[Col.asr])}" if base else "–"
+                if o:
+                    cells_ = [
+                        o["label"],
+                        pct(o[Col.asr]),
+                        points(o["d_ca"]),
+                        pct(o[Col.ra]),
+                        _minutes(o["minutes"]),
+                    ]
+                else:
+                    cells_ = [f"none within {bound} points", "", "", "", ""]
+                rows.append([group, a[Col.attack], *cells_, none])
+        out += md_table(
+            [
+                "family",
+                Col.attack,
+                "best defense",
+                "ASR",
+                "CA change",
+                "RA",
+                "minutes",
+                "none: CA / ASR",
+            ],
+            rows,
+        )
+        out.append("")
+    return out
+
+
+def _minutes(m: float | None) -> str:
+    return "–" if m is None else f"{m:.1f}"
 
 
 def render_markdown(
@@ -256,12 +382,17 @@ def render_markdown(
     out = ["# Backdoor defense leaderboard", "", INTRO, ""]
     if agg.empty:
         out += ["No successful trials yet. Run `bench run --preset quick`.", ""]
+    else:
+        out += decision_section(agg)
+    trials = trial_table(df)
     keys = set()
     for table in (agg, skipped):
         if len(table):
             keys |= set(table[GROUP].itertuples(index=False, name=None))
     for key in sorted(keys):
-        out += _section(key, _in_group(agg, key), _in_group(skipped, key), ranks)
+        out += _section(
+            key, in_table(agg, key), in_table(skipped, key), ranks, in_table(trials, key)
+        )
     if reproduction:
         out += [reproduction.rstrip("\n"), ""]
     failed = df[df[Col.status].isin([ERROR, TIMEOUT])]

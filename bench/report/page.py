@@ -1,8 +1,16 @@
-"""The self-contained leaderboard page (``results/index.html``): no server, no network.
+"""The self-contained leaderboard page (``results/index.html``): no server, no network, no
+external asset.
+
+Read top to bottom it answers the reader's question first: *which defense, against which
+attack, at what cost*. The decision view (best defense per attack and per attack family under a
+bound on the clean accuracy lost) comes first; then one section per table with its protocol,
+the ranking (worst case and cost beside the mean) and every cell; then the reproduction against
+published numbers, the failed trials, the methods' papers and code, and the attack gallery.
 
 Tables are rendered here with every string escaped; plots are embedded as data URIs; a small
 inline script (allowed by a per-page nonce in the Content-Security-Policy, so nothing injected
-could run) sorts, filters and shows a cell's details using ``textContent`` only.
+could run) sorts, filters, keeps the state in the URL, fills the decision view and shows a
+cell's details, putting text in the document with ``textContent`` only.
 """
 
 from __future__ import annotations
@@ -10,23 +18,88 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from bench.report.aggregate import GROUP, LABEL, REASON, ordered_defenses, trial_table
-from bench.report.plots import slug
+from bench.report import catalog, decision
+from bench.report.aggregate import (
+    BASELINE_OTHER_REV,
+    CELL,
+    COST_VS_NONE,
+    D_CA,
+    DER,
+    DIRTY,
+    GROUP,
+    LABEL,
+    MINUTES,
+    NO_BASELINE,
+    NONE,
+    RANK,
+    REASON,
+    SUPERSEDED_TRIALS,
+    SUPERSEDED_VERSIONS,
+    WORST_ASR,
+    WORST_ATTACK,
+    WORST_D_CA,
+    in_table,
+    trial_table,
+)
+from bench.report.details import (
+    cell_details,
+    is_missing,
+    log_path,
+    meanings,
+    minutes,
+    points,
+)
+from bench.report.naming import (
+    DATASET_NAMES,
+    dataset_name,
+    families,
+    plural,
+    seeds_text,
+    short_title,
+    table_title,
+)
+from bench.report.page_assets import CSS, JS
+from bench.report.plots import Figure, Style, rank_order
+from bench.report.protocol import protocol
+from bench.report.reproduce import PUB, SUCCESS_ASR, Reproduction, render_html
 from bench.report.text import pct
 from bench.schema import ERROR, TIMEOUT, Col
 
 esc = html.escape
 
+#: Matplotlib markers as text glyphs, so a table row shows its defense's plot marker.
+GLYPHS = {
+    "o": "●",
+    "s": "■",
+    "^": "▲",
+    "v": "▼",
+    "D": "◆",
+    "P": "✚",
+    "X": "✖",
+    "*": "★",
+    "h": "⬢",
+    "<": "◀",
+    ">": "▶",
+    "p": "⬟",
+    "H": "⬢",
+    "8": "⬣",
+    "d": "◆",
+}
+#: Cell markers, as in LEADERBOARD.md.
+MARKS = {BASELINE_OTHER_REV: "†", DIRTY: "‡", NO_BASELINE: "§"}
 
-def _num(x: float) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"
+
+def _num(x: Any) -> str:
+    """A data-v sort value ('' when missing)."""
+    return "" if is_missing(x) else f"{float(x):.6g}"
 
 
 def _json_for_script(obj: object) -> str:
@@ -35,39 +108,14 @@ def _json_for_script(obj: object) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _clean(value: object) -> object:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if hasattr(value, "item"):
-        return _clean(value.item())
-    return value
-
-
-def _cell_details(agg_row: pd.Series, trials: pd.DataFrame) -> dict:
-    seeds = [
-        {
-            k: _clean(t.get(k))
-            for k in (
-                Col.seed,
-                Col.ca,
-                Col.asr,
-                Col.ra,
-                "der",
-                Col.wall_seconds,
-                Col.train_seconds,
-                Col.defense_seconds,
-                Col.device,
-                Col.node,
-                Col.git_rev,
-                Col.trial_id,
-                Col.started_at,
-            )
-        }
-        for _, t in trials.iterrows()
-    ]
-    for seed, (_, t) in zip(seeds, trials.iterrows(), strict=True):  # the defense's own figures
-        seed[Col.defense_metrics] = json.loads(t.get(Col.defense_metrics) or "{}")
-    return {"summary": {k: _clean(v) for k, v in agg_row.items()}, "trials": seeds}
+def _glyph(label: str, style: dict[str, Style]) -> str:
+    s = style.get(label)
+    if s is None:
+        return ""
+    return (
+        f'<span class="glyph" style="color:{esc(s.colour)}" aria-hidden="true">'
+        f"{GLYPHS.get(s.marker, '●')}</span>"
+    )
 
 
 def _badges(row: pd.Series) -> str:
@@ -75,219 +123,615 @@ def _badges(row: pd.Series) -> str:
     if row["plugin"]:
         package = esc(str(row[Col.defense_package]))
         out.append(f'<span class="badge plugin">plugin: {package}</span>')
-    if row["reconstructed"]:
-        out.append('<span class="badge recon">reconstructed</span>')
     return " ".join(out)
 
 
+def _marks(row: pd.Series) -> str:
+    found = "".join(m for flag, m in MARKS.items() if bool(row.get(flag, False)))
+    return f'<sup class="mark">{found}</sup>' if found else ""
+
+
+def _th(text: str, key: str, kind: str, title: str = "", order: str = "none") -> str:
+    """A sortable header: a button (keyboard-operable) inside a th with aria-sort."""
+    tip = f' title="{esc(title)}"' if title else ""
+    return (
+        f'<th scope="col" aria-sort="{order}" data-key="{esc(key)}" data-sort="{kind}"{tip}>'
+        f'<button type="button" class="sort">{text}</button></th>'
+    )
+
+
+# --------------------------------------------------------------------------- one table
+
+
+class _Ctx:
+    """What every section needs: trials per cell, cell ids, details, styles, published."""
+
+    def __init__(self, df, trials, style, published):
+        self.recorded = [str(c) for c in df.columns]
+        self.by_cell = dict(tuple(trials.groupby(CELL))) if len(trials) else {}
+        self.style = style
+        self.published = published
+        self.details: dict[str, dict] = {}
+        self.ids: dict[tuple, str] = {}
+
+    def cell_id(self, key: tuple) -> str:
+        if key not in self.ids:
+            self.ids[key] = f"c{len(self.ids)}"
+        return self.ids[key]
+
+
+def _cell_td(ctx: _Ctx, key: tuple, r: pd.Series) -> str:
+    cid = ctx.cell_id(key)
+    trials = ctx.by_cell.get(key, pd.DataFrame())
+    ctx.details[cid] = cell_details(r, trials, ctx.recorded, ctx.published.get(key, ""))
+    n = int(r["n"])
+    ca, asr, ra = pct(r[Col.ca]), pct(r[Col.asr]), pct(r[Col.ra])
+    ci = f' <span class="ci">±{pct(r["asr_ci"])} n={n}</span>' if n > 1 else ""
+    label = f"{key[3]} against {key[4]}: CA {ca}, ASR {asr}, RA {ra} percent. Open details."
+    return (
+        f'<td class="cell" data-v="{_num(r[Col.asr])}">'
+        f'<button type="button" class="open" data-cell="{cid}" aria-label="{esc(label)}">'
+        f"{ca} / <b>{asr}</b> / {ra}{ci}{_marks(r)}</button></td>"
+    )
+
+
+def _ranking_table(tid: str, group: pd.DataFrame, ranks: pd.DataFrame, ctx: _Ctx) -> str:
+    head = "".join(
+        [
+            _th("rank", RANK, "num", order="ascending"),
+            _th(Col.defense, Col.defense, "text"),
+            _th("mean DER", DER, "num", "defense effectiveness rating, 50 = no change"),
+            _th("worst-case ASR", WORST_ASR, "num", "the highest ASR over this table's attacks"),
+            _th("mean ASR", Col.asr, "num"),
+            _th("mean CA change", D_CA, "num", "against none of the same seed, in points"),
+            _th("worst CA change", WORST_D_CA, "num"),
+            _th("minutes", MINUTES, "num", "to a defended model, mean per attack"),
+            _th("× none", COST_VS_NONE, "num", "time relative to training without a defense"),
+            _th("seeds", "n", "num"),
+        ]
+    )
+    base = group[group[Col.defense] == NONE]
+    rows = []
+    for label, b in base.groupby(LABEL, sort=True):
+        worst = b.sort_values(Col.asr, ascending=False).iloc[0]
+        rows.append(
+            f'<tr class="pinned" data-defense="{esc(label.lower())}">'
+            f'<td>–</td><th scope="row" class="name">{_glyph(label, ctx.style)}{esc(label)} '
+            '<span class="muted">(no defense)</span></th>'
+            f'<td>–</td><td>{pct(worst[Col.asr])} <span class="muted">'
+            f"{esc(str(worst[Col.attack]))}</span></td><td>{pct(b[Col.asr].mean())}</td>"
+            f"<td>–</td><td>–</td><td>{_minutes(b[Col.train_seconds].mean())}</td>"
+            f"<td>1.00×</td><td>{esc(seeds_text(b['n']))}</td></tr>"
+        )
+    for _, r in ranks.iterrows():
+        label = r[LABEL]
+        first = group[group[LABEL] == label].iloc[0]
+        cost = r[COST_VS_NONE]
+        rows.append(
+            f'<tr data-defense="{esc(str(label).lower())}">'
+            f'<td data-v="{int(r[RANK])}">{int(r[RANK])}</td>'
+            f'<th scope="row" class="name" data-v="{esc(str(label).lower())}">'
+            f"{_glyph(label, ctx.style)}{esc(str(label))}{_marks(r)} {_badges(first)}</th>"
+            f'<td data-v="{_num(r[DER])}"><b>{pct(r[DER])}</b></td>'
+            f'<td data-v="{_num(r[WORST_ASR])}">{pct(r[WORST_ASR])} <span class="muted">'
+            f"{esc(str(r[WORST_ATTACK]))}</span></td>"
+            f'<td data-v="{_num(r[Col.asr])}">{pct(r[Col.asr])}</td>'
+            f'<td data-v="{_num(r[D_CA])}">{points(r[D_CA])}</td>'
+            f'<td data-v="{_num(r[WORST_D_CA])}">{points(r[WORST_D_CA])}</td>'
+            f'<td data-v="{_num(r[MINUTES])}">{_minutes(r[MINUTES] * 60)}</td>'
+            f'<td data-v="{_num(cost)}">{"–" if is_missing(cost) else f"{cost:.2f}×"}</td>'
+            f'<td data-v="{int(r["n_min"])}">'
+            f"{esc(seeds_text([int(r['n_min']), int(r['n_max'])]))}</td></tr>"
+        )
+    return (
+        '<h3>Ranking</h3><p class="note">Defenses by mean DER over this table\'s attacks (ties: '
+        "higher mean CA), with what a mean hides: the worst-case ASR, the clean accuracy lost "
+        "against no defense (points) and the minutes to a defended model.</p>"
+        f'<div class="scroll"><table class="lb rank" id="{tid}" aria-label="ranking">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
+        f'<tr class="nomatch" hidden><td colspan="10">No defense matches the filter.</td></tr>'
+        "</tbody></table></div>"
+    )
+
+
+def _minutes(seconds: Any) -> str:
+    return minutes(seconds).removesuffix(" min")
+
+
+def _matrix_table(tid: str, key: tuple, group: pd.DataFrame, order: list[str], ctx: _Ctx) -> str:
+    attacks = sorted(group[Col.attack].unique())
+    defended = set(group.loc[group[Col.defense] != NONE, LABEL])
+    rank_of = {lb: i + 1 for i, lb in enumerate(lb for lb in order if lb in defended)}
+    head = _th("rank", RANK, "num", order="ascending") + _th(Col.defense, Col.defense, "text")
+    head += "".join(_th(esc(a), f"asr:{a}", "num", f"sort by ASR against {a}") for a in attacks)
+    head += _th("mean", "mean", "num", "mean over attacks (sorts by mean ASR)")
+    rows = []
+    for label in order:
+        cells = group[group[LABEL] == label]
+        by_attack = {r[Col.attack]: r for _, r in cells.iterrows()}
+        first = cells.iloc[0]
+        pinned = first[Col.defense] == NONE
+        rank = "–" if pinned else str(rank_of[label])
+        tds = [
+            f'<td data-v="{"" if pinned else rank}">{rank}</td>',
+            f'<th scope="row" class="name" data-v="{esc(label.lower())}">'
+            f"{_glyph(label, ctx.style)}{esc(label)} {_badges(first)}</th>",
+        ]
+        for a in attacks:
+            if a not in by_attack:
+                tds.append('<td data-v="" class="na">N/A</td>')
+                continue
+            tds.append(_cell_td(ctx, (*key, label, a), by_attack[a]))
+        mean = " / ".join(pct(cells[c].mean()) for c in (Col.ca, Col.asr, Col.ra))
+        tds.append(f'<td data-v="{_num(cells[Col.asr].mean())}" class="mean">{mean}</td>')
+        cls = ' class="pinned"' if pinned else ""
+        rows.append(f'<tr{cls} data-defense="{esc(label.lower())}">{"".join(tds)}</tr>')
+    cols = len(attacks) + 3
+    return (
+        '<h3>Every cell</h3><p class="note">CA / <b>ASR</b> / RA in percent (clean accuracy, '
+        "attack success, robust accuracy); rows in rank order; a header sorts. Open a cell for "
+        "its seeds, times, logs and parameters.</p>"
+        f'<div class="scroll"><table class="lb matrix" id="{tid}" aria-label="every cell">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
+        f'<tr class="nomatch" hidden><td colspan="{cols}">No defense matches the filter.</td>'
+        "</tr></tbody></table></div>"
+    )
+
+
+def _protocol_block(trials: pd.DataFrame) -> str:
+    found = protocol(trials)
+    if not found.lines:
+        return ""
+    summary = " · ".join(esc(v) for v in found.summary if v)
+    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in found.lines)
+    return (
+        f'<details class="protocol"><summary><b>Protocol</b>: {summary} '
+        '<span class="muted">(all details)</span></summary>'
+        f"<dl>{items}</dl></details>"
+    )
+
+
+def _notes(group: pd.DataFrame, skipped: pd.DataFrame) -> list[str]:
+    """Footnotes of a table (escaped HTML): flags, superseded versions, cells left out."""
+    notes = []
+
+    def where(rows: pd.DataFrame) -> str:
+        return "; ".join(
+            f"{esc(label)} on {esc(', '.join(sorted(g[Col.attack].unique())))}"
+            for label, g in rows.groupby(LABEL, sort=True)
+        )
+
+    other = group[group[BASELINE_OTHER_REV]]
+    if len(other):
+        notes.append(
+            "† Scored against a <code>none</code> trial from another code revision (none from "
+            f"the same revision exists): {where(other)}."
+        )
+    dirty = group[group[DIRTY]]
+    if len(dirty):
+        revs = esc(", ".join(sorted(set(dirty[Col.git_rev]))))
+        notes.append(
+            "‡ From a working tree with uncommitted changes (or scored against a baseline from "
+            f"one), so the code is not recoverable from git: {where(dirty)} ({revs})."
+        )
+    missing = group[group[NO_BASELINE]]
+    if len(missing):
+        notes.append(
+            "§ No <code>none</code> trial with the same spec and seed, so no DER, CA change or "
+            f"cost: {where(missing)}."
+        )
+    old = group[group[SUPERSEDED_VERSIONS] > 0]
+    if len(old):
+        notes.append(
+            f"Superseded: {int(old[SUPERSEDED_VERSIONS].sum())} older parameter version(s) "
+            f"({int(old[SUPERSEDED_TRIALS].sum())} trial(s)) are not pooled with the numbers "
+            f"above, which show each cell's latest version: {where(old)}."
+        )
+    for reason, cells in skipped.groupby(REASON, sort=False) if len(skipped) else []:
+        attacks = esc(", ".join(sorted(cells[Col.attack].unique())))
+        notes.append(f"N/A: left out of the grid ({attacks}): {esc(str(reason))}")
+    named = sorted(set(group[Col.reference]) - {""})
+    if named:
+        notes.append(
+            f"Protocol follows the published reference {esc(', '.join(named))}: see the "
+            'reproduction section (<a href="#reproduction">below</a>).'
+        )
+    if "" in set(group[Col.reference]):
+        notes.append(
+            "Not comparable with published numbers: the preset follows no published protocol. "
+            "Compare rows within this table only."
+        )
+    return notes
+
+
+def _figures(figures: list[Figure]) -> str:
+    out = []
+    for f in figures:
+        data = base64.b64encode(f.path.read_bytes()).decode()
+        out.append(
+            f'<figure><button type="button" class="zoom" aria-label="enlarge: {esc(f.title)}">'
+            f'<img alt="{esc(f.title)}" src="data:image/png;base64,{data}"></button>'
+            f"<figcaption><b>{esc(f.title)}.</b> {esc(f.caption)}</figcaption></figure>"
+        )
+    return f'<div class="plots">{"".join(out)}</div>' if out else ""
+
+
 def _section(
+    i: int,
     key: tuple,
     group: pd.DataFrame,
     ranks: pd.DataFrame,
-    trials_by_cell: dict[tuple, pd.DataFrame],
-    details: dict,
-    plots: list[Path],
+    skipped: pd.DataFrame,
+    figures: list[Figure],
+    ctx: _Ctx,
 ) -> str:
     dataset, preset, ratio = key
+    order = rank_order(group)
     attacks = sorted(group[Col.attack].unique())
-    rank_of = dict(zip(ranks[LABEL], ranks["rank"], strict=True))
-    der_of = dict(zip(ranks[LABEL], ranks["der"], strict=True))
-    head = (
-        '<tr><th data-sort="text">defense</th><th data-sort="num">rank</th>'
-        '<th data-sort="num">mean DER</th>'
-        + "".join(f'<th data-sort="num" title="sort by ASR">{esc(a)}</th>' for a in attacks)
+    defended = sorted(set(group.loc[group[Col.defense] != NONE, LABEL]))
+    mine = [t for k, t in ctx.by_cell.items() if k[:3] == key]
+    trials = pd.concat(mine) if mine else pd.DataFrame()
+    sub = (
+        f"{plural(len(attacks), Col.attack)}: {', '.join(attacks)} · "
+        f"{plural(len(defended), Col.defense) if defended else 'no defense'} · "
+        f"{seeds_text(group['n'])}"
+    )
+    parts = [
+        f'<section class="board" id="t{i}" data-dataset="{esc(str(dataset))}" '
+        f'data-preset="{esc(str(preset))}" data-ratio="{esc(f"{ratio:g}")}">',
+        f"<h2>{esc(table_title(dataset, preset, ratio, group))}</h2>",
+        f'<p class="sub">{esc(sub)}</p>',
+        _protocol_block(trials),
+    ]
+    if not defended:
+        parts.append(
+            '<p class="warn">Only the undefended baseline (<code>none</code>) ran on this '
+            "table: there is nothing to rank. Its cells show how well each attack works "
+            "without a defense.</p>"
+        )
+    else:
+        parts.append(_ranking_table(f"rk{i}", group, ranks, ctx))
+    parts.append(_matrix_table(f"mx{i}", key, group, order, ctx))
+    notes = _notes(group, skipped)
+    if notes:
+        parts.append('<ul class="notes">' + "".join(f"<li>{n}</li>" for n in notes) + "</ul>")
+    parts.append(_detection(group))
+    parts.append(_figures(figures))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _detection(group: pd.DataFrame) -> str:
+    flagged = group[group[Col.det_tpr].notna()]
+    if flagged.empty:
+        return ""
+    rows = "".join(
+        f'<tr><th scope="row">{esc(str(r[LABEL]))}</th><td>{esc(str(r[Col.attack]))}</td>'
+        + "".join(
+            f"<td>{pct(r[c])}</td>"
+            for c in (Col.det_tpr, Col.det_fpr, Col.det_precision, Col.det_f1, Col.det_auroc)
+        )
         + "</tr>"
-    )
-    body = []
-    for label in ordered_defenses(list(group[LABEL].unique())):
-        rows = group[group[LABEL] == label].set_index(Col.attack)
-        first = rows.iloc[0]
-        cells = [
-            f'<td class="name">{esc(label)} {_badges(first)}</td>',
-            f'<td data-v="{_num(rank_of.get(label))}">{esc(str(rank_of.get(label, "")))}</td>',
-            f'<td data-v="{_num(der_of.get(label))}">{pct(der_of.get(label, math.nan))}</td>',
-        ]
-        for a in attacks:
-            if a not in rows.index:
-                cells.append('<td data-v="">N/A</td>')
-                continue
-            r = rows.loc[a]
-            cell_id = f"c{len(details)}"
-            seeds = trials_by_cell.get((dataset, preset, ratio, label, a), pd.DataFrame())
-            details[cell_id] = _cell_details(pd.concat([r, pd.Series({Col.attack: a})]), seeds)
-            n = f", n={int(r['n'])}" if r["n"] > 1 else ""
-            ca, asr, ra = pct(r[Col.ca]), pct(r[Col.asr]), pct(r[Col.ra])
-            tip = f"CA {ca}  ASR {asr}  RA {ra}  DER {pct(r['der'])}{n} (click for details)"
-            cells.append(
-                f'<td class="cell" data-v="{_num(r[Col.asr])}" data-cell="{cell_id}" '
-                f'title="{esc(tip)}">{ca} / <b>{asr}</b> / {ra}</td>'
-            )
-        body.append(f'<tr data-defense="{esc(label.lower())}">{"".join(cells)}</tr>')
-    models = ", ".join(sorted(group[Col.model].unique()))
-    sources = "; ".join(sorted({s for s in group[Col.data_source] if s}))
-    named = sorted(set(group[Col.reference]) - {""})
-    note = (
-        f" Protocol follows the published reference {', '.join(named)}."
-        if named
-        else " Not comparable with published numbers (the preset follows no published protocol)."
-    )
-    imgs = "".join(
-        f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{esc(p.stem)}</figcaption>'
-        "</figure>"
-        for p in plots
+        for _, r in flagged.iterrows()
     )
     return (
-        f'<section class="board" data-dataset="{esc(str(dataset))}" '
-        f'data-preset="{esc(str(preset))}" data-ratio="{esc(f"{ratio:g}")}">'
-        f"<h2>{esc(str(dataset))} · preset {esc(str(preset))} · poison ratio {ratio:g}</h2>"
-        f'<p class="note">Model {esc(models)}. Data {esc(sources)}.{esc(note)} Cells: CA / '
-        "<b>ASR</b> / RA (%). Click a column to sort, a cell for its details.</p>"
-        f'<table class="lb"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
-        f'<div class="plots">{imgs}</div></section>'
+        '<details class="detection"><summary>Poisoned-sample detection: training samples the '
+        "defenses flagged, against the hidden poison mask</summary>"
+        '<div class="scroll"><table class="lb plain"><thead><tr><th>defense</th><th>attack</th>'
+        "<th>TPR</th><th>FPR</th><th>precision</th><th>F1</th><th>AUROC</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div></details>"
     )
 
 
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d2330;background:#fafbfc}
-h1{margin:0 0 4px}h2{margin:28px 0 6px;font-size:18px}.note{color:#556;margin:4px 0 10px}
-.controls{display:flex;gap:16px;flex-wrap:wrap;margin:14px 0;align-items:center}
-table.lb{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px #0002}
-.lb th,.lb td{border:1px solid #dde1e7;padding:5px 9px;text-align:right;white-space:nowrap}
-.lb th{background:#eef1f5;cursor:pointer;user-select:none}.lb td.name{text-align:left}
-.lb th.asc:after{content:" ▲"}.lb th.desc:after{content:" ▼"}
-.lb td.cell{cursor:pointer}.lb td.cell:hover{background:#fff4d6}
-.badge{font-size:11px;padding:1px 6px;border-radius:8px;margin-left:4px}
-.plugin{background:#e3ecff;color:#1a3f8f}.recon{background:#ffe9d6;color:#8a4300}
-.plots{display:flex;flex-wrap:wrap;gap:12px;margin-top:12px}
-figure{margin:0;background:#fff;padding:6px;box-shadow:0 1px 2px #0002}
-figure img{max-width:520px;display:block}figcaption{font-size:11px;color:#667}
-#details{position:fixed;right:20px;top:20px;width:460px;max-height:85vh;overflow:auto;
-background:#fff;border:1px solid #ccd;box-shadow:0 4px 16px #0003;padding:12px}
-#details pre{white-space:pre-wrap;font-size:12px}
-"""
-
-_JS = """
-(function(){
-  const cells = JSON.parse(document.getElementById('cells').textContent);
-  function sortTable(th){
-    const table = th.closest('table'), idx = Array.from(th.parentNode.children).indexOf(th);
-    const numeric = th.dataset.sort === 'num', asc = !th.classList.contains('asc');
-    table.querySelectorAll('th').forEach(h => h.classList.remove('asc','desc'));
-    th.classList.add(asc ? 'asc' : 'desc');
-    const body = table.tBodies[0], rows = Array.from(body.rows);
-    const key = r => { const c = r.children[idx];
-      if (!numeric) return c.textContent.trim().toLowerCase();
-      const v = parseFloat(c.dataset.v); return isNaN(v) ? Infinity : v; };
-    rows.sort((a,b) => { const x = key(a), y = key(b);
-      return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); });
-    rows.forEach(r => body.appendChild(r));
-  }
-  document.querySelectorAll('table.lb th').forEach(th =>
-    th.addEventListener('click', () => sortTable(th)));
-  function applyFilters(){
-    const q = document.getElementById('f-text').value.trim().toLowerCase();
-    const sel = {dataset: document.getElementById('f-dataset').value,
-                 preset: document.getElementById('f-preset').value,
-                 ratio: document.getElementById('f-ratio').value};
-    document.querySelectorAll('section.board').forEach(s => {
-      const show = Object.keys(sel).every(k => !sel[k] || s.dataset[k] === sel[k]);
-      s.hidden = !show;
-      s.querySelectorAll('tbody tr').forEach(r => {
-        r.hidden = q !== '' && !r.dataset.defense.includes(q); });
-    });
-  }
-  ['f-text','f-dataset','f-preset','f-ratio'].forEach(id =>
-    document.getElementById(id).addEventListener('input', applyFilters));
-  const panel = document.getElementById('details');
-  document.querySelectorAll('td.cell').forEach(td => td.addEventListener('click', () => {
-    const d = cells[td.dataset.cell];
-    document.getElementById('details-title').textContent =
-      d.summary.defense_label + ' vs ' + d.summary.attack;
-    document.getElementById('details-body').textContent = JSON.stringify(d, null, 2);
-    panel.hidden = false;
-  }));
-  document.getElementById('details-close').addEventListener('click', () => panel.hidden = true);
-})();
-"""
+# --------------------------------------------------------------------------- decision view
 
 
-def _options(values) -> str:
-    return '<option value="">all</option>' + "".join(
-        f'<option value="{esc(v)}">{esc(v)}</option>' for v in values
-    )
+def _decision(agg: pd.DataFrame, ctx: _Ctx) -> tuple[str, list[dict]]:
+    """The decision view's containers (the script fills them from the returned data)."""
+    boards = decision.boards(agg)
+    out = []
+    for b in boards:
+        for g in b["groups"]:
+            for a in g["attacks"]:
+                for o in [a["none"], *a["options"]] if a["none"] else a["options"]:
+                    o["cell"] = ctx.ids.get(
+                        (b[Col.dataset], b[Col.preset], g[Col.ratio], o["label"], a[Col.attack])
+                    )
+        cells = agg[(agg[Col.dataset] == b[Col.dataset]) & (agg[Col.preset] == b[Col.preset])]
+        devices = sorted({d for d in cells[Col.device] if d})
+        b[Col.device] = devices[0] if len(devices) == 1 else ""
+        title = f"{dataset_name(b[Col.dataset])} · preset {b[Col.preset]}"
+        sub = f"{seeds_text(cells['n'])} · hardware: {'; '.join(devices) or 'not recorded'}"
+        out.append(
+            f'<div class="decide" data-dataset="{esc(b[Col.dataset])}" '
+            f'data-preset="{esc(b[Col.preset])}"><h3>{esc(title)}</h3>'
+            f'<p class="sub">{esc(sub)}</p>'
+            + (
+                '<div class="scroll"><table class="lb decision" '
+                'aria-label="best defense per attack"><thead><tr>'
+                '<th scope="col">attack</th><th scope="col">best defense</th>'
+                '<th scope="col">ASR</th><th scope="col">CA change</th><th scope="col">RA</th>'
+                '<th scope="col">minutes</th><th scope="col">no defense: CA / ASR</th>'
+                "</tr></thead><tbody></tbody></table></div>"
+                if b["defended"]
+                else '<p class="warn">No defense ran here (only <code>none</code>): nothing '
+                "to choose from.</p>"
+            )
+            + "</div>"
+        )
+    return "".join(out), boards
 
 
-def _left_out(skipped: pd.DataFrame) -> str:
-    if skipped.empty:
+def _family_legend(agg: pd.DataFrame) -> str:
+    if agg.empty:
         return ""
-    items = "".join(
-        f"<li>{esc(str(r[Col.dataset]))} · {esc(str(r[Col.preset]))} · ratio {r[Col.ratio]:g} · "
-        f"{esc(str(r[Col.defense]))} vs {esc(str(r[Col.attack]))}: {esc(str(r[REASON]))}</li>"
-        for _, r in skipped.iterrows()
+    found = set(families(agg))
+    items = "; ".join(
+        f"<b>{esc(f)}</b>: {esc(catalog.FAMILY_MEANING[f])}" for f in catalog.FAMILIES if f in found
     )
-    return f'<h2>Cells left out of the grid</h2><ul class="note">{items}</ul>'
+    return f'<p class="note">Attack families. {items}.</p>'
+
+
+# --------------------------------------------------------------------------- other sections
+
+
+def _failed(df: pd.DataFrame) -> str:
+    failed = df[df[Col.status].isin([ERROR, TIMEOUT])]
+    if failed.empty:
+        return (
+            '<section id="failed"><h2>Failed trials</h2><p class="note">None: every trial '
+            "that ran succeeded.</p></section>"
+        )
+    rows = []
+    for _, r in failed.iterrows():
+        error = str(r[Col.error]).strip()
+        last = (error.splitlines() or [""])[-1]
+        rows.append(
+            f"<tr><td><code>{esc(str(r[Col.trial_id]))}</code></td>"
+            f"<td>{esc(dataset_name(str(r[Col.dataset])))} · {esc(str(r[Col.preset]))} · "
+            f"{_pct_ratio(r[Col.ratio])}</td><td>{esc(str(r[Col.attack]))}</td>"
+            f"<td>{esc(str(r[Col.defense]))}</td><td>{esc(str(r[Col.status]))}</td>"
+            f"<td><details><summary>{esc(last) or 'no message'}</summary>"
+            f"<pre>{esc(error)}</pre></details></td>"
+            f"<td><code>{esc(log_path(r[Col.run], r[Col.trial_id]))}</code></td></tr>"
+        )
+    return (
+        f'<section id="failed"><h2>Failed trials ({len(failed)})</h2><p class="note">Their '
+        "cells are missing above; a rerun of the same command retries them. Open a message for "
+        "the traceback.</p>"
+        '<div class="scroll"><table class="lb plain"><thead><tr><th>trial</th><th>table</th>'
+        "<th>attack</th><th>defense</th><th>status</th><th>error</th><th>log</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
+
+
+def _pct_ratio(ratio: Any) -> str:
+    return "–" if is_missing(ratio) else f"{100 * float(ratio):g}% poison"
+
+
+def _link(url: str, text: str) -> str:
+    return f'<a href="{esc(url)}" rel="noreferrer noopener">{esc(text)}</a>' if url else ""
+
+
+def _methods(agg: pd.DataFrame) -> str:
+    """Two small tables (attacks, defenses): each method's paper and official code."""
+    if agg.empty:
+        return ""
+    attacks = agg.drop_duplicates(Col.attack).sort_values(Col.attack)
+    attack_rows = [
+        _method_row(
+            str(r[Col.attack]),
+            catalog.family(r[Col.attack], r[Col.attack_mode], r[Col.attack_package]),
+            catalog.ATTACKS.get(str(r[Col.attack])),
+            str(r[Col.attack_package]),
+            str(r[Col.attack_version]),
+        )
+        for _, r in attacks.iterrows()
+    ]
+    defenses = agg[agg[Col.defense] != NONE].drop_duplicates(LABEL).sort_values(LABEL)
+    defense_rows = [
+        _method_row(
+            str(r[LABEL]),
+            "",
+            catalog.DEFENSES.get(str(r[Col.defense])),
+            str(r[Col.defense_package]),
+            str(r[Col.defense_version]),
+        )
+        for _, r in defenses.iterrows()
+    ]
+
+    def table(name: str, rows: list[str]) -> str:
+        if not rows:
+            return ""
+        return (
+            f'<div class="scroll"><table class="lb plain methods" aria-label="{name}">'
+            f"<thead><tr><th>{name}</th><th>paper and official code</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>"
+        )
+
+    return (
+        '<section id="methods"><h2>Methods: papers and official code</h2>'
+        '<p class="note">Plain links (nothing on this page is fetched). Where no official code '
+        "exists, the harness implements the method from its paper and the method spec.</p>"
+        + table("attacks", attack_rows)
+        + table("defenses", defense_rows)
+        + "</section>"
+    )
+
+
+def _method_row(name: str, family: str, method, package: str, version: str) -> str:
+    """A method's row: its name (and family), then its paper and code, or its plugin package."""
+    plugin = package not in ("", catalog.BUILTIN_PACKAGE)
+    head = esc(name) + (f'<br><span class="muted">{esc(family)}</span>' if family else "")
+    if plugin or method is None:
+        where = f"plugin package {package} {version}".strip() if plugin else "not catalogued"
+        body = f'<span class="muted">{esc(where)}</span>'
+    else:
+        code = (
+            "code: " + _link(method.code, method.code.removeprefix("https://github.com/"))
+            if method.code
+            else esc(method.note or "no official code")
+        )
+        body = (
+            f'{_link(method.paper, method.title)} <span class="muted">({esc(method.cite)})'
+            f"</span><br>{code}"
+        )
+    return f'<tr><th scope="row">{head}</th><td>{body}</td></tr>'
+
+
+def _published(reproduction: Reproduction | None) -> dict[tuple, str]:
+    """Cell key -> 'BackdoorBench: CA 91.2 / ASR 1.3 / RA 85.0 (reproduced)'."""
+    out: dict[tuple, str] = {}
+    for c in reproduction.comparisons if reproduction else []:
+        for _, r in c.cells.iterrows():
+            key = (r[Col.dataset], r[Col.preset], r[Col.ratio], r[LABEL], r[Col.attack])
+            text = (
+                f"{c.reference.name}: CA {pct(r[Col.ca + PUB])} / ASR {pct(r[Col.asr + PUB])} / "
+                f"RA {pct(r[Col.ra + PUB])}"
+            )
+            if c.comparable:
+                text += f" ({r['verdict']})"
+            else:
+                text += " (another protocol: only the verdict is comparable; " + (
+                    "agrees)" if r["agrees"] else "disagrees)"
+                )
+            out[key] = text
+    return out
+
+
+def _options(values: Iterable[str], names: dict[str, str] | None = None) -> str:
+    names = names or {}
+    return '<option value="">all</option>' + "".join(
+        f'<option value="{esc(v)}">{esc(names.get(v, v))}</option>' for v in values
+    )
 
 
 def render_page(
     df: pd.DataFrame,
     agg: pd.DataFrame,
     ranks: pd.DataFrame,
-    plot_files: list[Path],
+    figures: list[Figure],
     *,
+    style: dict[str, Style] | None = None,
     gallery: Path | None = None,
     skipped: pd.DataFrame | None = None,
-    reproduction: str = "",
+    reproduction: Reproduction | None = None,
+    downloads: Iterable[str] = (),
 ) -> str:
-    """The page. ``gallery``: an existing attack gallery image to embed; ``skipped``: cells
-    left out (:func:`~bench.report.aggregate.skipped_cells`); ``reproduction``: the reproduction
-    section as HTML (:func:`bench.report.reproduce.render_html`)."""
+    """The page. ``figures``: :func:`bench.report.plots.render_all`'s; ``style``: each defense's
+    plot colour and marker; ``gallery``: an existing attack gallery image to embed; ``skipped``:
+    cells left out (:func:`~bench.report.aggregate.skipped_cells`); ``reproduction``: the
+    published numbers; ``downloads``: files beside the page to link (names)."""
     nonce = secrets.token_urlsafe(16)
+    style = style or {}
+    skipped = skipped if skipped is not None else pd.DataFrame(columns=[*GROUP, REASON])
     trials = trial_table(df)
-    details: dict[str, dict] = {}
-    by_cell = dict(tuple(trials.groupby([*GROUP, LABEL, Col.attack]))) if len(trials) else {}
-    sections = []
+    ctx = _Ctx(df, trials, style, _published(reproduction))
+    sections, toc = [], []
+    presets = sorted(agg[Col.preset].unique()) if not agg.empty else []
     if not agg.empty:
-        for key, group in agg.groupby(GROUP, sort=True):
-            rk = ranks[(ranks[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
-            mine = [p for p in plot_files if slug(*key) in p.stem]
-            sections.append(_section(key, group, rk, by_cell, details, mine))
+        for i, (key, group) in enumerate(agg.groupby(GROUP, sort=True)):
+            mine = [f for f in figures if (f.dataset, f.preset, f.ratio) == key]
+            sections.append(
+                _section(i, key, group, in_table(ranks, key), in_table(skipped, key), mine, ctx)
+            )
+            toc.append(f'<a href="#t{i}">{esc(short_title(*key, len(presets)))}</a>')
+    decide_html, boards = _decision(agg, ctx)
+    sweeps = _figures([f for f in figures if f.ratio is None])
     n_failed = int(df[Col.status].isin([ERROR, TIMEOUT]).sum())
     datasets = sorted(agg[Col.dataset].unique()) if not agg.empty else []
-    presets = sorted(agg[Col.preset].unique()) if not agg.empty else []
-    ratios = sorted({f"{r:g}" for r in agg[Col.ratio]}) if not agg.empty else []
+    ratios = sorted({f"{r:g}" for r in agg[Col.ratio]}, key=float) if not agg.empty else []
     gallery_html = (
-        f'<h2>Attack gallery</h2><figure><img alt="attack gallery" src="data:image/png;base64,'
-        f'{base64.b64encode(gallery.read_bytes()).decode()}"></figure>'
+        '<section id="gallery"><h2>Attack gallery</h2><p class="note">For each attack: a clean '
+        "image, the same image with the trigger, and their difference amplified.</p>"
+        '<div class="plots"><figure><button type="button" class="zoom" aria-label="enlarge: '
+        'attack gallery"><img alt="attack gallery" src="data:image/png;base64,'
+        f'{base64.b64encode(gallery.read_bytes()).decode()}"></button></figure></div></section>'
         if gallery is not None
         else ""
     )
     csp = (
-        f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'"
+        f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+        f"script-src 'nonce-{nonce}'; base-uri 'none'; form-action 'none'"
     )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    links = " · ".join(f'<a href="{esc(d)}">{esc(d)}</a>' for d in downloads)
+    data = {
+        "cells": ctx.details,
+        "meanings": meanings(ctx.recorded),
+        "boards": boards,
+        "drop": 100 * decision.DEFAULT_MAX_DROP,
+        "works": SUCCESS_ASR,
+        "families": catalog.FAMILY_MEANING,
+        "styles": {k: [v.colour, GLYPHS.get(v.marker, "●")] for k, v in style.items()},
+    }
+    repro_html = render_html(reproduction) if reproduction else ""
+    nav = [
+        '<a href="#decide">Which defense?</a>',
+        *toc,
+        *(['<a href="#reproduction">Reproduction</a>'] if repro_html else []),
+        '<a href="#failed">Failed trials</a>',
+        *(['<a href="#methods">Methods</a>'] if not agg.empty else []),
+        *(['<a href="#gallery">Attack gallery</a>'] if gallery is not None else []),
+    ]
+    failed_link = f'<a href="#failed">{n_failed} failed</a>' if n_failed else "0 failed"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{esc(csp)}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Backdoor defense leaderboard</title><style>{_CSS}</style></head><body>
+<meta name="referrer" content="no-referrer">
+<title>Backdoor defense leaderboard</title><style>{CSS}</style></head><body>
+<header>
 <h1>Backdoor defense leaderboard</h1>
-<p class="note">Generated {esc(generated)} from {len(trials)} successful trials
-({n_failed} failed). DER: defense effectiveness rating against <code>none</code> on the same cell
-(50 = no change, higher is better). Defenses are ranked by mean DER, ties broken by CA.</p>
-<div class="controls">
-<label>Dataset <select id="f-dataset">{_options(datasets)}</select></label>
+<p class="lede">Which defense stops which data-poisoning attack, and at what cost in clean
+accuracy and time. <span class="meta">{len(trials)} successful trials ({failed_link}),
+generated {esc(generated)}.</span></p>
+<details class="glossary"><summary>How to read the numbers</summary><p>ASR: attack success
+rate, triggered test images sent to the attacker's class (lower is better). CA: clean accuracy.
+RA: robust accuracy, triggered images still given their true class. CA change: against the
+undefended model (<code>none</code>) of the same seed, in points. DER: defense effectiveness
+rating (FT-SAM), 50 = no change, higher is better; it rewards lowering ASR and penalises losing
+CA. Minutes: from poisoned data to a defended model, including the undefended model a
+post-training defense starts from. Percentages are means over seeds; an interval (±) is a 95%
+interval and appears only where a cell has more than one seed. In the decision view, ties on ASR
+go to the smaller loss of clean accuracy, then to the faster defense; a defense with no
+baseline of the same seed (so no known CA change) is never chosen.</p></details>
+<nav aria-label="sections">{" · ".join(nav)}{" · downloads: " + links if links else ""}</nav>
+</header>
+<form class="controls" role="search" aria-label="filter the tables">
+<label>Dataset <select id="f-dataset">{_options(datasets, DATASET_NAMES)}</select></label>
 <label>Preset <select id="f-preset">{_options(presets)}</select></label>
-<label>Ratio <select id="f-ratio">{_options(ratios)}</select></label>
-<label>Defense <input id="f-text" type="search" placeholder="filter by name"></label>
-</div>
-{"".join(sections) or "<p>No successful trials yet.</p>"}
-{_left_out(skipped if skipped is not None else pd.DataFrame())}
-{reproduction}
+<label>Poison ratio <select id="f-ratio">{_options(ratios)}</select></label>
+<label title="the most clean accuracy (points, against no defense) a defense may cost to be
+chosen in the decision view">Max CA drop <input id="f-drop" type="number" min="0" max="100"
+ step="1" value="{decision.DEFAULT_MAX_DROP * 100:g}" inputmode="decimal"> points</label>
+<label class="wide">Defense <input id="f-text" type="search" placeholder="filter by name"
+ autocomplete="off"></label>
+</form>
+<main>
+<section id="decide"><h2>Which defense?</h2>
+<p class="note">Best: the <b>lowest ASR</b> among defenses losing at most <b><span
+class="bound">{decision.DEFAULT_MAX_DROP * 100:g}</span> points</b> of clean accuracy (the bound
+is a control above); for a family, within the bound on every one of its attacks, with the worst
+attack beside the mean. An ASR in <b class="works">orange</b> is {SUCCESS_ASR * 100:g}% or more:
+the backdoor survives even the best choice. Open a defense for its details.</p>
+{decide_html or "<p>No successful trials yet.</p>"}
+{_family_legend(agg)}
+<noscript><p class="warn">The decision view needs JavaScript; the tables below do not.</p>
+</noscript>
+</section>
+{"".join(sections)}
+{('<section id="sweeps"><h2>Poison-ratio sweeps</h2>' + sweeps + "</section>") if sweeps else ""}
+{repro_html}
+{_failed(df)}
+{_methods(agg)}
 {gallery_html}
-<div id="details" hidden><button id="details-close" style="float:right">close</button>
-<h3 id="details-title"></h3><pre id="details-body"></pre></div>
-<script type="application/json" id="cells">{_json_for_script(details)}</script>
-<script nonce="{nonce}">{_JS}</script>
+</main>
+<dialog id="details" aria-labelledby="details-title">
+<div class="sheet"><button type="button" id="details-close" aria-label="close">×</button>
+<h2 id="details-title"></h2><p id="details-sub" class="sub"></p>
+<div id="details-body"></div></div></dialog>
+<script type="application/json" id="data">{_json_for_script(data)}</script>
+<script nonce="{nonce}">{JS}</script>
 </body></html>
 """

@@ -70,22 +70,33 @@ def render(df: pd.DataFrame, out_dir: Path, references_dir: Path | None = None) 
         table.to_parquet(exports[1], index=False)
     else:
         exports.pop()
-    timing.write_timing(df, out_dir)
+    timing_md = timing.write_timing(df, out_dir)
     plot_dir = out_dir / "plots"
-    plot_files = plots.render_all(agg, plot_dir)
+    style = plots.styles(agg)
+    figures = plots.render_all(agg, plot_dir, style)
+    plots.remove_stale(plot_dir, figures)
     gallery = plot_dir / GALLERY
     gallery = gallery if gallery.is_file() else None
     html = out_dir / "index.html"
+    downloads = [md, *exports, timing_md, out_dir / "results.parquet"]
     write_text_atomic(
         html,
         page.render_page(
             df,
             agg,
             ranking(agg),
-            plot_files,
+            figures,
+            style=style,
             gallery=gallery,
             skipped=skipped,
-            reproduction=reproduce.render_html(reproduction),
+            reproduction=reproduction,
+            downloads=[p.name for p in downloads if p.is_file()],
         ),
     )
-    return Rendered(markdown=md, page=html, exports=exports, plots=plot_files, gallery=gallery)
+    return Rendered(
+        markdown=md,
+        page=html,
+        exports=exports,
+        plots=[f.path for f in figures],
+        gallery=gallery,
+    )

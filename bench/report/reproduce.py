@@ -231,7 +231,16 @@ def _agreement(c: Comparison) -> Table:
         ]
         for _, r in defended.iterrows()
     ]
-    header = [Col.dataset, Col.ratio, Col.attack, Col.defense, "ASR", "ours", "published", "agree"]
+    header = [
+        Col.dataset,
+        Col.ratio,
+        Col.attack,
+        Col.defense,
+        "ASR ours / published",
+        "ours",
+        "published",
+        "agree",
+    ]
     title = f"Preset {c.preset} against {c.reference.name}: verdict agreement"
     return Table(title, lines, header, rows)
 
@@ -250,8 +259,10 @@ def render_markdown(reproduction: Reproduction) -> str:
         return ""
     out = [f"## {HEADING}", ""]
     for name, why in reproduction.missing.items():
-        out += [f"Reference {md_code(name)} named by the results is not available: "
-                f"{md_escape(why)}", ""]  # fmt: skip
+        out += [
+            f"Reference {md_code(name)} named by the results is not available: {md_escape(why)}",
+            "",
+        ]
     for t in tables(reproduction):
         out += [f"### {md_escape(t.title)}", ""]
         out += [*(f"{md_escape(line)}  " for line in t.lines[:-1]), md_escape(t.lines[-1]), ""]
@@ -265,7 +276,7 @@ def render_html(reproduction: Reproduction) -> str:
     if not reproduction.comparisons and not reproduction.missing:
         return ""
     esc = html.escape
-    parts = [f'<section class="repro"><h2>{esc(HEADING)}</h2>']
+    parts = [f'<section class="repro" id="reproduction"><h2>{esc(HEADING)}</h2>']
     for name, why in reproduction.missing.items():
         parts.append(f'<p class="note">Reference {esc(name)} is not available: {esc(why)}</p>')
     for t in tables(reproduction):
@@ -277,8 +288,8 @@ def render_html(reproduction: Reproduction) -> str:
                 "<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in r) + "</tr>" for r in t.rows
             )
             parts.append(
-                f'<table class="lb repro"><thead><tr>{head}</tr></thead>'
-                f"<tbody>{body}</tbody></table>"
+                f'<div class="scroll"><table class="lb repro"><thead><tr>{head}</tr></thead>'
+                f"<tbody>{body}</tbody></table></div>"
             )
     parts.append("</section>")
     return "".join(parts)

@@ -1,0 +1,154 @@
+"""The decision view: which defense to use against an attack, and against a family of attacks,
+given how much clean accuracy one can afford to lose.
+
+Per (dataset, preset) and per attack and poison ratio, the *best* defense is the one with the
+lowest ASR among those whose clean accuracy is at most ``max_drop`` below the seed-matched `none`
+baseline's (ties: the smaller CA drop, then the cheaper). Per family (static poison-label,
+clean-label, training-controlled) and ratio, the best defense is the one that stays within the
+bound on every attack of the family and has the lowest mean ASR over them; its worst attack is
+shown beside the mean. A defense without a baseline (no DER, so no CA drop) is never chosen.
+
+The page lets the reader change the bound, so this module produces plain data (fractions, the
+options of each attack sorted best first) that the page's script filters with the same rule;
+:func:`best` and :func:`family_best` are that rule in Python, for LEADERBOARD.md and the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from bench.report import catalog
+from bench.report.aggregate import D_CA, DER, LABEL, NONE
+from bench.schema import Col
+
+#: The default bound on the CA drop against `none` (a fraction: 0.05 is 5 points).
+DEFAULT_MAX_DROP = 0.05
+_EPS = 1e-9
+
+
+def _num(x: Any) -> float | None:
+    """A JSON-safe float (None for NaN / missing)."""
+    if x is None or x is pd.NA:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _option(r: pd.Series) -> dict[str, Any]:
+    minutes = _num(r[Col.train_seconds])
+    return {
+        "label": str(r[LABEL]),
+        Col.defense: str(r[Col.defense]),
+        Col.ca: _num(r[Col.ca]),
+        Col.asr: _num(r[Col.asr]),
+        Col.ra: _num(r[Col.ra]),
+        "d_ca": _num(r[D_CA]),
+        "der": _num(r[DER]),
+        "n": int(r["n"]),
+        "minutes": None if minutes is None else minutes / 60,
+        Col.device: str(r[Col.device]),
+        "memory_mb": _num(r[Col.peak_memory_mb]),
+    }
+
+
+def _sort_key(o: dict[str, Any]) -> tuple:
+    big = math.inf
+    return (
+        big if o[Col.asr] is None else o[Col.asr],
+        big if o["d_ca"] is None else -o["d_ca"],
+        big if o["minutes"] is None else o["minutes"],
+        o["label"],
+    )
+
+
+def boards(agg: pd.DataFrame) -> list[dict[str, Any]]:
+    """One board per (dataset, preset): groups per (family, ratio), each with its attacks, the
+    `none` baseline of each and every defense's option, best (lowest ASR) first."""
+    if agg.empty:
+        return []
+    out = []
+    for (dataset, preset), table in agg.groupby([Col.dataset, Col.preset], sort=True):
+        table = table.assign(
+            _family=[
+                catalog.family(a, m, p)
+                for a, m, p in zip(
+                    table[Col.attack],
+                    table[Col.attack_mode],
+                    table[Col.attack_package],
+                    strict=True,
+                )
+            ]
+        )
+        groups = []
+        for (family, ratio), rows in sorted(
+            table.groupby(["_family", Col.ratio], sort=False),
+            key=lambda kv: (catalog.FAMILIES.index(kv[0][0]), -kv[0][1]),
+        ):
+            attacks = []
+            for attack, cells in rows.groupby(Col.attack, sort=True):
+                base = cells[cells[Col.defense] == NONE]
+                options = sorted(
+                    (_option(r) for _, r in cells[cells[Col.defense] != NONE].iterrows()),
+                    key=_sort_key,
+                )
+                attacks.append(
+                    {
+                        Col.attack: str(attack),
+                        "none": _option(base.iloc[0]) if len(base) else None,
+                        "options": options,
+                    }
+                )
+            groups.append({"family": family, Col.ratio: float(ratio), "attacks": attacks})
+        defended = bool((table[Col.defense] != NONE).any())
+        out.append(
+            {
+                Col.dataset: str(dataset),
+                Col.preset: str(preset),
+                "defended": defended,
+                "groups": groups,
+            }
+        )
+    return out
+
+
+def within(option: dict[str, Any], max_drop: float) -> bool:
+    """Whether an option's CA drop against `none` is within the bound (unknown: not within)."""
+    return option["d_ca"] is not None and -option["d_ca"] <= max_drop + _EPS
+
+
+def best(attack: dict[str, Any], max_drop: float = DEFAULT_MAX_DROP) -> dict[str, Any] | None:
+    """The best defense against one attack under the bound (None: no defense stays within it)."""
+    return next((o for o in attack["options"] if within(o, max_drop)), None)
+
+
+def family_best(group: dict[str, Any], max_drop: float = DEFAULT_MAX_DROP) -> dict[str, Any] | None:
+    """The defense with the lowest mean ASR over a family's attacks among those within the
+    bound on every one of them, with its worst attack and mean CA change and cost."""
+    attacks = group["attacks"]
+    per_label: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for a in attacks:
+        for o in a["options"]:
+            per_label.setdefault(o["label"], []).append((a[Col.attack], o))
+    found = []
+    for label, got in per_label.items():
+        if len(got) < len(attacks) or not all(within(o, max_drop) for _, o in got):
+            continue
+        if any(o[Col.asr] is None for _, o in got):
+            continue
+        worst_attack, worst = max(got, key=lambda ao: (ao[1][Col.asr], ao[0]))
+        minutes = [o["minutes"] for _, o in got if o["minutes"] is not None]
+        found.append(
+            {
+                "label": label,
+                "mean_asr": sum(o[Col.asr] for _, o in got) / len(got),
+                "worst_asr": worst[Col.asr],
+                "worst_attack": worst_attack,
+                "mean_d_ca": sum(o["d_ca"] for _, o in got) / len(got),
+                "minutes": sum(minutes) / len(minutes) if minutes else None,
+            }
+        )
+    found.sort(key=lambda f: (f["mean_asr"], -f["mean_d_ca"], f["label"]))
+    return found[0] if found else None
