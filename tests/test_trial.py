@@ -84,7 +84,13 @@ def test_defenses_of_one_cell_share_stages_without_changing_numbers(tmp_path, mo
     small = {
         "abl": {"isolation_epochs": 1, "finetune_epochs": 1, "unlearning_epochs": 1},
         "dlp": {"sl_epochs": 1, "au_epochs": 1, "assf_epochs": 1},
-        "nab": {"detection_epochs": 1, "detection_batch_size": 128, "pseudo_label_epochs": 1},
+        "nab": {  # ABL's isolation recipe, as the quick preset sets it
+            "detection_epochs": 1,
+            "detection_batch_size": 128,
+            "detection_schedule": "constant",
+            "detection_nesterov": True,
+            "pseudo_label_epochs": 1,
+        },
     }
     base = _spec("badnets", 1000, 1)
 
