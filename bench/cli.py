@@ -239,7 +239,10 @@ def cmd_perf(args: argparse.Namespace) -> int:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device {args.device}, {torch.get_num_threads()} threads, batch {args.batch_size}")
-    print(f"{'model':<18}{'limit img/s':>13}{'loop img/s':>13}{'overhead':>10}")
+    print(
+        f"{'model':<18}{'fp32 limit':>12}{'bf16 limit':>12}{'loop':>14}{'of best limit':>15}"
+        "  (images/s)"
+    )
     for name in args.models:
         steps = args.steps or (20 if "cnn" in name else 4)
         r = measure(
@@ -249,9 +252,13 @@ def cmd_perf(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             device=args.device,
             compile=args.compile,
+            loop_precision=args.precision,
         )
+        best = r.best_limit[0]
+        loop = f"{r.loop_img_s:.0f} {r.loop_precision}"
         print(
-            f"{name:<18}{r.limit_img_s:>13.0f}{r.loop_img_s:>13.0f}{100 * r.overhead:>9.1f}%",
+            f"{name:<18}{r.limits['fp32']:>12.0f}{r.limits['bf16']:>12.0f}{loop:>14}"
+            f"{100 * r.share:>9.1f}% of {best}",
             flush=True,
         )
     return 0
@@ -416,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--threads", type=int, default=0)
     perf.add_argument("--device", default="auto", help="cpu, cuda or auto")
     perf.add_argument("--compile", action="store_true", help="measure the torch.compile'd model")
+    perf.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="the loop's precision (default auto: what a trial would use here)",
+    )
     perf.set_defaults(fn=cmd_perf)
 
     check = sub.add_parser("check-defense", help="validate a defense plugin with a smoke trial")

@@ -9,13 +9,16 @@ from bench.perf import measure
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_perf_measures_loop_and_limit(capsys):
-    r = measure("cnn_small", batch_size=32, steps=2, repeats=1)
-    assert r.limit_img_s > 0 and r.loop_img_s > 0 and r.overhead < 1
+def test_perf_measures_both_limits_and_the_loop_at_the_trial_precision(capsys):
+    r = measure("cnn_small", batch_size=32, steps=2, repeats=1, loop_precision="fp32")
+    assert set(r.limits) == {"fp32", "bf16"} and min(r.limits.values()) > 0
+    assert r.loop_precision == "fp32" and 0 < r.share
+    assert r.best_limit[1] == max(r.limits.values())
     assert main(["perf", "--models", "cnn_small", "--batch-size", "32", "--steps", "2",
                  "--repeats", "1"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "cnn_small" in out and "overhead" in out
+    assert "cnn_small" in out and "fp32 limit" in out and "bf16 limit" in out
+    assert "of best limit" in out
 
 
 def test_dbd_simclr_augmentation_benchmark_measures_a_share_of_the_step():
