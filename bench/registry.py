@@ -7,6 +7,7 @@ when used, so one broken plugin cannot break the others.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -14,8 +15,10 @@ from typing import Any
 from bench.checks import check_component_class
 from bench.errors import BenchError, unknown_name_error
 from bench.params import Configurable
+from bench.settings import PROJECT_ROOT
 
 GROUPS = {"attack": "bench.attacks", "defense": "bench.defenses"}
+BUILTIN_PACKAGE = "backdoor-leaderboard"
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class Entry:
 
     @property
     def builtin(self) -> bool:
-        return self.package == "backdoor-leaderboard"
+        return self.package == BUILTIN_PACKAGE
 
     def load(self) -> type[Configurable]:
         from attacks.base import Attack
@@ -53,13 +56,41 @@ class Entry:
         return obj
 
 
+def _installed(group: str) -> list[tuple[metadata.EntryPoint, str, str]]:
+    """(entry point, package, version) of every installed registration in ``group``."""
+    out = []
+    for ep in metadata.entry_points(group=group):
+        dist = ep.dist
+        package = dist.metadata["Name"] if dist is not None else "unknown"
+        out.append((ep, package, dist.version if dist is not None else "unknown"))
+    return out
+
+
+def _source_tree(group: str) -> list[tuple[metadata.EntryPoint, str, str]]:
+    """The built-ins as ``pyproject.toml`` declares them, when the harness runs from a checkout
+    that was never installed (a machine without pip's build tools: ``python -m bench.cli``)."""
+    try:
+        metadata.distribution(BUILTIN_PACKAGE)
+        return []  # installed: its entry points are already listed
+    except metadata.PackageNotFoundError:
+        pass
+    pyproject = PROJECT_ROOT / "pyproject.toml"
+    if not pyproject.is_file():
+        return []
+    project = tomllib.loads(pyproject.read_text())["project"]
+    declared = project.get("entry-points", {}).get(group, {})
+    version = str(project.get("version", "unknown"))
+    return [
+        (metadata.EntryPoint(name, value, group), BUILTIN_PACKAGE, version)
+        for name, value in declared.items()
+    ]
+
+
 def entries(kind: str) -> dict[str, Entry]:
     """All registered components of ``kind`` by name; a name claimed twice is an error."""
     found: dict[str, Entry] = {}
-    for ep in metadata.entry_points(group=GROUPS[kind]):
-        dist = ep.dist
-        package = dist.metadata["Name"] if dist is not None else "unknown"
-        version = dist.version if dist is not None else "unknown"
+    group = GROUPS[kind]
+    for ep, package, version in [*_source_tree(group), *_installed(group)]:
         entry = Entry(kind, ep.name, ep.value, package, version, ep)
         other = found.get(ep.name)
         if other is not None and (other.package, other.target) != (package, ep.value):
