@@ -33,6 +33,7 @@ def _results_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench import devices
     from bench.config import expand_grid, load_preset, with_overrides
     from bench.plan import estimate, format_plan, plan_grid
     from bench.preflight import check_resources, check_results_dir
@@ -63,6 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         min(resources.trial_timeout_s, resources.retries, resources.max_concurrent_trials) < 0
     ):
         raise BenchError("--trial-timeout, --retries and --max-concurrent must be finite and >= 0")
+    resources = devices.choose(
+        resources, gpus_flag=args.gpus_per_trial, address=args.address, requested=preset.precision
+    )
     try:
         check_resources(args.address, resources.cpus_per_trial, resources.gpus_per_trial)
     except BenchError as exc:

@@ -12,7 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 def test_perf_measures_both_limits_and_the_loop_at_the_trial_precision(capsys):
     r = measure("cnn_small", batch_size=32, steps=2, repeats=1, loop_precision="fp32")
     assert set(r.limits) == {"fp32", "bf16"} and min(r.limits.values()) > 0
-    assert r.loop_precision == "fp32" and 0 < r.share
+    assert r.loop_precision == "fp32" and r.share > 0
     assert r.best_limit[1] == max(r.limits.values())
     assert main(["perf", "--models", "cnn_small", "--batch-size", "32", "--steps", "2",
                  "--repeats", "1"]) == 0  # fmt: skip

@@ -1,0 +1,66 @@
+"""Which hardware a grid runs on, chosen without flags: a CUDA GPU when the machine has one.
+
+A preset made for CPUs (``gpus_per_trial = 0``, like ``quick``) runs on this machine's GPUs when
+torch sees any and the user did not ask otherwise (``--gpus-per-trial``, ``--address``): several
+trials share each GPU (:data:`TRIALS_PER_GPU`), at bf16 under ``--precision auto``. The first
+lines of a run say which hardware was chosen and how to choose the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from bench import precision
+from bench.config import Resources
+
+log = logging.getLogger("bench")
+
+#: Trials sharing one GPU when a CPU preset runs on a GPU machine (small models leave most of a
+#: GPU idle; four at once keep it busy without running out of memory).
+TRIALS_PER_GPU = 4
+
+
+def choose(
+    resources: Resources, *, gpus_flag: float | None, address: str | None, requested: str
+) -> Resources:
+    """``resources`` with GPUs where the machine has them and nothing said otherwise; logs the
+    choice. ``requested`` is the grid's precision ("auto", "fp32", "bf16")."""
+    import torch
+
+    chosen = resources
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and gpus_flag is None and address is None and resources.gpus_per_trial == 0:
+        chosen = dataclasses.replace(resources, gpus_per_trial=1 / TRIALS_PER_GPU)
+        log.info(
+            "hardware: %d CUDA GPU(s) (%s), %d trials per GPU; --gpus-per-trial 0 keeps the CPU",
+            gpus,
+            torch.cuda.get_device_name(0),
+            TRIALS_PER_GPU,
+        )
+    elif address is not None:
+        log.info("hardware: the Ray cluster at %s", address)
+    elif chosen.gpus_per_trial > 0:
+        log.info(
+            "hardware: CUDA GPU(s), %g GPU and %g CPU(s) per trial",
+            chosen.gpus_per_trial,
+            chosen.cpus_per_trial,
+        )
+    else:
+        log.info(
+            "hardware: CPU (%d cores; no CUDA GPU%s), %g CPU(s) per trial, %s",
+            os.cpu_count() or 1,
+            " asked for" if gpus else "",
+            chosen.cpus_per_trial,
+            _precision_note(requested, "cpu"),
+        )
+    return chosen
+
+
+def _precision_note(requested: str, device: str) -> str:
+    used = precision.resolve(requested, device)
+    if requested != "auto":
+        return f"precision {used}"
+    flags = ", ".join(precision.cpu_bf16_flags()) or "no native bf16 units"
+    return f"precision {used} (auto: {flags})"

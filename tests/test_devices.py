@@ -1,0 +1,41 @@
+"""Hardware chosen without flags: GPUs where the machine has them, said in the first lines."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bench import devices
+from bench.config import Resources
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    def have(n: int) -> None:
+        monkeypatch.setattr("torch.cuda.is_available", lambda: n > 0)
+        monkeypatch.setattr("torch.cuda.device_count", lambda: n)
+        monkeypatch.setattr("torch.cuda.get_device_name", lambda i=0: "Test GPU")
+
+    return have
+
+
+def test_a_cpu_preset_runs_on_the_gpus_of_a_gpu_machine(gpus, caplog):
+    gpus(2)
+    with caplog.at_level(logging.INFO, logger="bench"):
+        chosen = devices.choose(Resources(), gpus_flag=None, address=None, requested="auto")
+    assert chosen.gpus_per_trial == pytest.approx(1 / devices.TRIALS_PER_GPU)
+    assert "2 CUDA GPU(s) (Test GPU)" in caplog.text and "--gpus-per-trial 0" in caplog.text
+
+
+def test_without_a_gpu_or_with_an_explicit_choice_nothing_changes(gpus, caplog):
+    gpus(0)
+    with caplog.at_level(logging.INFO, logger="bench"):
+        assert devices.choose(Resources(), gpus_flag=None, address=None, requested="fp32") == (
+            Resources()
+        )
+    assert "hardware: CPU" in caplog.text and "precision fp32" in caplog.text
+    gpus(1)
+    cpu = Resources(gpus_per_trial=0.0)
+    assert devices.choose(cpu, gpus_flag=0.0, address=None, requested="auto") == cpu
+    assert devices.choose(cpu, gpus_flag=None, address="h:6379", requested="auto") == cpu
