@@ -6,14 +6,9 @@ import math
 import os
 import socket
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
-from bench import registry
-from bench.config import TrialSpec
-from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.poisoning import select_poison_indices
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -113,30 +108,3 @@ def check_results_dir(path: Path) -> None:
             f"results directory {path} is not writable ({exc.strerror or exc}); fix its "
             "permissions or choose another with --results-dir"
         ) from exc
-
-
-def check_poison_capacity(specs: Iterable[TrialSpec]) -> None:
-    """Every ratio must be satisfiable by the (subset of the) dataset each trial will use."""
-    labels_by_budget = {}
-    for spec in specs:
-        budget = spec.data_budget()
-        key = (spec.dataset, budget)
-        if key not in labels_by_budget:
-            data = load_dataset(spec.dataset, spec.data.get("source", "any"), reuse=True).subset(
-                budget.train_size, budget.test_size, budget.subset_seed
-            )
-            labels_by_budget[key] = data.train_y
-        policy = registry.get_entry("attack", spec.attack).load().label_policy
-        try:
-            select_poison_indices(
-                labels_by_budget[key],
-                spec.ratio,
-                spec.target,
-                label_policy=policy,
-                seed=spec.seed,
-                exclude_target=spec.exclude_target_from_poison,
-            )
-        except BenchError as exc:
-            raise BenchError(
-                f"{spec.dataset} / {spec.attack} ({policy}) / ratio {spec.ratio}: {exc}"
-            ) from None
