@@ -458,13 +458,17 @@ def _run_grid_locked(
 
             run_local(todo, store, run_dir, start, resources)
         else:
-            _connect_ray(address, resources.gpus_per_trial, resources.cpus_per_trial)
-            try:
-                _fit_with_tune(todo, store, run_dir, start, resources)
-            finally:
-                import ray
+            from bench.ray_reaper import reaping
 
-                ray.shutdown()
+            # A local instance is stopped even if this driver is killed (bench.ray_reaper).
+            with reaping() if not address else nullcontext():
+                _connect_ray(address, resources.gpus_per_trial, resources.cpus_per_trial)
+                try:
+                    _fit_with_tune(todo, store, run_dir, start, resources)
+                finally:
+                    import ray
+
+                    ray.shutdown()
         try:
             merge_pending(store, results_dir / "runs")
         except Exception as exc:  # still unwritable: the rows stay pending

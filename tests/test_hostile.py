@@ -4,6 +4,7 @@ row for a trial whose worker dies) live with the trial code."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import io
@@ -851,3 +852,87 @@ def test_case4_and_5_through_ray_workers(hostile_plugins, tmp_path):
     assert rows["ray_node"].str.len().min() > 0 and set(rows["defense_package"]) == {
         "bench-hostile"
     }
+
+
+REAPED_DRIVER = """
+import subprocess, sys, time
+from bench.ray_reaper import reaping
+
+with reaping():
+    # A helper that inherits the token, and one started with a bare environment below it (as
+    # Ray's agents look once setproctitle has overwritten their environment).
+    helper = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], env={}); "
+        "print(p.pid, flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    grandchild = int(helper.stdout.readline())
+    print(helper.pid, grandchild, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_case9_a_killed_driver_leaves_no_processes_behind(tmp_path):
+    """What the driver started dies with it, even a process that lost the driver's token."""
+    driver = subprocess.Popen(
+        [sys.executable, "-c", REAPED_DRIVER],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        with bounded(30):
+            helper, grandchild = map(int, driver.stdout.readline().split())
+            time.sleep(1.2)  # the watchdog notes them (twice a second)
+            driver.kill()
+            driver.wait()
+            start = time.monotonic()
+            while not (_gone(helper) and _gone(grandchild)):
+                assert time.monotonic() - start < 10, "the driver's processes outlived it"
+                time.sleep(0.1)
+    finally:
+        for pid in (helper, grandchild):
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_case9_ray_processes_die_with_a_driver_killed_during_start_up(tmp_path):
+    """Before: after a driver SIGKILL during start-up, Ray's dashboard and runtime-env agents
+    lingered 60-70 s (they report the raylet's death to the dead GCS with a fixed 60 s
+    timeout)."""
+    import ray  # noqa: F401  (ray ships psutil and puts it on sys.path)
+
+    psutil = pytest.importorskip("psutil")
+    results = tmp_path / "results"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", *SMOKE, "--results-dir", str(results)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+
+    def session() -> list[str]:
+        names = []
+        for proc in psutil.process_iter(["name"]):
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getsid(proc.pid) == driver.pid:
+                    names.append(proc.info["name"])
+        return names
+
+    try:
+        with bounded(120):
+            while not any("Agent" in n for n in session()):  # the agents are up: start-up
+                assert driver.poll() is None
+                time.sleep(0.1)
+            driver.kill()
+            driver.wait()
+            start = time.monotonic()
+            while session():
+                assert time.monotonic() - start < 10, f"still running: {session()}"
+                time.sleep(0.2)
+    finally:
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getsid(proc.pid) == driver.pid:
+                    proc.kill()
