@@ -161,7 +161,7 @@ def _child_main(conn: Connection, job: _Job) -> None:
     spec = TrialSpec.from_dict(json.loads(job.spec))
     device = pick_device(job.gpus)
     used = precision.resolve(spec.precision, device)
-    send("hello", {"pid": os.getpid(), Col.device: device_name(device), Col.precision_used: used})
+    send("hello", {Col.pid: os.getpid(), Col.device: device_name(device), Col.precision_used: used})
     row = run_trial_safely(
         spec, gpus=job.gpus, threads=job.threads, report=report, time_limit_s=job.time_limit_s
     )
@@ -257,7 +257,7 @@ class TrialProcess:
     @property
     def pid(self) -> int | None:
         """The child's process id (it also names the child's process group)."""
-        return self.hello.get("pid", self._pid)
+        return self.hello.get(Col.pid, self._pid)
 
     def waitables(self) -> list[Any]:
         """What :func:`multiprocessing.connection.wait` should watch for this attempt."""

@@ -100,15 +100,13 @@ def component_columns(spec: TrialSpec) -> dict[str, Any]:
     """The packages and versions providing the trial's attack and defense, known from their
     entry points before anything runs, so a failed trial's row names them too."""
     columns: dict[str, Any] = {}
-    for kind, name, package, version in (
-        ("attack", spec.attack, Col.attack_package, Col.attack_version),
-        ("defense", spec.defense, Col.defense_package, Col.defense_version),
-    ):
+    for kind in registry.GROUPS:  # the attack and the defense
         try:
-            entry = registry.get_entry(kind, name)
+            entry = registry.get_entry(kind, getattr(spec, kind))
         except Exception:  # unknown, claimed twice...: the trial itself says so
             continue
-        columns[package], columns[version] = entry.package, entry.version
+        columns[getattr(Col, f"{kind}_package")] = entry.package
+        columns[getattr(Col, f"{kind}_version")] = entry.version
     return columns
 
 
