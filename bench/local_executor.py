@@ -20,7 +20,14 @@ from pathlib import Path
 from bench.config import Resources, TrialSpec
 from bench.errors import BenchError
 from bench.isolation import IsolatedTrial
-from bench.runner import Progress, _trial_logger, concurrency, record_row, trial_label
+from bench.runner import (
+    Progress,
+    _close_logger,
+    _trial_logger,
+    concurrency,
+    record_row,
+    trial_label,
+)
 from bench.schema import Col
 from bench.store import ResultsStore
 
@@ -163,8 +170,5 @@ def _finish(
 ) -> None:
     row[Col.run] = run_dir.name  # the results/runs/<run> that ran it
     record_row(row, store.path, run_dir)
-    logger = logging.getLogger(f"bench.trial.{trial.spec.trial_id}")
-    for handler in logger.handlers:
-        handler.close()
-    logger.handlers = []
+    _close_logger(logging.getLogger(f"bench.trial.{trial.spec.trial_id}"))
     progress.trial_done(trial_label(trial.spec), row[Col.status], row[Col.ca], row[Col.asr])

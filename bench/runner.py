@@ -63,19 +63,23 @@ def _tune_trial(config: dict[str, Any]) -> None:
     harness = logging.getLogger("bench")
     harness.setLevel(logging.INFO)
     harness.handlers = [*logger.handlers]
-    row = run_isolated(
-        spec,
-        retries=config["retries"],
-        report=logger.info,
-        gpus=config["gpus"],
-        threads=config["threads"],
-        time_limit_s=config["timeout"],
-        output_path=log_path,
-    )
-    row[Col.run] = Path(config["log_dir"]).parent.name  # the results/runs/<run> that ran it
-    row[Col.ray_node] = ray.get_runtime_context().get_node_id()
-    row[Col.node_ip] = ray.util.get_node_ip_address()
-    record_row(row, Path(config["store"]), Path(config["log_dir"]).parent)
+    try:
+        row = run_isolated(
+            spec,
+            retries=config["retries"],
+            report=logger.info,
+            gpus=config["gpus"],
+            threads=config["threads"],
+            time_limit_s=config["timeout"],
+            output_path=log_path,
+        )
+        row[Col.run] = Path(config["log_dir"]).parent.name  # the results/runs/<run> that ran it
+        row[Col.ray_node] = ray.get_runtime_context().get_node_id()
+        row[Col.node_ip] = ray.util.get_node_ip_address()
+        record_row(row, Path(config["store"]), Path(config["log_dir"]).parent)
+    finally:  # the worker is reused for the next trial: release this one's log file
+        harness.handlers = []
+        _close_logger(logger)
     tune.report(
         {
             "ok": row[Col.status] == OK,
@@ -100,6 +104,12 @@ def _trial_logger(path: Path, name: str) -> logging.Logger:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.handlers = [handler]
     return logger
+
+
+def _close_logger(logger: logging.Logger) -> None:
+    for handler in logger.handlers:
+        handler.close()
+    logger.handlers = []
 
 
 PENDING_DIR = "pending"
@@ -544,6 +554,9 @@ def _fit_with_tune(
         },
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrency,
+            # Workers only watch their trial's child process: reusing them keeps their
+            # forkserver (torch preloaded) and saves starting an actor per trial.
+            reuse_actors=True,
             trial_name_creator=lambda t: _trial_id_of(t.config),
             trial_dirname_creator=lambda t: _trial_id_of(t.config),
         ),
