@@ -54,8 +54,10 @@ TERM_WAIT_S = 2.0
 #: After its row arrives, how long a child may take to exit (a plugin's non-daemon thread can
 #: keep it alive) before it is killed.
 EXIT_WAIT_S = 5.0
-#: Log lines kept for the error of a child that dies.
+#: Log lines kept for the error of a child that dies, and how that error shows them.
 TAIL_LINES = 8
+TAIL_HEADER = "the trial's last log lines:"
+TAIL_PREFIX = "  | "
 
 
 def kill_grace_s(time_limit_s: float) -> float:
@@ -368,9 +370,9 @@ class TrialProcess:
         from bench.provenance import provenance, spec_columns
         from bench.trial import component_columns, pick_device
 
-        lines = "".join(f"  | {line}\n" for line in self.tail)
+        lines = "".join(f"{TAIL_PREFIX}{line}\n" for line in self.tail)
         where = f"; its log: {self.output_path}" if self.output_path else ""
-        error = (f"the trial's last log lines:\n{lines}" if lines else "") + f"{summary}{where}"
+        error = (f"{TAIL_HEADER}\n{lines}" if lines else "") + f"{summary}{where}"
         return complete_row(
             {
                 **spec_columns(self.spec),
@@ -410,6 +412,7 @@ class IsolatedTrial:
     retries: int = 0
     report: Callable[[str], None] = log.info
     options: dict[str, Any] = field(default_factory=dict)  # TrialProcess keyword arguments
+    log_failures: bool = True  # report each failed attempt's error (the trial's log keeps them)
     attempt: int = 0
     current: TrialProcess | None = None
 
@@ -434,12 +437,11 @@ class IsolatedTrial:
         row = self.current.poll()
         if row is None:
             return None
-        if row[Col.status] != OK and self.attempt < self.attempts:
+        if row[Col.status] != OK and self.log_failures:
             self.report(f"attempt {self.attempt}/{self.attempts}: {row[Col.error]}")
+        if row[Col.status] != OK and self.attempt < self.attempts:
             self.start()
             return None
-        if row[Col.status] != OK:
-            self.report(f"attempt {self.attempt}/{self.attempts}: {row[Col.error]}")
         row[Col.attempts] = self.attempt
         return row
 
@@ -449,11 +451,16 @@ class IsolatedTrial:
 
 
 def run_isolated(
-    spec: TrialSpec, *, retries: int = 0, report: Callable[[str], None] = log.info, **options: Any
+    spec: TrialSpec,
+    *,
+    retries: int = 0,
+    report: Callable[[str], None] = log.info,
+    log_failures: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
     """Run a trial (and its retries) in child processes and return its row; never raises for
     anything the trial does. ``options``: :class:`TrialProcess`'s keyword arguments."""
-    trial = IsolatedTrial(spec, retries=retries, report=report, options=options)
+    trial = IsolatedTrial(spec, retries, report, options, log_failures)
     trial.start()
     try:
         while (row := trial.poll()) is None:

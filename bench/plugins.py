@@ -15,6 +15,7 @@ import torch
 from bench import registry
 from bench.config import expand_grid, load_preset, with_overrides
 from bench.errors import BenchError
+from bench.isolation import TAIL_HEADER, TAIL_PREFIX
 from bench.schema import OK, Col
 
 
@@ -24,7 +25,10 @@ class SmokeTrialFailed(Exception):
     def __init__(self, error: str):
         lines = error.strip().splitlines() or ["no message"]
         super().__init__(lines[-1])
-        self.details = error.strip()
+        # The log lines a dead trial's error starts with are shown with the trial's log.
+        while lines and (lines[0] == TAIL_HEADER or lines[0].startswith(TAIL_PREFIX)):
+            lines.pop(0)
+        self.details = "\n".join(lines)
 
 
 def check_defense(
@@ -102,7 +106,7 @@ def check_defense(
             return run_trial(spec, device=torch.device("cpu"), report=report)
         from bench.isolation import run_isolated
 
-        row = run_isolated(spec, report=report, time_limit_s=time_limit_s)
+        row = run_isolated(spec, report=report, log_failures=False, time_limit_s=time_limit_s)
         if row[Col.status] != OK:
             raise SmokeTrialFailed(row[Col.error])
         return row
