@@ -67,10 +67,6 @@ def kill_grace_s(time_limit_s: float) -> float:
     return min(10.0, max(1.0, 0.1 * time_limit_s))
 
 
-class TrialDied(Exception):
-    """A trial's process ended without a result row."""
-
-
 def describe_exit(exitcode: int | None) -> str:
     """How a child process ended, in words a plugin author can act on."""
     if exitcode is None:
@@ -156,11 +152,15 @@ def _child_main(conn: Connection, job: _Job) -> None:
     harness.setLevel(logging.INFO)
     harness.propagate = False
 
+    import torch
+
     from bench import precision
     from bench.provenance import device_name
     from bench.trial import pick_device, run_trial_safely
 
     spec = TrialSpec.from_dict(json.loads(job.spec))
+    if job.threads:  # as run_trial_safely sets them, so the device says so from the start
+        torch.set_num_threads(max(1, int(job.threads)))
     device = pick_device(job.gpus)
     used = precision.resolve(spec.precision, device)
     send("hello", {Col.pid: os.getpid(), Col.device: device_name(device), Col.precision_used: used})
