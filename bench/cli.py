@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import expand_grid, load_preset, with_overrides
     from bench.plan import estimate, format_plan, plan_grid
     from bench.preflight import check_resources, check_results_dir
-    from bench.runner import run_grid
+    from bench.runner import choose_executor, run_grid
     from bench.store import ResultsStore
 
     preset = with_overrides(
@@ -67,6 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     resources = devices.choose(
         resources, gpus_flag=args.gpus_per_trial, address=args.address, requested=preset.precision
     )
+    executor = args.executor if args.dry_run else choose_executor(args.executor, args.address)
     try:
         check_resources(args.address, resources.cpus_per_trial, resources.gpus_per_trial)
     except BenchError as exc:
@@ -101,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         results_dir=results_dir,
         address=args.address,
         skipped=[(s.spec, s.reason) for s in plan.skipped],
+        executor=executor,
     )
     if summary.errors:
         log.error(
@@ -294,7 +296,12 @@ def cmd_check_defense(args: argparse.Namespace) -> int:
         raise BenchError(f"--params must be a JSON object: {exc}") from exc
     if not isinstance(params, dict):
         raise BenchError("--params must be a JSON object, e.g. '{\"epochs\": 5}'")
-    return 0 if check_defense(args.name, params, verbose=args.show_log) else 1
+    if not math.isfinite(args.trial_timeout) or args.trial_timeout < 0:
+        raise BenchError("--trial-timeout must be a finite number of seconds >= 0")
+    passed = check_defense(
+        args.name, params, verbose=args.show_log, time_limit_s=args.trial_timeout
+    )
+    return 0 if passed else 1
 
 
 def cmd_new_defense(args: argparse.Namespace) -> int:
@@ -348,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a grid of trials through Ray Tune")
+    run = sub.add_parser("run", help="run a grid of trials (Ray Tune, or the local executor)")
     run.add_argument("--preset", default="quick", help="smoke | quick | paper, or a .toml path")
     run.add_argument("--datasets", type=_csv(), help="e.g. cifar10,gtsrb")
     run.add_argument("--attacks", type=_csv(), help="e.g. badnets,blended (or 'all')")
@@ -361,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trial-timeout", type=float, help="seconds; 0 = no limit")
     run.add_argument("--retries", type=int, help="extra attempts for a failed trial")
     run.add_argument("--address", help="join an existing Ray cluster (host:port)")
+    run.add_argument(
+        "--executor",
+        choices=["auto", "ray", "local"],
+        default="auto",
+        help="ray: Ray Tune (local instance or --address); local: child processes on this "
+        "machine, no Ray; auto (default): ray where it can be imported, else local",
+    )
     run.add_argument("--results-dir", help=f"default: ${settings.RESULTS_DIR_ENV} or ./results")
     run.add_argument(
         "--precision",
@@ -440,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--params", help="JSON object of hyperparameters")
     check.add_argument(
         "--verbose", dest="show_log", action="store_true", help="show the smoke trial's log"
+    )
+    check.add_argument(
+        "--trial-timeout",
+        type=float,
+        default=0.0,
+        help="seconds the smoke trial may take before it is stopped (0 = no limit)",
     )
     check.set_defaults(fn=cmd_check_defense)
 

@@ -1,5 +1,8 @@
 """Per-trial time limits, checked cooperatively where the time goes (training and evaluation
-steps), so a trial that overruns stops cleanly and becomes a ``timeout`` row."""
+steps), so a trial that overruns stops cleanly, with a traceback of where it was, and becomes a
+``timeout`` row. What this check cannot reach (a defense blocked in a sleep or a C call) the
+trial's parent process stops: it kills the trial's process a grace period later
+(:mod:`bench.isolation`)."""
 
 from __future__ import annotations
 

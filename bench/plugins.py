@@ -15,7 +15,20 @@ import torch
 from bench import registry
 from bench.config import expand_grid, load_preset, with_overrides
 from bench.errors import BenchError
-from bench.schema import Col
+from bench.isolation import TAIL_HEADER, TAIL_PREFIX
+from bench.schema import OK, Col
+
+
+class SmokeTrialFailed(Exception):
+    """The smoke trial ended in an error or timeout row; ``details`` is the row's error."""
+
+    def __init__(self, error: str):
+        lines = error.strip().splitlines() or ["no message"]
+        super().__init__(lines[-1])
+        # The log lines a dead trial's error starts with are shown with the trial's log.
+        while lines and (lines[0] == TAIL_HEADER or lines[0].startswith(TAIL_PREFIX)):
+            lines.pop(0)
+        self.details = "\n".join(lines)
 
 
 def check_defense(
@@ -23,11 +36,18 @@ def check_defense(
     params: dict[str, Any] | None = None,
     out: Callable[[str], None] = print,
     verbose: bool = False,
+    *,
+    isolated: bool = True,
+    time_limit_s: float = 0.0,
 ) -> bool:
     """Run a defense through every check and a smoke trial on real data; True if all pass.
 
     ``verbose`` prints the smoke trial's log (``ctx.log`` lines, epochs) as it runs; otherwise
-    only a failing trial's last log lines are shown."""
+    only a failing trial's last log lines are shown. ``isolated`` runs the smoke trial in a
+    child process (:mod:`bench.isolation`), so a defense that crashes the interpreter, exits or
+    is killed gets a FAIL line too, and ``time_limit_s`` (0: none) bounds it; a child only sees
+    defenses registered through installed entry points, so ``isolated=False`` runs one that is
+    registered in this process only (tests) here."""
     ok = True
 
     def step(label: str, fn: Callable[[], Any]) -> Any:
@@ -37,8 +57,11 @@ def check_defense(
         except Exception as exc:
             ok = False
             out(f"  FAIL  {label}: {exc}")
-            if not isinstance(exc, BenchError):
-                out("        " + traceback.format_exc().strip().replace("\n", "\n        "))
+            details = getattr(exc, "details", None)
+            if details is None and not isinstance(exc, BenchError):
+                details = traceback.format_exc().strip()
+            if details and details != str(exc):
+                out("        " + details.replace("\n", "\n        "))
             return None
         out(f"  ok    {label}")
         return value
@@ -69,8 +92,6 @@ def check_defense(
         preset = dataclasses.replace(preset, defense_params={**preset.defense_params, name: params})
     spec = expand_grid(preset)[0]
     out(f"        smoke-trial parameters: {json.dumps(dict(spec.defense_params), sort_keys=True)}")
-    from bench.trial import run_trial
-
     lines: list[str] = []
 
     def report(line: str) -> None:
@@ -78,10 +99,22 @@ def check_defense(
         if verbose:
             out(f"        | {line}")
 
+    def smoke_trial() -> dict[str, Any]:
+        if not isolated:
+            from bench.trial import run_trial
+
+            return run_trial(spec, device=torch.device("cpu"), report=report)
+        from bench.isolation import run_isolated
+
+        row = run_isolated(spec, report=report, log_failures=False, time_limit_s=time_limit_s)
+        if row[Col.status] != OK:
+            raise SmokeTrialFailed(row[Col.error])
+        return row
+
     row = step(
         "smoke trial on 1,000 real CIFAR-10 images (BadNets 10%): model outputs, "
         "input transform, flagged indices, metrics",
-        lambda: run_trial(spec, device=torch.device("cpu"), report=report),
+        smoke_trial,
     )
     if row is None and not verbose and lines:
         out("        the trial log's last lines (all of it: --verbose):")

@@ -1,4 +1,8 @@
-"""Fan a grid of trials out over Ray Tune workers and record every finished trial.
+"""Fan a grid of trials out over Ray Tune workers (or, without Ray, the local executor:
+:mod:`bench.local_executor`) and record every finished trial.
+
+Every trial attempt runs in a child process of its worker (:mod:`bench.isolation`), so a
+defense that blocks, crashes or is killed still ends in a ``timeout`` or ``error`` row.
 
 Each trial writes its own row to the results store the moment it finishes (under a file lock,
 atomically), so killing the driver loses at most the trials in flight, and a rerun of the same
@@ -43,44 +47,52 @@ class GridSummary:
 
 
 def _tune_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: run one trial (retrying failures), store its row, report."""
+    """Ray Tune function trainable: run one trial (retrying failures) in child processes
+    (:mod:`bench.isolation`: a timeout that holds, a row whatever kills it), store its row,
+    report."""
     import ray
     from ray import tune
 
-    from bench.trial import run_trial_safely
+    from bench.isolation import run_isolated
 
     spec = TrialSpec.from_dict(json.loads(config[Col.spec]))
-    logger = _trial_logger(Path(config["log_dir"]) / f"{spec.trial_id}.log", spec.trial_id)
+    log_path = Path(config["log_dir"]) / f"{spec.trial_id}.log"
+    logger = _trial_logger(log_path, spec.trial_id)
     logger.info("trial %s: %s", spec.trial_id, spec.canonical())
-    # Cache builds and rebuilds (bench.data, bench.artifacts) go to the trial's log too.
+    # The worker's own harness messages (a row kept pending) go to the trial's log too.
     harness = logging.getLogger("bench")
     harness.setLevel(logging.INFO)
     harness.handlers = [*logger.handlers]
-    attempts = 1 + config["retries"]
-    for attempt in range(1, attempts + 1):
-        row = run_trial_safely(
+    try:
+        row = run_isolated(
             spec,
+            retries=config["retries"],
+            report=logger.info,
             gpus=config["gpus"],
             threads=config["threads"],
-            report=logger.info,
             time_limit_s=config["timeout"],
+            output_path=log_path,
         )
-        if row[Col.status] == OK:
-            break
-        logger.error("attempt %d/%d: %s", attempt, attempts, row[Col.error])
-    row[Col.attempts] = attempt
-    row[Col.run] = Path(config["log_dir"]).parent.name  # the results/runs/<run> that ran it
-    row[Col.ray_node] = ray.get_runtime_context().get_node_id()
-    row[Col.node_ip] = ray.util.get_node_ip_address()
-    record_row(row, Path(config["store"]), Path(config["log_dir"]).parent)
+        row[Col.run] = Path(config["log_dir"]).parent.name  # the results/runs/<run> that ran it
+        row[Col.ray_node] = ray.get_runtime_context().get_node_id()
+        row[Col.node_ip] = ray.util.get_node_ip_address()
+        record_row(row, Path(config["store"]), Path(config["log_dir"]).parent)
+    finally:  # the worker is reused for the next trial: release this one's log file
+        harness.handlers = []
+        _close_logger(logger)
     tune.report(
         {
             "ok": row[Col.status] == OK,
             Col.status: row[Col.status],
-            "label": f"{spec.dataset}/{spec.attack}/{spec.defense}/r={spec.ratio}/s={spec.seed}",
+            "label": trial_label(spec),
             **{k: row[k] for k in (Col.ca, Col.asr, Col.ra, Col.wall_seconds)},
         }
     )
+
+
+def trial_label(spec: TrialSpec) -> str:
+    """A trial as the progress lines name it."""
+    return f"{spec.dataset}/{spec.attack}/{spec.defense}/r={spec.ratio}/s={spec.seed}"
 
 
 def _trial_logger(path: Path, name: str) -> logging.Logger:
@@ -92,6 +104,12 @@ def _trial_logger(path: Path, name: str) -> logging.Logger:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.handlers = [handler]
     return logger
+
+
+def _close_logger(logger: logging.Logger) -> None:
+    for handler in logger.handlers:
+        handler.close()
+    logger.handlers = []
 
 
 PENDING_DIR = "pending"
@@ -152,47 +170,54 @@ def _format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+class Progress:
+    """Logs 'done/total, ETA' as trials finish (both executors)."""
+
+    def __init__(self, total: int, start: float, concurrency: int):
+        self.total, self.start, self.concurrency = total, start, max(1, concurrency)
+        self.done = 0
+        self.failed = 0
+
+    def trial_done(self, label: str, status: str, ca: float = math.nan, asr: float = math.nan):
+        self.done += 1
+        self.failed += 0 if status == OK else 1
+        elapsed = time.time() - self.start
+        remaining = self.total - self.done
+        waves_left = math.ceil(remaining / self.concurrency)
+        per_wave = elapsed / max(1, math.ceil(self.done / self.concurrency))
+        eta = _format_duration(waves_left * per_wave) if remaining else "0m00s"
+        outcome = f"CA {ca:.3f} ASR {asr:.3f}" if status == OK else status.upper()
+        log.info(
+            "[%d/%d trials done, %d failed] %s: %s | elapsed %s, ETA %s",
+            self.done,
+            self.total,
+            self.failed,
+            label,
+            outcome,
+            _format_duration(elapsed),
+            eta,
+        )
+
+
 def _progress_callback(total: int, start: float, concurrency: int):
     from ray import tune
+
+    progress = Progress(total, start, concurrency)
 
     class GridProgress(tune.Callback):
         """Prints 'done/total, ETA' as trials finish (Tune's own tables are switched off)."""
 
-        def __init__(self) -> None:
-            self.done = 0
-            self.failed = 0
-
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.done += 1
-            self.failed += 0 if result.get("ok") else 1
-            elapsed = time.time() - start
-            remaining = total - self.done
-            waves_left = math.ceil(remaining / max(1, concurrency))
-            per_wave = elapsed / max(1, math.ceil(self.done / max(1, concurrency)))
-            eta = _format_duration(waves_left * per_wave) if remaining else "0m00s"
-            status = (
-                f"CA {result[Col.ca]:.3f} ASR {result[Col.asr]:.3f}"
-                if result.get("ok")
-                else str(result.get(Col.status, ERROR)).upper()
-            )
-            log.info(
-                "[%d/%d trials done, %d failed] %s: %s | elapsed %s, ETA %s",
-                self.done,
-                total,
-                self.failed,
-                result.get("label"),
-                status,
-                _format_duration(elapsed),
-                eta,
-            )
+            status = OK if result.get("ok") else str(result.get(Col.status, ERROR))
+            progress.trial_done(result.get("label"), status, result[Col.ca], result[Col.asr])
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            # Only reached if the trainable itself crashed outside run_trial_safely.
-            self.done += 1
-            self.failed += 1
+            # Only reached if the trainable itself crashed outside the isolated trial.
+            progress.done += 1
+            progress.failed += 1
             log.error(
                 "[%d/%d trials done] a trial crashed outside the harness: %s",
-                self.done,
+                progress.done,
                 total,
                 trial,
             )
@@ -361,13 +386,48 @@ def run_grid(
     address: str | None = None,
     run_name: str | None = None,
     skipped: list[tuple[TrialSpec, str]] | None = None,
+    executor: str = "auto",
 ) -> GridSummary:
-    """Run every spec without an ``ok`` row yet through Ray Tune; rows land in the store.
-    ``skipped`` cells (left out of the grid, with the reason) are recorded as ``skipped`` rows,
-    so the leaderboard can show why they are N/A. One driver per results directory."""
+    """Run every spec without an ``ok`` row yet, through Ray Tune or the local executor
+    (:func:`choose_executor`); rows land in the store. ``skipped`` cells (left out of the grid,
+    with the reason) are recorded as ``skipped`` rows, so the leaderboard can show why they are
+    N/A. One driver per results directory."""
     results_dir = Path(results_dir or settings.results_dir())
+    executor = choose_executor(executor, address)
     with driver_lock(results_dir):
-        return _run_grid_locked(specs, resources, results_dir, address, run_name, skipped or [])
+        return _run_grid_locked(
+            specs, resources, results_dir, address, run_name, skipped or [], executor
+        )
+
+
+EXECUTORS = ("auto", "ray", "local")
+
+
+def choose_executor(requested: str, address: str | None = None) -> str:
+    """The executor that runs the grid, "ray" or "local": ``auto`` is Ray where it can be
+    imported, else the local executor (said in a warning); ``local`` never imports ray."""
+    if requested not in EXECUTORS:
+        raise BenchError(f"--executor must be one of {', '.join(EXECUTORS)}, got {requested!r}")
+    if requested == "local":
+        if address:
+            raise BenchError("--address joins a Ray cluster: use it with --executor ray")
+        return "local"
+    try:
+        import ray  # noqa: F401
+    except Exception as exc:  # not installed, or broken
+        reason = f"{type(exc).__name__}: {exc}"
+        if requested == "ray" or address:
+            raise BenchError(
+                f"ray cannot be imported ({reason}); install it (pip install 'ray[tune]'), or "
+                "run on this machine with --executor local"
+            ) from None
+        log.warning(
+            "ray cannot be imported (%s): trials run on this machine with the local executor "
+            "(--executor local)",
+            reason,
+        )
+        return "local"
+    return "ray"
 
 
 def _run_grid_locked(
@@ -377,6 +437,7 @@ def _run_grid_locked(
     address: str | None,
     run_name: str | None,
     skipped: list[tuple[TrialSpec, str]],
+    executor: str,
 ) -> GridSummary:
     start = time.time()
     store = ResultsStore(results_dir / "results.parquet")
@@ -402,13 +463,22 @@ def _run_grid_locked(
     logging.getLogger("bench").addHandler(file_handler)
     log.info("%d trials to run (%d already done); logs in %s", len(todo), skipped, run_dir)
     try:
-        _connect_ray(address, resources.gpus_per_trial, resources.cpus_per_trial)
-        try:
-            _fit_with_tune(todo, store, run_dir, start, resources)
-        finally:
-            import ray
+        if executor == "local":
+            from bench.local_executor import run_local
 
-            ray.shutdown()
+            run_local(todo, store, run_dir, start, resources)
+        else:
+            from bench.ray_reaper import reaping
+
+            # A local instance is stopped even if this driver is killed (bench.ray_reaper).
+            with reaping() if not address else nullcontext():
+                _connect_ray(address, resources.gpus_per_trial, resources.cpus_per_trial)
+                try:
+                    _fit_with_tune(todo, store, run_dir, start, resources)
+                finally:
+                    import ray
+
+                    ray.shutdown()
         try:
             merge_pending(store, results_dir / "runs")
         except Exception as exc:  # still unwritable: the rows stay pending
@@ -440,18 +510,23 @@ def _run_grid_locked(
     )
 
 
+def concurrency(resources: Resources, cpus: float, gpus: float) -> int:
+    """How many trials run at once on ``cpus`` CPUs and ``gpus`` GPUs."""
+    cores = max(1, int(cpus))
+    # Never more trials at once than cores: each runs at least one thread.
+    slots = min(cores, max(1, int(cores / resources.cpus_per_trial + 1e-9)))
+    if resources.gpus_per_trial > 0:  # fractions pack trials onto a GPU (0.25: four)
+        slots = min(slots, int(gpus / resources.gpus_per_trial + 1e-9))
+    if resources.max_concurrent_trials:
+        slots = min(slots, resources.max_concurrent_trials)
+    return max(1, slots)
+
+
 def _concurrency(resources: Resources) -> int:
     import ray
 
     cluster = ray.cluster_resources()
-    cores = max(1, int(cluster.get("CPU", 1)))
-    # Never more trials at once than cores: each runs at least one thread.
-    slots = min(cores, max(1, int(cores // resources.cpus_per_trial)))
-    if resources.gpus_per_trial > 0:
-        slots = min(slots, int(cluster.get("GPU", 0) // resources.gpus_per_trial))
-    if resources.max_concurrent_trials:
-        slots = min(slots, resources.max_concurrent_trials)
-    return max(1, slots)
+    return concurrency(resources, cluster.get("CPU", 1), cluster.get("GPU", 0))
 
 
 def _fit_with_tune(
@@ -479,6 +554,9 @@ def _fit_with_tune(
         },
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrency,
+            # Workers only watch their trial's child process: reusing them keeps their
+            # forkserver (torch preloaded) and saves starting an actor per trial.
+            reuse_actors=True,
             trial_name_creator=lambda t: _trial_id_of(t.config),
             trial_dirname_creator=lambda t: _trial_id_of(t.config),
         ),

@@ -1,6 +1,7 @@
 """One trial: poison the data, run the defense, evaluate CA / ASR / RA, and build the result row.
 
-This is what a Ray worker executes. The steps live in their own modules: :mod:`bench.cell`
+This is what a trial's child process executes (:mod:`bench.isolation`, under a Ray worker or the
+local executor). The steps live in their own modules: :mod:`bench.cell`
 (data, attack, poisoned sets), :mod:`bench.defend` (the defense and its time),
 :mod:`bench.evaluate` (metrics) and :mod:`bench.provenance` (where and how it ran).
 :func:`run_trial_safely` never raises: a failing trial becomes a row with status ``error`` and
@@ -95,6 +96,20 @@ def _run_trial(
     return row
 
 
+def component_columns(spec: TrialSpec) -> dict[str, Any]:
+    """The packages and versions providing the trial's attack and defense, known from their
+    entry points before anything runs, so a failed trial's row names them too."""
+    columns: dict[str, Any] = {}
+    for kind in registry.GROUPS:  # the attack and the defense
+        try:
+            entry = registry.get_entry(kind, getattr(spec, kind))
+        except Exception:  # unknown, claimed twice...: the trial itself says so
+            continue
+        columns[getattr(Col, f"{kind}_package")] = entry.package
+        columns[getattr(Col, f"{kind}_version")] = entry.version
+    return columns
+
+
 def run_trial_safely(
     spec: TrialSpec,
     *,
@@ -117,6 +132,7 @@ def run_trial_safely(
     except TrialTimeout as exc:
         report(f"trial stopped: {exc}")
         row = {
+            **component_columns(spec),
             Col.status: TIMEOUT,
             Col.error: f"{exc}\n{traceback.format_exc()}",
             Col.wall_seconds: time.perf_counter() - t0,
@@ -124,6 +140,7 @@ def run_trial_safely(
     except Exception as exc:  # one failing trial must never sink the grid
         report(f"trial failed: {type(exc).__name__}: {exc}")
         row = {
+            **component_columns(spec),
             Col.status: ERROR,
             Col.error: traceback.format_exc(),
             Col.wall_seconds: time.perf_counter() - t0,

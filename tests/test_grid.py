@@ -149,3 +149,112 @@ def test_run_order_puts_none_first_and_shared_stages_before_their_second_user():
     # two workers never start on the same cell at once
     cell = [(s.attack, s.ratio, s.seed) for s in order]
     assert all(a != b for a, b in itertools.pairwise(cell))
+
+
+# --------------------------------------------------------------------------- the local executor
+
+NO_RAY = '''
+"""Make ray unimportable in this interpreter and its children; log every attempt to import it."""
+import os, sys, traceback
+
+
+class _NoRay:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            with open(os.environ["RAY_IMPORT_LOG"], "a") as log:
+                log.write(f"import {name}\\n" + "".join(traceback.format_stack(limit=12)) + "\\n")
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoRay())
+'''
+
+
+@pytest.mark.slow
+def test_local_executor_runs_the_grid_without_ray(tmp_path):
+    """Issue 17's GPU machine has no Ray: `--executor local` runs trials side by side as
+    isolated child processes, with the store, progress lines and per-trial logs of the Ray path,
+    and nothing of it (nor `import bench`) imports ray."""
+    shim = tmp_path / "no-ray"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(NO_RAY)
+    attempts = tmp_path / "ray-imports.log"
+    results = tmp_path / "results"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(shim), str(Path(__file__).parents[1])]),
+        "RAY_IMPORT_LOG": str(attempts),
+    }
+    argv = [*SMOKE, "--seeds", "0,1", "--executor", "local", "--results-dir", str(results)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not attempts.exists(), attempts.read_text()
+    assert "local executor: up to 2 trials at once (1 CPU each; 2 CPUs here)" in done.stdout
+    df = ResultsStore(results / "results.parquet").read()
+    assert len(df) == 2 and set(df["status"]) == {"ok"} and set(df["attempts"]) == {1}
+    assert df["started_at"].max() < df["finished_at"].min(), "the two trials did not overlap"
+    assert df["pid"].nunique() == 2 and set(df["ray_node"]) == {""}
+    (run_dir,) = (results / "runs").iterdir()
+    assert set(df["run"]) == {run_dir.name}
+    progress = (run_dir / "bench.log").read_text()
+    assert "[1/2 trials done, 0 failed]" in progress and "[2/2 trials done, 0 failed]" in progress
+    for trial_id in df["trial_id"]:
+        text = (run_dir / "trials" / f"{trial_id}.log").read_text()
+        assert f"trial {trial_id}:" in text and "done: CA" in text
+    # A rerun finds every trial done.
+    again = subprocess.run(
+        [sys.executable, "-m", "bench.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert again.returncode == 0 and "nothing to run" in again.stdout, again.stdout
+    assert not attempts.exists()
+
+
+def test_without_ray_auto_falls_back_to_the_local_executor_and_says_so(
+    tmp_path, monkeypatch, capsys
+):
+    from bench import runner
+    from bench.errors import BenchError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    as_file = tmp_path / "file"
+    as_file.write_text("")
+    # The run stops early (its results dir is a file); the fallback was said first.
+    assert main([*SMOKE, "--results-dir", str(as_file / "results")]) == 2
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "ray cannot be imported" in first and "local executor" in first, first
+    assert runner.choose_executor("auto") == "local"
+    with pytest.raises(BenchError, match="ray cannot be imported"):
+        runner.choose_executor("ray")
+    with pytest.raises(BenchError, match="ray cannot be imported"):
+        runner.choose_executor("auto", address="10.0.0.1:6379")
+    with pytest.raises(BenchError, match="--address joins a Ray cluster"):
+        runner.choose_executor("local", address="10.0.0.1:6379")
+
+
+def test_fractional_gpus_pack_trials_onto_one_gpu():
+    from bench.config import Resources
+    from bench.local_executor import GpuPool
+    from bench.runner import concurrency
+
+    quarter = Resources(cpus_per_trial=1, gpus_per_trial=0.25)
+    assert concurrency(quarter, cpus=16, gpus=1) == 4
+    assert concurrency(quarter, cpus=2, gpus=1) == 2  # never more trials than cores
+    assert concurrency(Resources(cpus_per_trial=1, gpus_per_trial=0.1), cpus=16, gpus=1) == 10
+    pool = GpuPool(["0"])
+    assert [pool.acquire(0.25) for _ in range(5)] == [["0"]] * 4 + [None]
+    pool.release(["0"], 0.25)
+    assert pool.acquire(0.25) == ["0"]
+    pair = GpuPool(["2", "5"])  # as CUDA_VISIBLE_DEVICES names them
+    assert pair.acquire(0.5) == ["2"] and pair.acquire(2) is None and pair.acquire(0.5) == ["2"]
+    assert pair.acquire(1) == ["5"] and pair.acquire(0.25) is None

@@ -4,6 +4,7 @@ row for a trial whose worker dies) live with the trial code."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import io
@@ -625,3 +626,313 @@ def test_case10_a_local_run_listens_on_loopback_only(tmp_path):
     # Case 9's last item: the trial's log says which artifacts it built.
     (trial_log,) = results.glob("runs/*/trials/*.log")
     assert "building artifact backdoored_model/" in trial_log.read_text()
+
+
+# --------------------------------------------------------------------------- cases 4, 5 and 9
+
+HOSTILE_MODULE = '''
+"""Defenses that misbehave the ways a plugin can: block, ignore signals, exit, crash, get killed."""
+import ctypes, os, signal, time
+
+from bench.api import Defense, DefenseOutput
+
+
+class _Hostile(Defense):
+    def run(self, ctx):
+        ctx.log(f"{self.name}: about to misbehave")
+        self.misbehave()
+        return DefenseOutput(model=ctx.make_model())
+
+
+class Sleeper(_Hostile):
+    name = "sleeper"
+
+    def misbehave(self):
+        time.sleep(3600)  # one blocking C call: no training step to check a time limit in
+
+
+class Stubborn(_Hostile):
+    name = "stubborn"
+
+    def misbehave(self):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(0.05)
+
+
+class ExitOne(_Hostile):
+    name = "exit_one"
+
+    def misbehave(self):
+        os._exit(1)
+
+
+class Sigkill(_Hostile):
+    name = "sigkill"
+
+    def misbehave(self):
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+
+
+class Segfault(_Hostile):
+    name = "segfault"
+
+    def misbehave(self):
+        ctypes.string_at(0)
+'''
+HOSTILE = {
+    "sleeper": "Sleeper",
+    "stubborn": "Stubborn",
+    "exit_one": "ExitOne",
+    "sigkill": "Sigkill",
+    "segfault": "Segfault",
+}
+
+
+@pytest.fixture
+def hostile_plugins(tmp_path, monkeypatch) -> Path:
+    """The hostile defenses, installed as the package bench-hostile (a dist-info with entry
+    points on sys.path and PYTHONPATH), so child processes and subprocesses find them too."""
+    root = tmp_path / "plugins"
+    dist = root / "bench_hostile-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (root / "hostile_plugins.py").write_text(HOSTILE_MODULE)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-hostile\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[bench.defenses]\n" + "".join(f"{n} = hostile_plugins:{c}\n" for n, c in HOSTILE.items())
+    )
+    monkeypatch.syspath_prepend(str(root))
+    paths = [str(root), str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+    return root
+
+
+def _hostile_grid(defenses: str, results: Path, *flags: str) -> list[str]:
+    return [
+        *SMOKE,
+        "--attacks",
+        "badnets",
+        "--defenses",
+        defenses,
+        "--results-dir",
+        str(results),
+        *flags,
+    ]
+
+
+def _rows(results: Path):
+    from bench.store import ResultsStore
+
+    return ResultsStore(results / "results.parquet").read().set_index("defense")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_case4_a_blocking_defense_is_stopped_at_its_time_limit(hostile_plugins, tmp_path):
+    """Before: a defense sleeping in run() (no training step to check the limit at) ran on past
+    --trial-timeout (150 s with a 20 s limit). Now the trial's process is killed: a plain
+    blocking call at the limit plus a grace second, one that ignores SIGTERM two seconds later."""
+    from bench.isolation import TERM_WAIT_S, kill_grace_s
+
+    results = tmp_path / "results"
+    start = time.monotonic()
+    with bounded(90):
+        code = main(
+            _hostile_grid(
+                "sleeper,stubborn", results, "--trial-timeout", "2", "--executor", "local"
+            )
+        )
+    assert code == 3 and time.monotonic() - start < 60
+    rows = _rows(results)
+    assert list(rows["status"]) == ["timeout", "timeout"]
+    bound = 2 + kill_grace_s(2) + 2 * TERM_WAIT_S + 1
+    for name, row in rows.iterrows():
+        assert "exceeded its time limit of 2 s" in row["error"], row["error"]
+        assert "was killed after" in row["error"] and f"{name}: about to misbehave" in row["error"]
+        assert row["wall_seconds"] < bound, (name, row["wall_seconds"])
+        assert row["defense_package"] == "bench-hostile" and _gone(row["pid"])
+    assert rows.loc["sleeper", "wall_seconds"] < 2 + kill_grace_s(2) + 1  # no SIGTERM wait
+
+
+def test_case5_a_trial_whose_process_dies_leaves_an_error_row(hostile_plugins, tmp_path, capsys):
+    """Before: a worker killed by SIGKILL (the OOM killer), os._exit(1) or a segfault left no
+    row: 'did not run (interrupted)', no retry, nothing in the failed-trials list."""
+    results = tmp_path / "results"
+    with bounded(120):
+        code = main(
+            _hostile_grid(
+                "exit_one,sigkill,segfault", results, "--retries", "1", "--executor", "local"
+            )
+        )
+    assert code == 3
+    out = capsys.readouterr().out
+    assert "3 trial(s) failed" in out and "did not run" not in out
+    rows = _rows(results)
+    assert set(rows["status"]) == {"error"} and set(rows["attempts"]) == {2}
+    expected = {
+        "exit_one": "exited with code 1 before reporting a result",
+        "sigkill": "was killed by SIGKILL (out of memory?",
+        "segfault": "was killed by SIGSEGV (segmentation fault",
+    }
+    for name, message in expected.items():
+        last = rows.loc[name, "error"].strip().splitlines()[-1]
+        assert last.startswith("TrialDied: the trial's process (pid") and message in last, last
+        # case 9: the packages are known before the trial runs
+        assert rows.loc[name, "defense_package"] == "bench-hostile"
+        assert rows.loc[name, "attack_package"] == "backdoor-leaderboard"
+        log = (results / "runs" / rows.loc[name, "run"] / "trials").glob("*.log")
+        text = next(p for p in log if rows.loc[name, "trial_id"] in p.name).read_text()
+        assert "attempt 1/2: " in text and "attempt 2/2: " in text  # retried, both logged
+    segfault_log = next((results / "runs").glob(f"*/trials/{rows.loc['segfault', 'trial_id']}.log"))
+    assert "Fatal Python error: Segmentation fault" in segfault_log.read_text()
+    # The failed-trials lists (markdown and page) show them.
+    assert main(["leaderboard", "--results-dir", str(results)]) == 0
+    board = (results / "LEADERBOARD.md").read_text()
+    page = (results / "index.html").read_text()
+    assert "Failed trials (3)" in page
+    for name, message in expected.items():
+        assert message.split(" (")[0] in board
+        assert f"<td>{name}</td>" in page
+
+
+@pytest.mark.parametrize(
+    ("defense", "flags", "message"),
+    [
+        ("sigkill", [], "was killed by SIGKILL (out of memory?"),
+        ("exit_one", [], "exited with code 1"),
+        ("sleeper", ["--trial-timeout", "2"], "exceeded its time limit of 2 s"),
+    ],
+)
+def test_case5_check_defense_fails_a_plugin_that_kills_its_trial(
+    hostile_plugins, defense, flags, message, capsys
+):
+    """Before: bench check-defense died with the plugin, printing no FAIL line."""
+    with bounded(60):
+        assert main(["check-defense", defense, *flags]) == 1
+    out = capsys.readouterr().out
+    fail = next(line for line in out.splitlines() if line.strip().startswith("FAIL"))
+    assert "smoke trial" in fail and message in fail, out
+    assert f"| {defense}: about to misbehave" in out
+    assert out.rstrip().endswith("fix the FAIL lines above, then run this again")
+
+
+def test_case9_error_rows_name_the_attack_and_defense_packages():
+    """Before: a trial that failed had empty package columns (they were filled on success)."""
+    from bench.trial import run_trial_safely
+
+    preset = with_overrides(load_preset("smoke"), datasets=["cifar10"], defenses=["ibau"])
+    spec = expand_grid(preset)[0]
+    row = run_trial_safely(spec.__class__(**{**spec.to_dict(), "ratio": 0.95}))
+    assert row["status"] == "error" and "maximum possible ratio" in row["error"]
+    assert (row["attack_package"], row["defense_package"]) == ("backdoor-leaderboard",) * 2
+    assert row["defense_version"] and row["attack_version"]
+
+
+@pytest.mark.slow
+def test_case4_and_5_through_ray_workers(hostile_plugins, tmp_path):
+    """The issue's setting: under Ray Tune, a defense killed by SIGKILL took its worker down
+    (no row, 'did not run') and a blocking one outlived --trial-timeout."""
+    results = tmp_path / "results"
+    with bounded(240):
+        code = main(
+            _hostile_grid("sigkill,sleeper", results, "--trial-timeout", "3", "--executor", "ray")
+        )
+    assert code == 3
+    rows = _rows(results)
+    assert rows.loc["sigkill", "status"] == "error"
+    assert "was killed by SIGKILL (out of memory?" in rows.loc["sigkill", "error"]
+    assert rows.loc["sleeper", "status"] == "timeout"
+    assert "exceeded its time limit of 3 s" in rows.loc["sleeper", "error"]
+    assert rows["ray_node"].str.len().min() > 0 and set(rows["defense_package"]) == {
+        "bench-hostile"
+    }
+
+
+REAPED_DRIVER = """
+import subprocess, sys, time
+from bench.ray_reaper import reaping
+
+with reaping():
+    # A helper that inherits the token, and one started with a bare environment below it (as
+    # Ray's agents look once setproctitle has overwritten their environment).
+    helper = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], env={}); "
+        "print(p.pid, flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    grandchild = int(helper.stdout.readline())
+    print(helper.pid, grandchild, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_case9_a_killed_driver_leaves_no_processes_behind(tmp_path):
+    """What the driver started dies with it, even a process that lost the driver's token."""
+    driver = subprocess.Popen(
+        [sys.executable, "-c", REAPED_DRIVER],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        with bounded(30):
+            helper, grandchild = map(int, driver.stdout.readline().split())
+            time.sleep(1.2)  # the watchdog notes them (twice a second)
+            driver.kill()
+            driver.wait()
+            start = time.monotonic()
+            while not (_gone(helper) and _gone(grandchild)):
+                assert time.monotonic() - start < 10, "the driver's processes outlived it"
+                time.sleep(0.1)
+    finally:
+        for pid in (helper, grandchild):
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_case9_ray_processes_die_with_a_driver_killed_during_start_up(tmp_path):
+    """Before: after a driver SIGKILL during start-up, Ray's dashboard and runtime-env agents
+    lingered 60-70 s (they report the raylet's death to the dead GCS with a fixed 60 s
+    timeout)."""
+    import ray  # noqa: F401  (ray ships psutil and puts it on sys.path)
+
+    psutil = pytest.importorskip("psutil")
+    results = tmp_path / "results"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", *SMOKE, "--results-dir", str(results)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+
+    def session() -> list[str]:
+        names = []
+        for proc in psutil.process_iter(["name"]):
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getsid(proc.pid) == driver.pid:
+                    names.append(proc.info["name"])
+        return names
+
+    try:
+        with bounded(120):
+            while not any("Agent" in n for n in session()):  # the agents are up: start-up
+                assert driver.poll() is None
+                time.sleep(0.1)
+            driver.kill()
+            driver.wait()
+            start = time.monotonic()
+            while session():
+                assert time.monotonic() - start < 10, f"still running: {session()}"
+                time.sleep(0.2)
+    finally:
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getsid(proc.pid) == driver.pid:
+                    proc.kill()

@@ -255,7 +255,8 @@ def test_check_defense_reports_what_to_fix(fake_defenses):
         obj=_defense_returning("nan_outputs", MISBEHAVING["nan_outputs"][0]),
     )
     lines: list[str] = []
-    assert check_defense("nan_outputs", out=lines.append) is False
+    # Registered in this process only: a child process would not find it.
+    assert check_defense("nan_outputs", out=lines.append, isolated=False) is False
     text = "\n".join(lines)
     assert "FAIL  smoke trial" in text and "outputs NaN or infinite logits" in text
     assert "fix the FAIL lines above" in text
@@ -277,7 +278,7 @@ def test_check_defense_verbose_shows_the_trial_log(fake_defenses):
         "defense", "raises", obj=_defense_returning("raises", MISBEHAVING["raises"][0])
     )
     failed: list[str] = []
-    assert check_defense("raises", out=failed.append) is False
+    assert check_defense("raises", out=failed.append, isolated=False) is False
     assert any("the trial log's last lines" in line for line in failed)
     assert any("| trial" in line or "| attack badnets" in line for line in failed)
 
@@ -401,7 +402,8 @@ def _example(name: str, monkeypatch) -> type:
 def test_example_plugins_pass_check_defense(name, fake_defenses, monkeypatch):
     fake_defenses[name] = _entry("defense", name, obj=_example(name, monkeypatch))
     lines: list[str] = []
-    assert check_defense(name, out=lines.append, verbose=True) is True, "\n".join(lines)
+    passed = check_defense(name, out=lines.append, verbose=True, isolated=False)
+    assert passed is True, "\n".join(lines)
     if name == "fineprune":
         text = "\n".join(lines)
         assert '"finetune_epochs": 1' in text  # the plugin's own smoke budget
