@@ -24,12 +24,17 @@ OUT=${1:-${OUT:-gpu-check-out}}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export BENCH_OFFLINE=1 PYTHONUNBUFFERED=1
-export BENCH_DATA_DIR=${BENCH_DATA_DIR:-$PWD/data}
+# data/ (the archive copied in) or the harness's default search path (../shared/data, ...)
+if [ -z "${BENCH_DATA_DIR:-}" ] && [ -d data ]; then export BENCH_DATA_DIR=$PWD/data; fi
 export BENCH_CACHE_DIR=${BENCH_CACHE_DIR:-$OUT/cache}
 
-if ! "$PY" -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1; then
-  echo "pip install failed (see $OUT/install.log); running from the source tree"
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+here=$("$PY" -c 'import bench, pathlib; print(pathlib.Path(bench.__file__).resolve().parent.parent)' \
+  2>/dev/null || true)
+if [ "$here" != "$PWD" ]; then  # not installed from this checkout yet
+  if ! "$PY" -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1; then
+    echo "pip install failed (see $OUT/install.log); running from the source tree"
+  fi
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # either way, this checkout's code
 fi
 bench() { "$PY" -m bench.cli "$@"; }
 
