@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = expand_grid(preset)
     if args.compile:
         os.environ[settings.COMPILE_ENV] = "1"  # forwarded to the workers with every BENCH_*
-    plan = plan_grid(specs)
+    plan = plan_grid(specs, preset.grid.left_out)
     if not plan.runnable:
         reasons = "; ".join(sorted({s.reason for s in plan.skipped}))
         raise BenchError(f"nothing to run: every cell of the grid is left out ({reasons})")

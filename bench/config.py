@@ -66,6 +66,10 @@ class Grid:
         default_factory=dict
     )
 
+    #: Attacks or defenses the grid names but leaves out unless asked for explicitly, with the
+    #: reason the leaderboard shows (e.g. a defense that needs the paper budget).
+    left_out: Mapping[str, str] = field(default_factory=dict)
+
     def ratios_for(self, attack: str, dataset: str | None = None) -> tuple[float, ...]:
         per_dataset = self.dataset_attack_ratios.get(dataset or "", {})
         return tuple(per_dataset.get(attack, self.attack_ratios.get(attack, self.ratios)))
@@ -203,6 +207,8 @@ def with_overrides(
     if "ratios" in changes:  # explicit ratios apply to every attack
         changes["attack_ratios"] = {}
         changes["dataset_attack_ratios"] = {}
+    asked = {n for axis in ("attacks", "defenses") for n in changes.get(axis, ())}
+    changes["left_out"] = {k: v for k, v in preset.grid.left_out.items() if k not in asked}
     if precision is not None and precision not in PRECISIONS:
         raise BenchError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
     return dataclasses.replace(

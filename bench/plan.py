@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -42,13 +42,19 @@ class GridPlan:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def plan_grid(specs: Iterable[TrialSpec]) -> GridPlan:
+def plan_grid(specs: Iterable[TrialSpec], left_out: Mapping[str, str] | None = None) -> GridPlan:
     """Check every cell against the data it will use (loading each dataset once): clean-label
     cells the target class cannot supply are skipped with the reason; any other impossible
-    ratio is an error."""
+    ratio is an error. Trials of an attack or defense in ``left_out`` (the preset's
+    ``[grid.left_out]``) are skipped with the reason given there."""
     plan = GridPlan([])
     labels_by_budget = {}
+    left_out = left_out or {}
     for spec in specs:
+        reason = left_out.get(spec.defense) or left_out.get(spec.attack)
+        if reason:
+            plan.skipped.append(Skipped(spec, f"left out of this preset: {reason}"))
+            continue
         budget = spec.data_budget()
         key = (spec.dataset, budget)
         if key not in labels_by_budget:

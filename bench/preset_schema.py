@@ -190,7 +190,7 @@ def validate_preset(raw: Mapping[str, Any], where: str = "preset") -> None:
 
 def _section_problems(section: str, table: Mapping[str, Any]) -> list[str]:
     rules = SCHEMA[section]
-    extra = {"attack_ratios"} if section == "grid" else set()
+    extra = {"attack_ratios", "left_out"} if section == "grid" else set()
     if section == "train":  # [train.gtsrb]: that dataset's budget
         extra = {k for k, v in table.items() if isinstance(v, Mapping)}
     problems = []
@@ -209,6 +209,8 @@ def _section_problems(section: str, table: Mapping[str, Any]) -> list[str]:
             problems.append(f"[{section}] {key} = {_show(table[key])}: {problem}")
     if section == "grid" and "attack_ratios" in table:
         problems += _attack_ratio_problems(table["attack_ratios"])
+    if section == "grid" and "left_out" in table:
+        problems += _left_out_problems(table["left_out"])
     for dataset in sorted(extra) if section == "train" else ():
         problems += _dataset_train_problems(dataset, table[dataset])
     return problems
@@ -228,6 +230,22 @@ def _dataset_train_problems(dataset: str, table: Mapping[str, Any]) -> list[str]
         problem = rules[key].check(value) if key in rules else None
         if problem:
             problems.append(f"{where} {key} = {_show(value)}: {problem}")
+    return problems
+
+
+def _left_out_problems(value: Any) -> list[str]:
+    """``[grid.left_out]``: ``name = "reason"`` for an attack or defense the grid names but runs
+    only when asked for explicitly (the reason goes on the leaderboard)."""
+    where = "[grid.left_out]"
+    if not isinstance(value, Mapping):
+        return [f'{where} must be a table of name = "reason"']
+    known = {**registry.entries("attack"), **registry.entries("defense")}
+    problems = []
+    for name, reason in value.items():
+        if name not in known:
+            problems.append(f"{where}: {unknown_name_error('attack or defense', name, known)}")
+        elif not isinstance(reason, str) or not reason.strip():
+            problems.append(f"{where} {name} = {_show(reason)}: must be a non-empty reason")
     return problems
 
 

@@ -4,6 +4,7 @@ behaviour the harness had before, which DEVIATIONS.md no longer lists."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +222,21 @@ def test_every_builtin_preset_dry_runs_on_the_shipped_data(preset, tmp_path, cap
     assert not (tmp_path / "results.parquet").exists()  # nothing ran, nothing was written
     if preset == "paper":
         assert "gtsrb" in out and "sig" in out  # GTSRB clean-label cells at 0.5% run
+
+
+def test_a_preset_leaves_out_a_defense_with_its_reason_unless_asked_for(tmp_path):
+    """[grid.left_out]: the grid's cells for that defense become skipped rows whose reason the
+    leaderboard shows; naming the defense on the command line runs it."""
+    text = tmp_path / "p.toml"
+    base = (Path(__file__).resolve().parent.parent / "bench/presets/smoke.toml").read_text()
+    text.write_text(
+        base.replace('defenses = ["none"]', 'defenses = ["none", "dbd"]')
+        + '\n[grid.left_out]\ndbd = "needs the paper budget"\n'
+    )
+    preset = load_preset(text)
+    plan = plan_grid(expand_grid(preset), preset.grid.left_out)
+    assert [s.defense for s in plan.runnable] == ["none"]
+    (skipped,) = plan.skipped
+    assert skipped.spec.defense == "dbd" and "needs the paper budget" in skipped.reason
+    asked = with_overrides(preset, defenses=["dbd"])
+    assert not plan_grid(expand_grid(asked), asked.grid.left_out).skipped
