@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from bench.checks import PluginError
+from bench.errors import PluginError
 from bench.limits import check_time_limit
 from bench.params import Configurable, require_choice
 from bench.stages import seeded_rng

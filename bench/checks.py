@@ -13,11 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.errors import BenchError
+from bench.errors import PluginError
 
-
-class PluginError(BenchError):
-    """A plugin broke the attack or defense contract."""
+__all__ = ["PluginError", "check_component_class"]
 
 
 def check_component_class(cls: type, kind: str, where: str) -> None:

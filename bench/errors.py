@@ -10,6 +10,10 @@ class BenchError(Exception):
     """A problem the user can fix (bad input, missing data); the message says how."""
 
 
+class PluginError(BenchError):
+    """A plugin broke the attack or defense contract."""
+
+
 def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> BenchError:
     """An error for an unknown registry name that suggests the closest known names."""
     known = sorted(known)

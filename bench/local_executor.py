@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.config import Resources, TrialSpec
 from bench.errors import BenchError
 from bench.isolation import IsolatedTrial
-from bench.runner import (
+from bench.recording import (
     Progress,
     _close_logger,
     _trial_logger,

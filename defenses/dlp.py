@@ -109,8 +109,13 @@ class DLP(Defense):
                 schedule="constant",
             )
             if p.au_mode == "ascent":  # on the flagged samples only, as seen (no augmentation)
-                hooks = GradientAscent(
-                    p.au_objective, p.au_stop_accuracy, images[flagged], labels[flagged], ctx.device
+                hooks = GradientAscent(  # BN frozen, as the reconstruction specifies
+                    p.au_objective,
+                    p.au_stop_accuracy,
+                    images[flagged],
+                    labels[flagged],
+                    ctx.device,
+                    freeze_bn=True,
                 )
                 only_flagged = {"augment": False, "indices": flagged}
             else:  # descend on everything else while ascending on the flagged samples

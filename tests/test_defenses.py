@@ -190,8 +190,8 @@ def test_entropy_filter_and_unlearning_on_a_backdoored_model(cifar10):
     auroc = metrics.auroc(-entropy, poisoned.poison_mask)
 
     cfg = TrainConfig(epochs=20, batch_size=128, lr=2e-4, weight_decay=0.0, schedule="constant")
-    hooks = GradientAscent(
-        "unlikelihood", 0.2, poisoned.images[flagged], poisoned.labels[flagged], CPU
+    hooks = GradientAscent(  # as DLP runs it: BatchNorm frozen
+        "unlikelihood", 0.2, poisoned.images[flagged], poisoned.labels[flagged], CPU, freeze_bn=True
     )
     stats = Trainer(CPU).fit(
         model,

@@ -231,8 +231,10 @@ def test_without_ray_auto_falls_back_to_the_local_executor_and_says_so(
     as_file.write_text("")
     # The run stops early (its results dir is a file); the fallback was said first.
     assert main([*SMOKE, "--results-dir", str(as_file / "results")]) == 2
-    first = capsys.readouterr().out.splitlines()[0]
-    assert "ray cannot be imported" in first and "local executor" in first, first
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split(" ", 1)[1].startswith("hardware:"), lines  # the hardware line first
+    said = [line for line in lines if "ray cannot be imported" in line]
+    assert said and "local executor" in said[0], lines
     assert runner.choose_executor("auto") == "local"
     with pytest.raises(BenchError, match="ray cannot be imported"):
         runner.choose_executor("ray")
