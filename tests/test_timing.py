@@ -69,3 +69,13 @@ def test_each_run_gets_its_own_wall_time_and_breakdown():
     no_run = pd.DataFrame([_row("none", 0.0, 9.0, "built", {})])  # a table older than `run`
     older = render_markdown(pd.concat([df, upgrade(no_run)]))
     assert "## Rows without a run name\n\nRows from tables older" in older
+
+
+def test_skipped_cells_make_no_section_of_their_own():
+    """A preset's left-out cells are rows without a run or timings (they never ran); before,
+    they rendered an empty 'Rows without a run name: no successful trials' section."""
+    ran = {**_row("none", 0.0, 60.0, "built", {}), "run": "a"}
+    skipped = {"defense": "dbd", "status": "skipped"}
+    text = render_markdown(upgrade(pd.DataFrame([ran, skipped])))
+    assert "Rows without a run name" not in text and "no successful trials" not in text
+    assert "Wall time 1.0 min" in text

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report.text import md_code, md_table, write_text_atomic
-from bench.schema import OK, Col
+from bench.schema import OK, SKIPPED, Col
 
 #: Where a trial's time went; ``backdoored_seconds`` is derived (see below).
 STAGES = [Col.attack_seconds, "backdoored_seconds", Col.defense_seconds, Col.eval_seconds]
@@ -89,7 +89,9 @@ def _one_run(df: pd.DataFrame, timed: bool = True) -> str:
 
 def render_markdown(df: pd.DataFrame) -> str:
     """The breakdown as markdown tables in minutes: one per run (``run`` column) with that run's
-    wall time, then all rows together when the table holds several runs."""
+    wall time, then all rows together when the table holds several runs. Skipped cells never
+    ran, so they take no part (nor make a run of their own)."""
+    df = df[df[Col.status] != SKIPPED]
     runs = df[Col.run].fillna("").astype(str)
     if runs.nunique() <= 1:
         return _one_run(df)
