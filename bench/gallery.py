@@ -34,7 +34,7 @@ def attack_gallery(specs: list, path: Path, build: bool = False) -> Path | None:
     difference. ``specs`` holds one trial spec per (attack, dataset); attacks that need trained
     artifacts use the cached ones (built first only when ``build`` is True)."""
     from attacks.base import ArtifactMissing
-    from bench import registry
+    from bench import precision, registry
     from bench.cell import attack_context
     from bench.data import load_dataset
     from bench.errors import BenchError
@@ -69,7 +69,9 @@ def attack_gallery(specs: list, path: Path, build: bool = False) -> Path | None:
         cells = axes[i, 3 * j : 3 * j + 3]
         try:
             attack = registry.create("attack", spec.attack, dict(spec.attack_params))
-            attack.fit(attack_context(spec, data, cpu, build_artifacts=build))
+            # at the trial's precision: it is part of the artifacts' cache keys
+            with precision.use_precision(precision.resolve(spec.precision, cpu)):
+                attack.fit(attack_context(spec, data, cpu, build_artifacts=build))
             stamped = attack.apply_test(x)
         except ArtifactMissing:
             for ax in cells:

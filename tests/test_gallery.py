@@ -1,0 +1,30 @@
+"""The attack gallery fits attacks exactly as a trial does, so it finds the trial's artifacts."""
+
+import dataclasses
+
+from bench import precision, registry
+from bench.config import expand_grid, load_preset, with_overrides
+from bench.gallery import attack_gallery
+
+
+def test_the_gallery_fits_attacks_at_the_trials_precision(tmp_path, monkeypatch, cifar10):
+    """Before: the gallery fitted at fp32 (no precision in force) while bf16 trials had cached
+    the artifacts under bf16 keys, so it trained IAD's generators again (minutes)."""
+    seen = []
+    real_create = registry.create
+
+    def recording_create(kind, name, params=None):
+        attack = real_create(kind, name, params)
+        if kind != "attack":
+            return attack
+        fit = attack.fit
+        attack.fit = lambda ctx: (seen.append(precision.in_force()), fit(ctx))[1]
+        return attack
+
+    monkeypatch.setattr(registry, "create", recording_create)
+    preset = with_overrides(load_preset("smoke"), datasets=["cifar10"], attacks=["badnets"])
+    spec = expand_grid(preset)[0]
+    for requested in ("bf16", "fp32"):
+        spec = dataclasses.replace(spec, precision=requested)
+        assert attack_gallery([spec], tmp_path / f"{requested}.png").exists()
+        assert seen[-1] == precision.resolve(requested, "cpu")
