@@ -65,7 +65,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     ):
         raise BenchError("--trial-timeout, --retries and --max-concurrent must be finite and >= 0")
     resources = devices.choose(
-        resources, gpus_flag=args.gpus_per_trial, address=args.address, requested=preset.precision
+        resources,
+        gpus_flag=args.gpus_per_trial,
+        cpus_flag=args.cpus_per_trial,
+        address=args.address,
+        requested=preset.precision,
     )
     executor = args.executor if args.dry_run else choose_executor(args.executor, args.address)
     try:

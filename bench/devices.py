@@ -14,6 +14,7 @@ import os
 
 from bench import precision
 from bench.config import Resources
+from bench.errors import BenchError
 
 log = logging.getLogger("bench")
 
@@ -22,11 +23,40 @@ log = logging.getLogger("bench")
 TRIALS_PER_GPU = 4
 
 
+def local_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, as Ray counts them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def fit_cpus(resources: Resources, *, cpus_flag: float | None, address: str | None) -> Resources:
+    """A preset's CPUs per trial, capped at this machine's cores on a local run: the paper
+    preset asks 4 per trial and still starts on a 2-core laptop (each trial gets both cores).
+    An explicit ``--cpus-per-trial`` beyond the cores is refused at once, before Ray starts."""
+    cores = local_cores()
+    if address is not None or resources.cpus_per_trial <= cores:
+        return resources
+    if cpus_flag is not None:
+        raise BenchError(
+            f"--cpus-per-trial {cpus_flag:g} exceeds this machine's {cores} CPUs; "
+            f"use at most {cores}, or --address a Ray cluster"
+        )
+    return dataclasses.replace(resources, cpus_per_trial=float(cores))
+
+
 def choose(
-    resources: Resources, *, gpus_flag: float | None, address: str | None, requested: str
+    resources: Resources,
+    *,
+    gpus_flag: float | None,
+    address: str | None,
+    requested: str,
+    cpus_flag: float | None = None,
 ) -> Resources:
-    """``resources`` with GPUs where the machine has them and nothing said otherwise; logs the
-    choice. ``requested`` is the grid's precision ("auto", "fp32", "bf16")."""
+    """``resources`` with GPUs where the machine has them and nothing said otherwise, CPU trials
+    fitted to the machine's cores (:func:`fit_cpus`); logs the choice. ``requested`` is the grid's
+    precision ("auto", "fp32", "bf16")."""
     import torch
 
     chosen = resources
@@ -48,13 +78,23 @@ def choose(
             chosen.cpus_per_trial,
         )
     else:
+        fitted = fit_cpus(chosen, cpus_flag=cpus_flag, address=address)
         log.info(
             "hardware: CPU (%d cores; no CUDA GPU%s), %g CPU(s) per trial, %s",
-            os.cpu_count() or 1,
+            local_cores(),
             " asked for" if gpus else "",
-            chosen.cpus_per_trial,
+            fitted.cpus_per_trial,
             _precision_note(requested, "cpu"),
         )
+        if fitted != chosen:
+            log.info(
+                "the preset asks %g CPUs per trial and this machine has %d: each trial gets %g "
+                "(--cpus-per-trial sets it)",
+                chosen.cpus_per_trial,
+                local_cores(),
+                fitted.cpus_per_trial,
+            )
+        chosen = fitted
     return chosen
 
 

@@ -39,3 +39,21 @@ def test_without_a_gpu_or_with_an_explicit_choice_nothing_changes(gpus, caplog):
     cpu = Resources(gpus_per_trial=0.0)
     assert devices.choose(cpu, gpus_flag=0.0, address=None, requested="auto") == cpu
     assert devices.choose(cpu, gpus_flag=None, address="h:6379", requested="auto") == cpu
+
+
+def test_a_preset_asking_more_cpus_than_the_machine_has_still_starts(gpus, monkeypatch, caplog):
+    """Before: `bench run --preset paper --gpus-per-trial 0` on a 2-core machine started Ray and
+    then stopped with '--cpus-per-trial 4 exceeds the cluster's 2 CPUs' (a flag never given)."""
+    from bench.errors import BenchError
+
+    gpus(0)
+    monkeypatch.setattr(devices, "local_cores", lambda: 2)
+    paper = Resources(cpus_per_trial=4)
+    with caplog.at_level(logging.INFO, logger="bench"):
+        fitted = devices.choose(paper, gpus_flag=0.0, address=None, requested="auto")
+    assert fitted.cpus_per_trial == 2
+    assert "2 CPU(s) per trial" in caplog.text and "asks 4 CPUs per trial" in caplog.text
+    # A cluster has its own CPUs; an explicit flag beyond the cores is refused before Ray starts.
+    assert devices.choose(paper, gpus_flag=0.0, address="h:6379", requested="auto") == paper
+    with pytest.raises(BenchError, match="--cpus-per-trial 4 exceeds this machine's 2 CPUs"):
+        devices.choose(paper, gpus_flag=0.0, cpus_flag=4, address=None, requested="auto")
