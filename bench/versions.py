@@ -34,7 +34,19 @@ def git_revision() -> str:
             check=True,
         )
         dirty = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            # results/ is generated output (its table is committed): a run writing it does not
+            # make the code that produced the rows uncommitted
+            [
+                "git",
+                "-C",
+                str(PROJECT_ROOT),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)results",
+            ],
             capture_output=True,
             text=True,
             timeout=5,
