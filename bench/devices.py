@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 
 from bench import precision
@@ -36,8 +37,9 @@ def fit_cpus(resources: Resources, *, cpus_flag: float | None, address: str | No
     preset asks 4 per trial and still starts on a 2-core laptop (each trial gets both cores).
     An explicit ``--cpus-per-trial`` beyond the cores is refused at once, before Ray starts."""
     cores = local_cores()
-    if address is not None or resources.cpus_per_trial <= cores:
-        return resources
+    wanted = resources.cpus_per_trial
+    if address is not None or not math.isfinite(wanted) or wanted <= cores:
+        return resources  # a cluster has its own CPUs; preflight refuses non-finite values
     if cpus_flag is not None:
         raise BenchError(
             f"--cpus-per-trial {cpus_flag:g} exceeds this machine's {cores} CPUs; "
