@@ -99,7 +99,19 @@ def _shot(driver, width: int, height: int) -> bytes:
             "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
         },
     )
-    return base64.b64decode(shot["data"])
+    return _compact(base64.b64decode(shot["data"]))
+
+
+def _compact(png: bytes) -> bytes:
+    """The PNG in a 256-colour palette: a page of flat colours and text looks the same, and a
+    full-page phone capture stays well under a megabyte instead of three (they are committed)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256).save(out, "PNG", optimize=True)
+    return out.getvalue()
 
 
 def synthetic():
