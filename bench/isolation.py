@@ -460,7 +460,9 @@ def run_isolated(
 ) -> dict[str, Any]:
     """Run a trial (and its retries) in child processes and return its row; never raises for
     anything the trial does. ``options``: :class:`TrialProcess`'s keyword arguments."""
-    trial = IsolatedTrial(spec, retries, report, options, log_failures)
+    trial = IsolatedTrial(
+        spec, retries=retries, report=report, options=options, log_failures=log_failures
+    )
     trial.start()
     try:
         while (row := trial.poll()) is None:

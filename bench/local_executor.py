@@ -22,11 +22,11 @@ from bench.errors import BenchError
 from bench.isolation import IsolatedTrial
 from bench.recording import (
     Progress,
-    _close_logger,
-    _trial_logger,
+    close_logger,
     concurrency,
     record_row,
     trial_label,
+    trial_logger,
 )
 from bench.schema import Col
 from bench.store import ResultsStore
@@ -147,7 +147,7 @@ def _start(
     spec: TrialSpec, devices: list[str], run_dir: Path, resources: Resources
 ) -> IsolatedTrial:
     log_path = (run_dir / "trials" / f"{spec.trial_id}.log").resolve()
-    logger = _trial_logger(log_path, spec.trial_id)
+    logger = trial_logger(log_path, spec.trial_id)
     logger.info("trial %s: %s", spec.trial_id, spec.canonical())
     options = {
         "gpus": resources.gpus_per_trial,
@@ -170,5 +170,5 @@ def _finish(
 ) -> None:
     row[Col.run] = run_dir.name  # the results/runs/<run> that ran it
     record_row(row, store.path, run_dir)
-    _close_logger(logging.getLogger(f"bench.trial.{trial.spec.trial_id}"))
+    close_logger(logging.getLogger(f"bench.trial.{trial.spec.trial_id}"))
     progress.trial_done(trial_label(trial.spec), row[Col.status], row[Col.ca], row[Col.asr])

@@ -24,7 +24,8 @@ def trial_label(spec: TrialSpec) -> str:
     return f"{spec.dataset}/{spec.attack}/{spec.defense}/r={spec.ratio}/s={spec.seed}"
 
 
-def _trial_logger(path: Path, name: str) -> logging.Logger:
+def trial_logger(path: Path, name: str) -> logging.Logger:
+    """A logger writing only to the trial's own log file (not to the run's console)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"bench.trial.{name}")
     logger.setLevel(logging.INFO)
@@ -35,7 +36,8 @@ def _trial_logger(path: Path, name: str) -> logging.Logger:
     return logger
 
 
-def _close_logger(logger: logging.Logger) -> None:
+def close_logger(logger: logging.Logger) -> None:
+    """Release a trial's log file (workers are reused for the next trial)."""
     for handler in logger.handlers:
         handler.close()
     logger.handlers = []
@@ -92,7 +94,8 @@ def merge_pending(store: ResultsStore, runs_root: Path) -> int:
     return len(rows)
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``12m05s`` or ``1h02m05s``."""
     seconds = round(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -114,7 +117,7 @@ class Progress:
         remaining = self.total - self.done
         waves_left = math.ceil(remaining / self.concurrency)
         per_wave = elapsed / max(1, math.ceil(self.done / self.concurrency))
-        eta = _format_duration(waves_left * per_wave) if remaining else "0m00s"
+        eta = format_duration(waves_left * per_wave) if remaining else "0m00s"
         outcome = f"CA {ca:.3f} ASR {asr:.3f}" if status == OK else status.upper()
         log.info(
             "[%d/%d trials done, %d failed] %s: %s | elapsed %s, ETA %s",
@@ -123,7 +126,7 @@ class Progress:
             self.failed,
             label,
             outcome,
-            _format_duration(elapsed),
+            format_duration(elapsed),
             eta,
         )
 

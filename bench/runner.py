@@ -30,14 +30,14 @@ from bench.errors import BenchError
 from bench.recording import (
     PENDING_DIR,
     Progress,
-    _close_logger,
-    _format_duration,
-    _trial_logger,
+    close_logger,
     concurrency,
+    format_duration,
     merge_pending,
     pending_rows,
     record_row,
     trial_label,
+    trial_logger,
 )
 from bench.schema import ERROR, OK, SKIPPED, Col, complete_row
 from bench.store import ResultsStore
@@ -68,7 +68,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
 
     spec = TrialSpec.from_dict(json.loads(config[Col.spec]))
     log_path = Path(config["log_dir"]) / f"{spec.trial_id}.log"
-    logger = _trial_logger(log_path, spec.trial_id)
+    logger = trial_logger(log_path, spec.trial_id)
     logger.info("trial %s: %s", spec.trial_id, spec.canonical())
     # The worker's own harness messages (a row kept pending) go to the trial's log too.
     harness = logging.getLogger("bench")
@@ -90,7 +90,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
         record_row(row, Path(config["store"]), Path(config["log_dir"]).parent)
     finally:  # the worker is reused for the next trial: release this one's log file
         harness.handlers = []
-        _close_logger(logger)
+        close_logger(logger)
     tune.report(
         {
             "ok": row[Col.status] == OK,
@@ -400,7 +400,7 @@ def _run_grid_locked(
     seconds = time.time() - start
     log.info(
         "grid finished in %s: %d ok, %d failed, %d not run, %d skipped (already done)%s",
-        _format_duration(seconds),
+        format_duration(seconds),
         ok,
         errors,
         not_run,

@@ -587,6 +587,17 @@ def _listening(session: int, psutil) -> set[tuple[str, int, str]]:
 
 
 @pytest.mark.slow
+def _smoke_driver(results: Path, **streams) -> subprocess.Popen:
+    """A smoke-preset `bench run` in its own session (so its whole process group can be
+    signalled), importing this checkout."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", *SMOKE, "--results-dir", str(results)],
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        **streams,
+    )
+
+
 def test_case10_a_local_run_listens_on_loopback_only(tmp_path):
     """Before: the GCS server, the raylet and the workers listened on every interface and the
     runtime-env agent on the machine's address."""
@@ -595,14 +606,7 @@ def test_case10_a_local_run_listens_on_loopback_only(tmp_path):
     psutil = pytest.importorskip("psutil")
 
     results = tmp_path / "results"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", *SMOKE, "--results-dir", str(results)],
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
-    )
+    driver = _smoke_driver(results, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: set[tuple[str, int, str]] = set()
     try:
         deadline = time.monotonic() + 300
@@ -905,13 +909,7 @@ def test_case9_ray_processes_die_with_a_driver_killed_during_start_up(tmp_path):
 
     psutil = pytest.importorskip("psutil")
     results = tmp_path / "results"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", *SMOKE, "--results-dir", str(results)],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
-    )
+    driver = _smoke_driver(results, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def session() -> list[str]:
         names = []
