@@ -6,6 +6,7 @@ what each trigger *is*; whether it implants a backdoor is measured by whole tria
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -198,6 +199,19 @@ def test_trojannn_patch_sits_in_the_square_mask(small):
     inside = out[:, :, 20:30, 20:30].float()
     assert (inside >= 0.7 * 255 - 1).all()  # T starts at 1 and moves at most 0.3
     assert torch.equal(out[:, :, 20:30, 20:30], out[:1, :, 20:30, 20:30].expand_as(inside))
+
+
+def test_trojannn_add_wrap_is_backdoorbench_s_uint8_wrap_around(small):
+    """BackdoorBench adds the patch and casts to uint8 before clipping: 200 + 100 becomes 44."""
+    attack = fitted("trojannn", small)
+    attack.params = dataclasses.replace(attack.params, application="add_wrap")
+    x = small.test_x[:8].clone()
+    x[:, :, 20:30, 20:30] = 200
+    out = attack.apply(x)
+    assert torch.equal(out[:, :, :20], x[:, :, :20]) and torch.equal(out[..., :20], x[..., :20])
+    patch = attack.pattern[0, :, 20:30, 20:30].int()
+    assert (patch >= 178).all()  # T in [0.7, 1]: every sum passes 255
+    assert torch.equal(out[0, :, 20:30, 20:30].int(), 200 + patch - 256)
 
 
 def test_lf_pattern_is_smooth_nonnegative_and_bounded(small):

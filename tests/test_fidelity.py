@@ -200,6 +200,7 @@ def test_the_paper_preset_is_backdoorbench_s_protocol():
     assert preset.grid.ratios_for("sig", "cifar10") == (0.05,)
     assert preset.grid.ratios_for("lc", "gtsrb") == (0.005,)
     assert preset.grid.ratios_for("badnets", "gtsrb") == (0.1,)
+    assert preset.attack_params["trojannn"]["application"] == "add_wrap"  # BB's uint8 wrap-around
 
 
 def test_clean_label_cells_the_target_class_cannot_supply_are_skipped_with_the_reason():
