@@ -61,6 +61,9 @@ class AttackContext:
     model_name: str = ""
     train_config: TrainConfig = field(default_factory=TrainConfig)
     allows_flip: bool = True
+    #: The dataset's normalisation std per channel: some losses are BackdoorBench's on
+    #: normalised images (IAD's mask diversity), while attacks work on [0, 1] pixels.
+    pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0)
     #: False: only load artifacts from the cache (the leaderboard's gallery never trains).
     build_artifacts: bool = True
     log: Callable[[str], None] = lambda _msg: None
@@ -134,6 +137,14 @@ class Attack(Configurable, ABC):
     controls_training: ClassVar[bool] = False
     #: Attacks that add cross/noise/negative samples (labels kept) beside the backdoor samples.
     has_cross: ClassVar[bool] = False
+    #: Bumped when a code change alters what the attack makes for the same parameters (its
+    #: artifacts, poisoned sets and backdoored models): cached ones from older code are not reused.
+    revision: ClassVar[int] = 1
+
+    def revision_key(self) -> dict[str, int]:
+        """The revision as cache keys hold it: absent at 1, so caches from before it existed
+        stay valid."""
+        return revision_key(type(self))
 
     def fit(self, ctx: AttackContext) -> None:
         """Prepare state from clean data (a trigger, a generator, a surrogate). Optional."""
@@ -172,6 +183,12 @@ class Attack(Configurable, ABC):
         already trained it (IAD trains its classifier jointly with the generators, and that
         classifier is the attacker's model); None: the harness trains it."""
         return None
+
+
+def revision_key(attack_class: type) -> dict[str, int]:
+    """``{"attack_revision": n}`` for an attack class past revision 1, else ``{}``."""
+    revision = getattr(attack_class, "revision", 1)
+    return {} if revision == 1 else {"attack_revision": revision}
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,10 @@ the harness. The static poisoned set (Mode B) is drawn afterwards from the final
 BackdoorBench's epoch accounting is kept: the joint stage runs the preset's epochs minus the
 mask epochs (75 of 100 on CIFAR-10, 25 of 50 on GTSRB), at a constant lr.
 Compositing happens in [0, 1] pixel space, which equals BB's normalised space because
-normalisation is affine per channel.
+normalisation is affine per channel. Stage 1's diversity is not scale-free: BB divides the
+distance of normalised images by that of [0, 1] masks, so the images are divided by the dataset's
+std here as well (revision 2; revision 1 measured them in [0, 1], a diversity weight about 4x
+weaker on CIFAR-10).
 """
 
 from __future__ import annotations
@@ -145,12 +148,15 @@ def pretrain_mask(
     lambda_norm: float,
     lambda_div: float,
     generator: torch.Generator,
+    pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0),
 ) -> list[float]:
-    """Stage 1: M alone, on pairs of independently shuffled batches; returns epoch losses."""
+    """Stage 1: M alone, on pairs of independently shuffled batches; returns epoch losses. The
+    image distance is BackdoorBench's, on normalised images (``pixel_std``); the masks' is not."""
     optimizer = torch.optim.Adam(mask_gen.parameters(), lr=lr, betas=(0.5, 0.9))
     milestones = [round(epochs * 0.4), round(epochs * 0.8)]  # BB: [10, 20] of 25
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, 0.1)
     dev = images.device
+    inv_std = 1 / torch.tensor(pixel_std, device=dev).view(1, -1, 1, 1)
     losses = []
     mask_gen.train()
     for _ in range(epochs):
@@ -162,7 +168,7 @@ def pretrain_mask(
             x2 = images[second[start : start + batch_size]].float() / 255
             m1, m2 = binarise_mask(mask_gen(x1)), binarise_mask(mask_gen(x2))
             loss = lambda_norm * F.relu(m1 - density).mean() + lambda_div * diversity(
-                x1, x2, m1, m2
+                x1 * inv_std, x2 * inv_std, m1, m2
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -176,6 +182,7 @@ def pretrain_mask(
 
 class InputAware(TrainingControlledAttack):
     name = "iad"
+    revision = 2  # stage 1's image distance on normalised images, as BackdoorBench's
 
     @dataclass(frozen=True)
     class Params:
@@ -235,6 +242,7 @@ class InputAware(TrainingControlledAttack):
                 lambda_norm=p.lambda_norm,
                 lambda_div=p.lambda_div,
                 generator=gen,
+                pixel_std=ctx.pixel_std,
             )
             for param in m.parameters():
                 param.requires_grad_(False)
@@ -270,6 +278,7 @@ class InputAware(TrainingControlledAttack):
 
         epochs = self.joint_epochs(ctx.train_config)
         key = {**self.describe(), "generator_epochs": epochs, "ratio": ctx.ratio}
+        key.update(self.revision_key())
         value = ctx.artifact("iad_joint_training", key, build)
         self.victim = {
             "state_dict": value["classifier"],

@@ -98,7 +98,7 @@ def universal_low_frequency(
             r, iterations = targeted_deepfool(
                 model, (x + v).clamp(0, 1), target, overshoot, max_iter
             )
-            if 0 < iterations < max_iter - 1:
+            if iterations < max_iter - 1:  # converged; at 0, x + v already hits the target
                 v = gaussian_low_pass(v + gaussian_low_pass(r[0]))
                 span = (v.max() - v.min()).clamp_min(1e-12)
                 v = max_value * (v - v.min()) / span
@@ -113,6 +113,7 @@ def universal_low_frequency(
 class LowFrequency(Attack):
     name = "lf"
     label_policy = POISON_LABEL
+    revision = 2  # DeepFool returning at once (x + v already the target) still smooths v, as BB's
 
     @dataclass(frozen=True)
     class Params:
@@ -170,7 +171,8 @@ class LowFrequency(Attack):
             pattern = torch.round(v.cpu() * 255).to(torch.uint8)
             return {"pattern": pattern, "fooling_rates": torch.tensor(rates)}
 
-        self.pattern = ctx.artifact("lf_pattern", self.describe(), build)["pattern"]
+        key = {**self.describe(), **self.revision_key()}
+        self.pattern = ctx.artifact("lf_pattern", key, build)["pattern"]
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         if self.pattern is None:

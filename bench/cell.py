@@ -82,6 +82,7 @@ def attack_context(
         model_name=spec.model,
         train_config=spec.train_config(),
         allows_flip=data.info.allows_flip,
+        pixel_std=tuple(data.info.std),
         build_artifacts=build_artifacts,
         log=report,
     )

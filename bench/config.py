@@ -246,12 +246,17 @@ class TrialSpec:
     clean_fraction: float = 0.0
     #: Content hash of the decoded dataset (bench.data): results on other data are other trials.
     data_hash: str = ""
+    #: The attack's code revision (``Attack.revision``): results of older code are other trials.
+    attack_revision: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.canonical())
 
     def canonical(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        spec = dataclasses.asdict(self)
+        if spec[schema.Col.attack_revision] == 1:  # absent at 1: older ids stay valid
+            del spec[schema.Col.attack_revision]
+        return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
     @property
     def trial_id(self) -> str:
@@ -310,6 +315,7 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
     if not 0.0 < grid.clean_fraction < 1.0:
         raise BenchError(f"clean_fraction must be in (0, 1), got {grid.clean_fraction!r}")
     attack_params = {a: _resolved("attack", a, preset.attack_params) for a in attacks}
+    revisions = {a: getattr(registry.get_entry("attack", a).load(), "revision", 1) for a in attacks}
     needs = {d: registry.get_entry("defense", d).load().needs for d in defenses}
     defense_params = {
         d: _resolved("defense", d, preset.defense_params, preset.name) for d in defenses
@@ -347,6 +353,7 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
                 precision=preset.precision,
                 clean_fraction=grid.clean_fraction if "clean_subset" in needs[defense] else 0.0,
                 data_hash=data_hash[dataset],
+                attack_revision=revisions[attack],
             )
         )
     return list({s.trial_id: s for s in specs}.values())  # a repeated value: each trial once

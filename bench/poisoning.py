@@ -194,6 +194,7 @@ def cell_spec(spec: TrialSpec, data: Dataset) -> dict[str, Any]:
         Col.data: dict(spec.data),
         Col.attack: spec.attack,
         Col.attack_params: dict(spec.attack_params),
+        **({Col.attack_revision: spec.attack_revision} if spec.attack_revision != 1 else {}),
         Col.ratio: spec.ratio,
         Col.target: spec.target,
         Col.exclude_target_from_poison: spec.exclude_target_from_poison,

@@ -26,7 +26,7 @@ import pandas as pd
 from bench.errors import BenchError
 
 #: The schema new rows are written under; rows from older code keep theirs (0: before versioning).
-SCHEMA_VERSION = 3  # 2: data_hash; 3: defense_metrics
+SCHEMA_VERSION = 4  # 2: data_hash; 3: defense_metrics; 4: attack_revision
 
 # Column dtypes (pandas). Nullable ``Int64`` / ``boolean`` where a value can be unknown (an
 # error row has no counts); ``str`` columns hold "" where there is nothing to say.
@@ -134,6 +134,13 @@ class Col:
         "part of the trial id and of every artifact key, so other data is another trial",
         spec=True,
         default="",
+    )
+    attack_revision = _col(
+        COUNT,
+        "the attack's code revision (Attack.revision; in the trial id from 2 on): a change to "
+        "what an attack makes is another trial, and its caches are rebuilt",
+        spec=True,
+        default=1,
     )
     spec = _col(STR, "the canonical spec (JSON; TrialSpec.from_dict rebuilds the trial)")
     # Outcome

@@ -11,20 +11,24 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from attacks.base import CLEAN_LABEL, ArtifactMissing, AttackContext
+from attacks import lf
+from attacks.badnets import BadNets
+from attacks.base import CLEAN_LABEL, ArtifactMissing, AttackContext, revision_key
 from attacks.bpp import squeeze
-from attacks.iad import binarise_mask
+from attacks.iad import InputAwareGenerator, binarise_mask, pretrain_mask
 from attacks.lc import corner_pattern
 from attacks.sig import sinusoid
 from attacks.ssba import psnr
 from attacks.training_control import post_poisoning_augment
 from attacks.wanet import identity_grid, warp_grid
 from bench import registry
+from bench.config import expand_grid, load_preset, with_overrides
 from bench.data import Dataset
 from bench.errors import BenchError
 from bench.models import build_model
-from bench.poisoning import poison_test_set, poison_train_set
+from bench.poisoning import cell_spec, poison_test_set, poison_train_set
 from bench.train import Batch, TrainConfig
 
 CPU = torch.device("cpu")
@@ -66,6 +70,7 @@ def context(data: Dataset, ratio: float = 0.05, seed: int = 0, **kw) -> AttackCo
         model_name="cnn_small",
         train_config=TrainConfig(epochs=3, batch_size=64),
         allows_flip=info.allows_flip,
+        pixel_std=tuple(info.std),
         **kw,
     )
 
@@ -144,6 +149,25 @@ def test_missing_artifact_without_building_is_a_clear_error(small):
         lc.apply(x)
 
 
+def test_a_new_attack_revision_rebuilds_what_older_code_cached(small, monkeypatch):
+    """Cached artifacts, poisoned sets and backdoored models carry the attack's revision, so a
+    change to what an attack makes is never answered from a cache that older code wrote."""
+    preset = with_overrides(
+        load_preset("smoke"), datasets=["cifar10"], attacks=["lf"], defenses=["none"]
+    )
+    (trial,) = expand_grid(preset)
+    attack = registry.create("attack", "lf", TINY["lf"])
+    attack.fit(context(small))
+    monkeypatch.setattr(type(attack), "revision", type(attack).revision + 1)
+    with pytest.raises(ArtifactMissing, match="not built"):
+        registry.create("attack", "lf", TINY["lf"]).fit(context(small, build_artifacts=False))
+    (newer,) = expand_grid(preset)
+    assert newer.attack_revision == type(attack).revision
+    assert newer.trial_id != trial.trial_id  # a resumed run reruns the cell, not skips it
+    assert cell_spec(newer, small) != cell_spec(trial, small)  # poisoned set, backdoored model
+    assert revision_key(BadNets) == {}  # revision 1: keys as they were before revisions
+
+
 # --------------------------------------------------------------------------- per trigger
 
 
@@ -212,6 +236,45 @@ def test_trojannn_add_wrap_is_backdoorbench_s_uint8_wrap_around(small):
     patch = attack.pattern[0, :, 20:30, 20:30].int()
     assert (patch >= 178).all()  # T in [0.7, 1]: every sum passes 255
     assert torch.equal(out[0, :, 20:30, 20:30].int(), 200 + patch - 256)
+
+
+def test_lf_smooths_its_pattern_when_deepfool_returns_at_once(monkeypatch):
+    """BackdoorBench updates v whenever DeepFool converged, also at iteration 0 (x + v already
+    hits the target): v <- LP(v + LP(0)), rescaled, i.e. one more blur."""
+    r = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    calls = iter([(r, 3), (torch.zeros_like(r), 0)])
+    monkeypatch.setattr(lf, "targeted_deepfool", lambda *a: next(calls))
+    same_class = nn.Sequential(nn.Conv2d(3, 10, 32), nn.Flatten())  # one argmax for any input
+
+    def rescaled(v):
+        return 0.2 * (v - v.min()) / (v.max() - v.min())
+
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        nn.init.zeros_(same_class[0].weight), nn.init.constant_(same_class[0].bias, 1.0)
+    v, _ = lf.universal_low_frequency(
+        same_class, images, images, 0, max_passes=1, delta=0.8, overshoot=0.02, max_iter=200,
+        max_value=0.2, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    first = rescaled(lf.gaussian_low_pass(lf.gaussian_low_pass(r[0])))
+    assert torch.allclose(v, rescaled(lf.gaussian_low_pass(first)), atol=1e-6)
+    assert not torch.allclose(v, first, atol=1e-3)
+
+
+def test_iad_mask_diversity_measures_images_normalised_as_backdoorbench(small):
+    """Stage 1's loss divides the images' distance (normalised, BB) by the masks' ([0, 1]): with
+    the norm term off and one batch, a std of 0.25 makes the loss 4x that of no normalisation."""
+    images = small.train_x[:64]
+
+    def first_loss(std: float) -> float:
+        torch.manual_seed(0)
+        mask_gen = InputAwareGenerator(1, 8)
+        return pretrain_mask(
+            mask_gen, images, epochs=1, batch_size=64, lr=0.01, density=0.032, lambda_norm=0.0,
+            lambda_div=1.0, generator=torch.Generator().manual_seed(0), pixel_std=(std,) * 3,
+        )[0]  # fmt: skip
+
+    assert first_loss(0.25) == pytest.approx(4 * first_loss(1.0), rel=1e-4)
 
 
 def test_lf_pattern_is_smooth_nonnegative_and_bounded(small):
