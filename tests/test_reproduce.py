@@ -149,6 +149,7 @@ def test_a_preset_of_its_own_protocol_gets_verdict_agreement(tmp_path, capsys):
         _cell("ibau", "blended", 0.59, 0.00, preset="quick", reference=""),  # published fails
         _cell("dbd", "wanet", 0.46, 0.50, preset="quick", reference=""),  # published succeeds
         _cell("nab", "wanet", 0.67, 0.45, preset="quick", reference=""),  # not published
+        _cell("abl", "trojannn", 0.53, 0.00, preset="quick", reference=""),  # published CA 11.1
     ]
     df = upgrade(pd.DataFrame(rows))
     df.to_parquet(tmp_path / "results.parquet", index=False)
@@ -158,6 +159,10 @@ def test_a_preset_of_its_own_protocol_gets_verdict_agreement(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Not comparable: preset quick does not follow this reference's protocol" in out
     assert "3 defended cells compared, 1 agree (33%); 1 cells have no published counterpart." in out
+    # BackdoorBench's ABL on TrojanNN collapsed (CA 11.1%, every input the target): not a verdict
+    assert "Left out: 1 cell(s) where a model's clean accuracy is below 20%" in out
+    assert "abl on trojannn at 0.1: CA 53.0 / 11.1" in out
+    assert "| trojannn | abl | 0.0 / 100.0 | succeeds | fails | left out (collapsed) |" in out
     assert "the attack works (ASR at least 20%) in 1 of 1 cells here and in 1 of them" in out
     assert "| cifar10 | 0.1 | blended | ibau | 0.0 / 50.5 | succeeds | fails | no |" in out
     assert "| cifar10 | 0.1 | badnets | abl | 5.0 / 0.0 | succeeds | succeeds | yes |" in out

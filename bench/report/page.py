@@ -69,7 +69,7 @@ from bench.report.naming import (
 from bench.report.page_assets import CSS, JS
 from bench.report.plots import Figure, Style, rank_order
 from bench.report.protocol import protocol
-from bench.report.reproduce import PUB, SUCCESS_ASR, Reproduction, render_html
+from bench.report.reproduce import COLLAPSED_CA, PUB, SUCCESS_ASR, Reproduction, render_html
 from bench.report.text import pct
 from bench.schema import ERROR, TIMEOUT, Col
 
@@ -591,6 +591,8 @@ def _published(reproduction: Reproduction | None) -> dict[tuple, str]:
             )
             if c.comparable:
                 text += f" ({r['verdict']})"
+            elif r["collapsed"]:
+                text += f" (another protocol; a model below {COLLAPSED_CA:.0%} CA: no verdict)"
             else:
                 text += " (another protocol: only the verdict is comparable; " + (
                     "agrees)" if r["agrees"] else "disagrees)"

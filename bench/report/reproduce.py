@@ -9,7 +9,9 @@ A cell (dataset, attack, defense, ratio) is compared two ways, depending on whet
 - **not comparable** (a preset of its own protocol, e.g. quick): **verdict agreement** only: a
   defense succeeds when its ASR is below :data:`SUCCESS_ASR`; a cell agrees when ours and the
   published run both succeed or both fail. `none` cells are summed up apart (does the attack
-  work at all), since a defense's verdict is what is being compared.
+  work at all), since a defense's verdict is what is being compared. A cell where either model's
+  clean accuracy is below :data:`COLLAPSED_CA` is shown but left out of the count: that model is
+  no classifier, so its ASR says nothing about the backdoor.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ REPRODUCED = (0.02, 0.05)
 CLOSE = (0.05, 0.10)
 #: A defense succeeds (the backdoor is removed) when the ASR is below this.
 SUCCESS_ASR = 0.20
+#: A defended model below this clean accuracy has collapsed (CIFAR-10's chance is 10%): its ASR
+#: says nothing about the backdoor (BackdoorBench's ABL on TrojanNN at 10%: CA 11.1% and ASR 100%,
+#: every input labelled the target), so its cell is left out of verdict agreement.
+COLLAPSED_CA = 0.20
 VERDICTS = ("reproduced", "close", "differs")
 PUB = "_pub"  # suffix of the published metrics in a comparison table
 
@@ -99,7 +105,11 @@ def compare(df: pd.DataFrame, reference: Reference) -> list[Comparison]:
                 ours_succeeds=found[Col.asr].map(succeeds),
                 published_succeeds=found[Col.asr + PUB].map(succeeds),
             )
-            found = found.assign(agrees=found["ours_succeeds"] == found["published_succeeds"])
+            collapsed = (found[Col.ca] < COLLAPSED_CA) | (found[Col.ca + PUB] < COLLAPSED_CA)
+            found = found.assign(
+                collapsed=collapsed,
+                agrees=(found["ours_succeeds"] == found["published_succeeds"]) & ~collapsed,
+            )
         order = [Col.dataset, Col.ratio, Col.attack, Col.defense, LABEL]
         found = found.sort_values(order).reset_index(drop=True)
         out.append(
@@ -199,17 +209,29 @@ def _agreement(c: Comparison) -> Table:
     cells = c.cells
     defended = cells[cells[Col.defense] != "none"]
     base = cells[cells[Col.defense] == "none"]
+    collapsed = defended[defended["collapsed"]]
+    compared = len(defended) - len(collapsed)
     agree = int(defended["agrees"].sum())
-    share = f" ({100 * agree / len(defended):.0f}%)" if len(defended) else ""
+    share = f" ({100 * agree / compared:.0f}%)" if compared else ""
+    left_out = "; ".join(
+        f"{r[LABEL]} on {r[Col.attack]} at {r[Col.ratio]:g}: CA {_side_by_side(r, Col.ca)}"
+        for _, r in collapsed.iterrows()
+    )
     lines = [
         _reference_line(c),
         f"Not comparable: preset {c.preset} does not follow this reference's protocol (model, "
         "data, budget differ), so only verdicts are compared: a defense succeeds when its ASR "
         f"is below {100 * SUCCESS_ASR:.0f}%; a cell agrees when ours and the published run "
         "both succeed or both fail.",
-        f"{len(defended)} defended cells compared, {agree} agree{share}"
+        f"{compared} defended cells compared, {agree} agree{share}"
         + (f"; {c.unmatched} cells have no published counterpart." if c.unmatched else "."),
     ]
+    if len(collapsed):
+        lines.append(
+            f"Left out: {len(collapsed)} cell(s) where a model's clean accuracy is below "
+            f"{100 * COLLAPSED_CA:.0f}% (ours / published), a collapsed model whose ASR says "
+            f"nothing about the backdoor: {left_out}."
+        )
     if len(base):
         works = int((~base["ours_succeeds"]).sum())
         published = int((~base["published_succeeds"]).sum())
@@ -227,7 +249,7 @@ def _agreement(c: Comparison) -> Table:
             _side_by_side(r, Col.asr),
             yes[bool(r["ours_succeeds"])],
             yes[bool(r["published_succeeds"])],
-            "yes" if r["agrees"] else "no",
+            "left out (collapsed)" if r["collapsed"] else "yes" if r["agrees"] else "no",
         ]
         for _, r in defended.iterrows()
     ]
