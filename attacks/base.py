@@ -137,8 +137,10 @@ class Attack(Configurable, ABC):
     controls_training: ClassVar[bool] = False
     #: Attacks that add cross/noise/negative samples (labels kept) beside the backdoor samples.
     has_cross: ClassVar[bool] = False
-    #: Bumped when a code change alters what the attack makes for the same parameters (its
-    #: artifacts, poisoned sets and backdoored models): cached ones from older code are not reused.
+    #: Bumped when a code change alters what the attack makes for the same parameters: the cell
+    #: is then another trial, and its poisoned sets and backdoored models are rebuilt. An attack
+    #: whose own artifact changed also puts :meth:`revision_key` into that ``ctx.artifact`` key
+    #: (artifacts such as the clean surrogate are shared between attacks, so it is not implied).
     revision: ClassVar[int] = 1
 
     def revision_key(self) -> dict[str, int]:

@@ -1,5 +1,7 @@
-"""TrojanNN (Liu et al., NDSS 2018), as BackdoorBench runs it: a patch optimised to excite the
-neurons a clean model's classifier relies on most, then stamped on poisoned training images.
+"""TrojanNN (Liu et al., NDSS 2018) through BackdoorBench's pipeline: a patch optimised to excite
+the neurons a clean model's classifier relies on most, then put on poisoned training images:
+stamped by default (TrojanNN's semantics), or added with BackdoorBench's uint8 wrap-around
+(``application = "add_wrap"``, the paper preset's).
 
 Spec A3. On a clean surrogate of the victim architecture (trained in-house), score each input unit
 j of the final linear layer by sum_k |W[k, j]| and take the top 2. Starting from the mask image

@@ -182,7 +182,7 @@ class Col:
     # The components
     attack_mode = _col(STR, "'static' or 'training-controlled'")
     attack_package = _col(STR, "distribution providing the attack")
-    attack_version = _col(STR, "its version")
+    attack_version = _col(STR, "its package's version (attack_revision is its code revision)")
     defense_package = _col(STR, "distribution providing the defense")
     defense_version = _col(STR, "its version")
     defense_reconstructed = _col(MAYBE_BOOL, "rebuilt from the paper (no official code)")

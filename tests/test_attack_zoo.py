@@ -251,7 +251,8 @@ def test_lf_smooths_its_pattern_when_deepfool_returns_at_once(monkeypatch):
 
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        nn.init.zeros_(same_class[0].weight), nn.init.constant_(same_class[0].bias, 1.0)
+        nn.init.zeros_(same_class[0].weight)
+        nn.init.constant_(same_class[0].bias, 1.0)
     v, _ = lf.universal_low_frequency(
         same_class, images, images, 0, max_passes=1, delta=0.8, overshoot=0.02, max_iter=200,
         max_value=0.2, generator=torch.Generator().manual_seed(0),

@@ -161,7 +161,7 @@ def test_a_preset_of_its_own_protocol_gets_verdict_agreement(tmp_path, capsys):
     assert "3 defended cells compared, 1 agree (33%); 1 cells have no published counterpart." in out
     # BackdoorBench's ABL on TrojanNN collapsed (CA 11.1%, every input the target): not a verdict
     assert "Left out: 1 cell(s) where a model's clean accuracy is below 20%" in out
-    assert "abl on trojannn at 0.1: CA 53.0 / 11.1" in out
+    assert "abl on cifar10 trojannn at 0.1: CA 53.0 / 11.1" in out
     assert "| trojannn | abl | 0.0 / 100.0 | succeeds | fails | left out (collapsed) |" in out
     assert "the attack works (ASR at least 20%) in 1 of 1 cells here and in 1 of them" in out
     assert "| cifar10 | 0.1 | blended | ibau | 0.0 / 50.5 | succeeds | fails | no |" in out

@@ -62,7 +62,8 @@ class Comparison:
     preset: str
     comparable: bool
     #: Matched cells: our aggregated columns, the published ones (suffix ``_pub``), and
-    #: ``verdict`` (comparable) or ``ours_succeeds`` / ``published_succeeds`` / ``agrees``.
+    #: ``verdict`` (comparable) or ``ours_succeeds`` / ``published_succeeds`` / ``collapsed`` /
+    #: ``agrees`` (False where ``collapsed``: such a cell is no verdict, counted apart).
     cells: pd.DataFrame
     unmatched: int  # our cells with no published counterpart
 
@@ -214,7 +215,8 @@ def _agreement(c: Comparison) -> Table:
     agree = int(defended["agrees"].sum())
     share = f" ({100 * agree / compared:.0f}%)" if compared else ""
     left_out = "; ".join(
-        f"{r[LABEL]} on {r[Col.attack]} at {r[Col.ratio]:g}: CA {_side_by_side(r, Col.ca)}"
+        f"{r[LABEL]} on {r[Col.dataset]} {r[Col.attack]} at {r[Col.ratio]:g}: "
+        f"CA {_side_by_side(r, Col.ca)}"
         for _, r in collapsed.iterrows()
     )
     lines = [
