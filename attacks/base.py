@@ -146,7 +146,7 @@ class Attack(Configurable, ABC):
     def revision_key(self) -> dict[str, int]:
         """The revision as cache keys hold it: absent at 1, so caches from before it existed
         stay valid."""
-        return revision_key(type(self))
+        return revision_key(self.revision)
 
     def fit(self, ctx: AttackContext) -> None:
         """Prepare state from clean data (a trigger, a generator, a surrogate). Optional."""
@@ -187,9 +187,9 @@ class Attack(Configurable, ABC):
         return None
 
 
-def revision_key(attack_class: type) -> dict[str, int]:
-    """``{"attack_revision": n}`` for an attack class past revision 1, else ``{}``."""
-    revision = getattr(attack_class, "revision", 1)
+def revision_key(revision: int) -> dict[str, int]:
+    """``{"attack_revision": n}`` past revision 1, else ``{}`` (cache keys from before revisions
+    existed stay valid)."""
     return {} if revision == 1 else {"attack_revision": revision}
 
 

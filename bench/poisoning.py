@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from attacks.base import CLEAN_LABEL, POISON_LABEL, Attack
+from attacks.base import CLEAN_LABEL, POISON_LABEL, Attack, revision_key
 from bench import precision
 from bench.artifacts import ArtifactCache
 from bench.config import TrialSpec
@@ -194,7 +194,7 @@ def cell_spec(spec: TrialSpec, data: Dataset) -> dict[str, Any]:
         Col.data: dict(spec.data),
         Col.attack: spec.attack,
         Col.attack_params: dict(spec.attack_params),
-        **({Col.attack_revision: spec.attack_revision} if spec.attack_revision != 1 else {}),
+        **revision_key(spec.attack_revision),
         Col.ratio: spec.ratio,
         Col.target: spec.target,
         Col.exclude_target_from_poison: spec.exclude_target_from_poison,

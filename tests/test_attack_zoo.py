@@ -15,7 +15,7 @@ from torch import nn
 
 from attacks import lf
 from attacks.badnets import BadNets
-from attacks.base import CLEAN_LABEL, ArtifactMissing, AttackContext, revision_key
+from attacks.base import CLEAN_LABEL, ArtifactMissing, AttackContext
 from attacks.bpp import squeeze
 from attacks.iad import InputAwareGenerator, binarise_mask, pretrain_mask
 from attacks.lc import corner_pattern
@@ -165,7 +165,7 @@ def test_a_new_attack_revision_rebuilds_what_older_code_cached(small, monkeypatc
     assert newer.attack_revision == type(attack).revision
     assert newer.trial_id != trial.trial_id  # a resumed run reruns the cell, not skips it
     assert cell_spec(newer, small) != cell_spec(trial, small)  # poisoned set, backdoored model
-    assert revision_key(BadNets) == {}  # revision 1: keys as they were before revisions
+    assert BadNets().revision_key() == {}  # revision 1: keys as they were before revisions
 
 
 # --------------------------------------------------------------------------- per trigger
