@@ -4,8 +4,8 @@ leaves a row.
 A defense is arbitrary code: it may block in a C call, ignore signals, call ``os._exit``, crash
 the interpreter or be killed by the kernel for memory. Run in the worker's own process, any of
 these takes the worker with it (no row, no retry) or holds it past ``--trial-timeout``. Here the
-child runs :func:`bench.trial.run_trial_safely` and sends its row back through a pipe, streaming
-its log lines on the way; the parent
+child runs :func:`bench.trial.run_trial_safely` and sends its row back through a pipe, its log lines
+on the way (it also writes them to the trial's log); the parent
 
 - kills it (its whole process group: SIGTERM, then SIGKILL) once it overruns its time limit and
   writes a ``timeout`` row (the child's own cooperative check usually ends it cleanly first);
@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import TrialSpec
+from bench.recording import trial_log_handler
 from bench.schema import ERROR, OK, TIMEOUT, Col, complete_row
 
 log = logging.getLogger("bench.isolation")
@@ -123,17 +124,32 @@ def _die_with_parent() -> None:
     os.killpg(0, signal.SIGKILL)
 
 
+def _open_trial_log(path: str) -> logging.Logger:
+    """Point this process's stdout and stderr at the trial's log (print() and a native crash's
+    report from faulthandler land there) and return a logger appending to it. The child writes
+    its own log lines: relayed through the parent, they could land after, or inside, the crash
+    report that follows them."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for target in (1, 2):
+        os.dup2(fd, target)
+    os.close(fd)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.reconfigure(line_buffering=True)  # print()s keep their place among the lines
+    trial_log = logging.getLogger("bench.isolation.trial_log")
+    trial_log.handlers = [trial_log_handler(Path(path))]
+    trial_log.setLevel(logging.INFO)
+    trial_log.propagate = False
+    return trial_log
+
+
 def _child_main(conn: Connection, job: _Job) -> None:
     os.setpgrp()  # its own group: a kill reaches whatever the defense started too
     threading.Thread(target=_die_with_parent, daemon=True, name="die-with-parent").start()
     os.environ.clear()
     os.environ.update(job.env)
     sys.path[:] = job.sys_path
-    if job.output_path:  # print() and native crashes (faulthandler) land in the trial's log
-        fd = os.open(job.output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        for target in (1, 2):
-            os.dup2(fd, target)
-        os.close(fd)
+    trial_log = _open_trial_log(job.output_path) if job.output_path else None
     faulthandler.enable()
     lock = threading.Lock()
 
@@ -145,6 +161,8 @@ def _child_main(conn: Connection, job: _Job) -> None:
                 os.killpg(0, signal.SIGKILL)
 
     def report(line: str) -> None:
+        if trial_log is not None:  # written here, so it precedes what the child does next
+            trial_log.info("%s", line)
         send("log", str(line))
 
     harness = logging.getLogger("bench")  # cache builds and rebuilds, artifact locks
@@ -200,7 +218,12 @@ def _context(method: str) -> multiprocessing.context.BaseContext:
 class TrialProcess:
     """One attempt of one trial in a child process. Non-blocking: :meth:`poll` handles what
     happened and returns the attempt's row once the child is gone, so one driver can watch many
-    (:meth:`waitables` and :meth:`seconds_left` say what to wait for, and how long)."""
+    (:meth:`waitables` and :meth:`seconds_left` say what to wait for, and how long).
+
+    The child's log lines go to ``report``, or, given ``output_path`` (the trial's log file), to
+    that file, which the child writes itself along with what it prints and a crash report;
+    ``report`` then gets only the parent's own messages. The last lines are kept either way for
+    the error of a child that dies."""
 
     def __init__(
         self,
@@ -331,7 +354,8 @@ class TrialProcess:
                 break
             if kind == "log":
                 self.tail.append(value)
-                self.report(value)
+                if self.output_path is None:  # else the child wrote it to the log itself
+                    self.report(value)
             elif kind == "hello":
                 self.hello = value
             elif kind == "row":

@@ -24,15 +24,21 @@ def trial_label(spec: TrialSpec) -> str:
     return f"{spec.dataset}/{spec.attack}/{spec.defense}/r={spec.ratio}/s={spec.seed}"
 
 
+def trial_log_handler(path: Path) -> logging.FileHandler:
+    """A handler appending to a trial's log file in its one format. The executor's parent and
+    the trial's own process both append to the file (O_APPEND), each line in one write."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    return handler
+
+
 def trial_logger(path: Path, name: str) -> logging.Logger:
     """A logger writing only to the trial's own log file (not to the run's console)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"bench.trial.{name}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    logger.handlers = [handler]
+    logger.handlers = [trial_log_handler(path)]
     return logger
 
 
