@@ -586,7 +586,6 @@ def _listening(session: int, psutil) -> set[tuple[str, int, str]]:
     return found
 
 
-@pytest.mark.slow
 def _smoke_driver(results: Path, **streams) -> subprocess.Popen:
     """A smoke-preset `bench run` in its own session (so its whole process group can be
     signalled), importing this checkout."""
@@ -598,6 +597,7 @@ def _smoke_driver(results: Path, **streams) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_case10_a_local_run_listens_on_loopback_only(tmp_path):
     """Before: the GCS server, the raylet and the workers listened on every interface and the
     runtime-env agent on the machine's address."""
