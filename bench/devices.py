@@ -24,8 +24,9 @@ log = logging.getLogger("bench")
 TRIALS_PER_GPU = 4
 
 
-def local_cores() -> int:
-    """The CPUs this process may run on (its affinity mask, as Ray counts them)."""
+def local_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, as Ray counts them, not the
+    machine's count)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -36,7 +37,7 @@ def fit_cpus(resources: Resources, *, cpus_flag: float | None, address: str | No
     """A preset's CPUs per trial, capped at this machine's cores on a local run: the paper
     preset asks 4 per trial and still starts on a 2-core laptop (each trial gets both cores).
     An explicit ``--cpus-per-trial`` beyond the cores is refused at once, before Ray starts."""
-    cores = local_cores()
+    cores = local_cpus()
     wanted = resources.cpus_per_trial
     if address is not None or not math.isfinite(wanted) or wanted <= cores:
         return resources  # a cluster has its own CPUs; preflight refuses non-finite values
@@ -83,7 +84,7 @@ def choose(
         fitted = fit_cpus(chosen, cpus_flag=cpus_flag, address=address)
         log.info(
             "hardware: CPU (%d cores; no CUDA GPU%s), %g CPU(s) per trial, %s",
-            local_cores(),
+            local_cpus(),
             " asked for" if gpus else "",
             fitted.cpus_per_trial,
             _precision_note(requested, "cpu"),
@@ -93,7 +94,7 @@ def choose(
                 "the preset asks %g CPUs per trial and this machine has %d: each trial gets %g "
                 "(--cpus-per-trial sets it)",
                 chosen.cpus_per_trial,
-                local_cores(),
+                local_cpus(),
                 fitted.cpus_per_trial,
             )
         chosen = fitted

@@ -18,6 +18,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from bench.config import Resources, TrialSpec
+from bench.devices import local_cpus
 from bench.errors import BenchError
 from bench.isolation import IsolatedTrial
 from bench.recording import (
@@ -34,14 +35,6 @@ from bench.store import ResultsStore
 log = logging.getLogger("bench.runner")
 
 _EPS = 1e-9
-
-
-def local_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def visible_gpus() -> list[str]:

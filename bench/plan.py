@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from attacks.base import CLEAN_LABEL
 from bench import precision, registry
 from bench.config import Resources, TrialSpec
 from bench.data import load_dataset
+from bench.devices import local_cpus
 from bench.errors import BenchError
 from bench.models import build_model
 from bench.poisoning import select_poison_indices
@@ -123,7 +123,7 @@ def estimate(
     once per cell, in the first trial that needs it) and in minutes at this machine's measured
     speed, with the threads a trial gets."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(int(resources.cpus_per_trial), os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, min(int(resources.cpus_per_trial), local_cpus())))
     speeds: dict[tuple[str, int, str], float] = {}
     sizes: dict[tuple[str, int], tuple[int, int]] = {}  # (dataset, train_size) -> (n, classes)
     cells_with_model: set[str] = set()

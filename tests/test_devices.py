@@ -47,7 +47,7 @@ def test_a_preset_asking_more_cpus_than_the_machine_has_still_starts(gpus, monke
     from bench.errors import BenchError
 
     gpus(0)
-    monkeypatch.setattr(devices, "local_cores", lambda: 2)
+    monkeypatch.setattr(devices, "local_cpus", lambda: 2)
     paper = Resources(cpus_per_trial=4)
     with caplog.at_level(logging.INFO, logger="bench"):
         fitted = devices.choose(paper, gpus_flag=0.0, address=None, requested="auto")
