@@ -3,17 +3,19 @@
 Writers take a file lock (several trials, drivers or nodes may finish at once), read the table,
 replace any row with the same ``trial_id`` and publish the new file with ``os.replace``, so a kill
 at any moment leaves either the old or the new table, never a torn one, and never two rows for
-one trial. Rows follow :mod:`bench.schema`: a table written by older code is upgraded on read,
+one trial (the next write removes a killed writer's temp file). Rows follow :mod:`bench.schema`: a table written by older code is upgraded on read,
 and every new row carries every column.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,15 @@ class ResultsStore:
                 old = old[~old[Col.trial_id].isin(set(new[Col.trial_id]))]
                 new = upgrade(pd.concat([old, new], ignore_index=True)) if not new.empty else old
             new = new.drop_duplicates(Col.trial_id, keep="last").reset_index(drop=True)
+            self._remove_stale_temps()
             self._write(new)
+
+    def _remove_stale_temps(self) -> None:
+        """Delete the temp files of writers killed mid-write (SIGKILL, the OOM killer). Only the
+        lock's holder writes, so while it is held none of them is in use."""
+        for stale in self.path.parent.glob(f"{glob.escape(self.path.name)}.*.tmp"):
+            with suppress(FileNotFoundError):
+                stale.unlink()
 
     def _write(self, df: pd.DataFrame) -> None:
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)

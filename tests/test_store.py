@@ -47,3 +47,16 @@ def test_no_temp_files_left_behind(tmp_path):
     store = ResultsStore(tmp_path / "results.parquet")
     store.upsert([_row("a")])
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == ["results.parquet"]
+
+
+def test_a_writer_killed_mid_write_leaves_no_temp_file_after_the_next_write(tmp_path):
+    """Before: a worker killed between creating its temp table and publishing it left
+    ``results.parquet.<random>.tmp`` for good (seen after a killed driver's rerun)."""
+    store = ResultsStore(tmp_path / "results.parquet")
+    store.upsert([_row("a")])
+    (tmp_path / "results.parquet.k1ll3d.tmp").write_bytes(b"half a table")
+    (tmp_path / "other.parquet.x.tmp").write_bytes(b"not ours")
+    store.upsert([_row("b")])
+    assert sorted(store.read()["trial_id"]) == ["a", "b"]
+    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")
+    assert names == ["other.parquet.x.tmp", "results.parquet"]
