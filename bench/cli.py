@@ -171,10 +171,8 @@ def cmd_timing(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Print our cells beside a published reference's (the leaderboard has the same section)."""
     from bench.report import references, reproduce
-    from bench.store import ResultsStore
 
-    out = _results_dir(args)
-    df = ResultsStore(out / "results.parquet").read()
+    out, df = _results_table(args)  # a missing table exits 2, as leaderboard and timing do
     user_dir = out / "references"
     if args.reference:
         reference = references.load(args.reference, user_dir)

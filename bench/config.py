@@ -279,7 +279,15 @@ class TrialSpec:
 
 
 def _expand_all(names: tuple[str, ...], kind: str) -> tuple[str, ...]:
-    return tuple(sorted(registry.entries(kind))) if "all" in names else names
+    """``all`` means every registered name; every other name must be registered too, so a
+    typo beside ``all`` (``all,ablx``) is an error rather than silently dropped."""
+    if "all" not in names:
+        return names
+    registered = registry.entries(kind)
+    for name in names:
+        if name != "all" and name not in registered:
+            raise unknown_name_error(kind, name, registered)
+    return tuple(sorted(registered))
 
 
 def expand_grid(preset: Preset) -> list[TrialSpec]:

@@ -73,6 +73,8 @@ RUN = ["run", "--preset", "smoke"]
 CASES = [
     ("unknown attack", [*RUN, "--attacks", "badnet"], None, "Did you mean 'badnets'"),
     ("unknown defense", [*RUN, "--defenses", "abll"], None, "unknown defense 'abll'"),
+    ("typo after all (attacks)", [*RUN, "--attacks", "all,badnet"], None, "Did you mean 'badnets'"),
+    ("typo after all (defenses)", [*RUN, "--defenses", "all,ablx"], None, "unknown defense 'ablx'"),
     (
         "unknown dataset",
         [*RUN, "--datasets", "cifar11"],
@@ -187,3 +189,11 @@ def test_corrupted_results_table_is_moved_aside_not_overwritten(results, capsys)
     assert "unreadable" in capsys.readouterr().err
     aside = list(results.glob("results.parquet.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == b"PAR1 torn write"
+
+
+@pytest.mark.parametrize("command", ["leaderboard", "timing", "reproduce"])
+def test_readers_of_a_missing_results_dir_exit_2_alike(command, tmp_path, capsys):
+    missing = tmp_path / "no-such-results"
+    assert main([command, "--results-dir", str(missing)]) == 2
+    assert f"no results to show: {missing} does not exist" in capsys.readouterr().err
+    assert not missing.exists(), "a reader creates nothing"
