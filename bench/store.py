@@ -3,8 +3,8 @@
 Writers take a file lock (several trials, drivers or nodes may finish at once), read the table,
 replace any row with the same ``trial_id`` and publish the new file with ``os.replace``, so a kill
 at any moment leaves either the old or the new table, never a torn one, and never two rows for
-one trial (the next write removes a killed writer's temp file). Rows follow :mod:`bench.schema`: a table written by older code is upgraded on read,
-and every new row carries every column.
+one trial (the next write removes a killed writer's temp file). Rows follow :mod:`bench.schema`:
+a table written by older code is upgraded on read, and every new row carries every column.
 """
 
 from __future__ import annotations
