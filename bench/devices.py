@@ -105,5 +105,7 @@ def _precision_note(requested: str, device: str) -> str:
     used = precision.resolve(requested, device)
     if requested != "auto":
         return f"precision {used}"
+    if precision.forced():
+        return f"precision {used} (auto: ${precision.AUTO_ENV})"
     flags = ", ".join(precision.cpu_bf16_flags()) or "no native bf16 units"
     return f"precision {used} (auto: {flags})"

@@ -6,11 +6,16 @@ A trial asks for ``auto``, ``fp32`` or ``bf16`` (preset ``[train] precision``, `
 them bf16 is emulated and slower than fp32. The resolved precision applies to every forward pass
 the trial runs through the shared trainer and evaluation (``bench.train.autocast``), is part of
 every cache key of what the trial trains, and is recorded in the result row.
+
+``$BENCH_AUTO_PRECISION`` (``fp32`` or ``bf16``) overrides what ``auto`` resolves to, and the
+precision of code run outside a trial: a record run that spans machines pins it, and the test
+suite runs whole at either precision (``BENCH_AUTO_PRECISION=fp32 make test``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -18,9 +23,13 @@ from pathlib import Path
 
 import torch
 
+from bench.settings import AUTO_PRECISION_ENV
+
 PRECISIONS = ("auto", "fp32", "bf16")
 #: CPU feature flags (Linux /proc/cpuinfo) of native bf16 arithmetic.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+AUTO_ENV = AUTO_PRECISION_ENV
 
 _requested: ContextVar[str | None] = ContextVar("bench_precision", default=None)
 
@@ -45,12 +54,24 @@ def cpu_has_fast_bf16() -> bool:
     return bool(cpu_bf16_flags()) and torch.backends.mkldnn.is_available()
 
 
+def forced() -> str | None:
+    """``$BENCH_AUTO_PRECISION`` where set, validated."""
+    value = os.environ.get(AUTO_ENV, "").strip()
+    if not value:
+        return None
+    if value not in ("fp32", "bf16"):
+        raise ValueError(f"${AUTO_ENV} must be 'fp32' or 'bf16', not {value!r}")
+    return value
+
+
 def resolve(requested: str, device: torch.device | str) -> str:
     """``fp32`` or ``bf16``: what ``requested`` means on ``device``."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {requested!r}")
     if requested != "auto":
         return requested
+    if pinned := forced():
+        return pinned
     kind = torch.device(device).type
     if kind == "cuda" or (kind == "cpu" and cpu_has_fast_bf16()):
         return "bf16"
@@ -59,10 +80,10 @@ def resolve(requested: str, device: torch.device | str) -> str:
 
 def current(device: torch.device | str) -> str:
     """The precision in force for ``device``: the trial's (see :func:`use_precision`), or, outside
-    a trial, bf16 on CUDA and fp32 elsewhere."""
+    a trial, ``$BENCH_AUTO_PRECISION``, else bf16 on CUDA and fp32 elsewhere."""
     requested = _requested.get()
     if requested is None:
-        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+        return forced() or ("bf16" if torch.device(device).type == "cuda" else "fp32")
     return resolve(requested, device)
 
 

@@ -17,6 +17,8 @@ RESULTS_DIR_ENV = "BENCH_RESULTS_DIR"
 OFFLINE_ENV = "BENCH_OFFLINE"
 #: Set to 1 to run training forward passes through ``torch.compile`` (worth it on GPUs).
 COMPILE_ENV = "BENCH_COMPILE"
+#: "fp32" or "bf16": what precision "auto" resolves to (and the precision outside a trial).
+AUTO_PRECISION_ENV = "BENCH_AUTO_PRECISION"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,20 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench import precision
 from bench.data import Dataset, load_dataset
+
+
+def pytest_report_header(config) -> str:
+    """Which precision training tests run at: tests of training outcomes hold at both (run the
+    suite with BENCH_AUTO_PRECISION=fp32 or =bf16 to check either on any CPU)."""
+    flags = ", ".join(precision.cpu_bf16_flags()) or "no native bf16 units"
+    pinned = precision.forced()
+    return (
+        f"precision outside a trial: {precision.current('cpu')}; 'auto' in trials: "
+        f"{precision.resolve('auto', 'cpu')} "
+        f"({'$' + precision.AUTO_ENV if pinned else 'CPU: ' + flags})"
+    )
 
 
 @pytest.fixture(autouse=True)

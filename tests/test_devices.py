@@ -57,3 +57,18 @@ def test_a_preset_asking_more_cpus_than_the_machine_has_still_starts(gpus, monke
     assert devices.choose(paper, gpus_flag=0.0, address="h:6379", requested="auto") == paper
     with pytest.raises(BenchError, match="--cpus-per-trial 4 exceeds this machine's 2 CPUs"):
         devices.choose(paper, gpus_flag=0.0, cpus_flag=4, address=None, requested="auto")
+
+
+def test_bench_auto_precision_pins_what_auto_means(monkeypatch):
+    """The suite runs whole at either precision (BENCH_AUTO_PRECISION=fp32|bf16 make test), and
+    a record run spanning machines pins its precision; an explicit one still wins."""
+    from bench import precision
+
+    for pinned in ("fp32", "bf16"):
+        monkeypatch.setenv("BENCH_AUTO_PRECISION", pinned)
+        assert precision.resolve("auto", "cpu") == pinned
+        assert precision.current("cpu") == pinned  # outside a trial too
+        assert precision.resolve("fp32", "cpu") == "fp32"
+    monkeypatch.setenv("BENCH_AUTO_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="BENCH_AUTO_PRECISION must be 'fp32' or 'bf16'"):
+        precision.resolve("auto", "cpu")
