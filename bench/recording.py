@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from bench.config import Resources, TrialSpec
-from bench.schema import OK, Col
-from bench.store import ResultsStore
+from bench.schema import OK, Col, upgrade
+from bench.store import ResultsStore, plain_row, store_record, typed_row
 
 log = logging.getLogger("bench.runner")
 
@@ -63,7 +65,7 @@ def record_row(row: dict[str, Any], table: Path, run_dir: Path) -> None:
         pending = run_dir / PENDING_DIR / f"{row[Col.trial_id]}.json"
         pending.parent.mkdir(parents=True, exist_ok=True)
         tmp = pending.with_name(pending.name + ".tmp")
-        tmp.write_text(json.dumps(row, default=str))
+        tmp.write_text(json.dumps(plain_row(row), default=str))  # missing values as null
         os.replace(tmp, pending)
         log.warning(
             "cannot write %s (%s: %s); the row of trial %s is kept in %s",
@@ -82,22 +84,50 @@ def pending_rows(runs_root: Path) -> list[Path]:
     return sorted(runs_root.glob(f"*/{PENDING_DIR}/*.json")) if runs_root.is_dir() else []
 
 
+REJECTED_SUFFIX = ".rejected"
+
+
 def merge_pending(store: ResultsStore, runs_root: Path) -> int:
-    """Write waiting rows into the table (then delete them); how many were merged."""
+    """Write waiting rows into the table (then delete them); how many were merged. A row that
+    cannot be merged (damaged, or not in the schema's types) is renamed ``*.json.rejected``
+    with a warning: it never blocks the directory."""
     files = pending_rows(runs_root)
     if not files:
         return 0
-    rows = []
+    rows, merged = [], []
     for path in files:
         try:
-            rows.append(json.loads(path.read_text()))
-        except (OSError, ValueError):  # deleted by a concurrent merge, or half-written
+            row = typed_row(json.loads(path.read_text()))
+        except FileNotFoundError:  # merged by a concurrent writer
             continue
+        except (OSError, ValueError) as exc:  # half-written or damaged
+            _reject(path, exc)
+            continue
+        try:
+            upgrade(pd.DataFrame([store_record(row)]))  # the checks upsert makes, row by row
+        except Exception as exc:
+            _reject(path, exc)
+            continue
+        rows.append(row)
+        merged.append(path)
     store.upsert(rows)
-    for path in files:
+    for path in merged:
         path.unlink(missing_ok=True)
-    log.info("merged %d pending row(s) into %s", len(rows), store.path)
+    if rows:
+        log.info("merged %d pending row(s) into %s", len(rows), store.path)
     return len(rows)
+
+
+def _reject(path: Path, exc: Exception) -> None:
+    aside = path.with_name(path.name + REJECTED_SUFFIX)
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    log.warning(
+        "pending row %s cannot be merged (%s: %s); set aside as %s (the table is not blocked)",
+        path, type(exc).__name__, exc, aside,
+    )  # fmt: skip
 
 
 def format_duration(seconds: float) -> str:

@@ -226,6 +226,17 @@ def skipped_row(spec: TrialSpec, reason: str) -> dict[str, Any]:
     return complete_row({**spec_columns(spec), Col.status: SKIPPED, Col.error: reason})
 
 
+def _new_skipped_rows(
+    store: ResultsStore, skipped: list[tuple[TrialSpec, str]]
+) -> list[dict[str, Any]]:
+    """The skipped rows the table does not hold yet with the same reason: a rerun of a finished
+    grid writes nothing (the committed record and its journal stay as they are)."""
+    table = store.read()
+    have = set(zip(table[Col.trial_id], table[Col.status], table[Col.error], strict=True))
+    rows = [skipped_row(spec, reason) for spec, reason in skipped]
+    return [r for r in rows if (r[Col.trial_id], SKIPPED, r[Col.error]) not in have]
+
+
 def run_order(specs: list[TrialSpec]) -> list[TrialSpec]:
     """Defense-major order, `none` first: the `none` trials build the backdoored models that
     later defenses reuse, and each defense runs after the ones before it in the grid, so a stage
@@ -346,7 +357,7 @@ def _run_grid_locked(
     try:
         merge_pending(store, results_dir / "runs")  # rows an earlier run could not write
         if skipped:
-            store.upsert([skipped_row(spec, reason) for spec, reason in skipped])
+            store.upsert(_new_skipped_rows(store, skipped))
     except OSError as exc:
         raise BenchError(
             f"cannot write the results table {store.path} ({exc}); fix the directory's "
