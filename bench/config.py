@@ -253,10 +253,15 @@ class TrialSpec:
         return json.loads(self.canonical())
 
     def canonical(self) -> str:
-        spec = dataclasses.asdict(self)
-        if spec[schema.Col.attack_revision] == 1:  # absent at 1: older ids stay valid
-            del spec[schema.Col.attack_revision]
-        return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        """The spec as canonical JSON (computed once: a grid asks for every trial's id often)."""
+        cached = self.__dict__.get("_canonical")
+        if cached is None:
+            spec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+            if spec[schema.Col.attack_revision] == 1:  # absent at 1: older ids stay valid
+                del spec[schema.Col.attack_revision]
+            cached = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+            object.__setattr__(self, "_canonical", cached)  # a cache, not a field
+        return cached
 
     @property
     def trial_id(self) -> str:
@@ -333,6 +338,7 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
         d: load_dataset(d, preset.data.source, reuse=True).data_hash
         for d in dict.fromkeys(grid.datasets)
     }
+    train = {d: dataclasses.asdict(preset.train_for(d)) for d in grid.datasets}
     specs = []
     cells = [
         (dataset, attack, ratio, seed, defense)
@@ -354,7 +360,7 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
                 model=preset.model_for(dataset),
                 preset=preset.name,
                 seed=seed,
-                train=dataclasses.asdict(preset.train_for(dataset)),
+                train=train[dataset],
                 data=data,
                 exclude_target_from_poison=grid.exclude_target_from_poison,
                 reference=preset.reference,

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,8 @@ def plan_grid(specs: Iterable[TrialSpec], left_out: Mapping[str, str] | None = N
     ``[grid.left_out]``) are skipped with the reason given there."""
     plan = GridPlan([])
     labels_by_budget = {}
+    policies: dict[str, str] = {}
+    problems: dict[tuple, str] = {}
     left_out = left_out or {}
     for spec in specs:
         reason = left_out.get(spec.defense) or left_out.get(spec.attack)
@@ -62,24 +65,37 @@ def plan_grid(specs: Iterable[TrialSpec], left_out: Mapping[str, str] | None = N
                 budget.train_size, budget.test_size, budget.subset_seed
             )
             labels_by_budget[key] = data.train_y
-        policy = registry.get_entry("attack", spec.attack).load().label_policy
-        try:
-            select_poison_indices(
-                labels_by_budget[key],
-                spec.ratio,
-                spec.target,
-                label_policy=policy,
-                seed=spec.seed,
-                exclude_target=spec.exclude_target_from_poison,
-            )
-        except BenchError as exc:
+        if spec.attack not in policies:
+            policies[spec.attack] = registry.get_entry("attack", spec.attack).load().label_policy
+        policy = policies[spec.attack]
+        # Whether the draw is possible depends on the counts only, not on the seed: once a cell.
+        check = (key, spec.ratio, spec.target, policy, spec.exclude_target_from_poison)
+        if check not in problems:
+            problems[check] = _draw_problem(labels_by_budget[key], spec, policy)
+        if problem := problems[check]:
             where = f"{spec.dataset} / {spec.attack} ({policy}) / ratio {spec.ratio}"
             if policy != CLEAN_LABEL:
-                raise BenchError(f"{where}: {exc}") from None
-            plan.skipped.append(Skipped(spec, f"clean-label, target class too small: {exc}"))
+                raise BenchError(f"{where}: {problem}")
+            plan.skipped.append(Skipped(spec, f"clean-label, target class too small: {problem}"))
             continue
         plan.runnable.append(spec)
     return plan
+
+
+def _draw_problem(labels: torch.Tensor, spec: TrialSpec, policy: str) -> str:
+    """Why the trial's poison indices cannot be drawn ("" if they can)."""
+    try:
+        select_poison_indices(
+            labels,
+            spec.ratio,
+            spec.target,
+            label_policy=policy,
+            seed=spec.seed,
+            exclude_target=spec.exclude_target_from_poison,
+        )
+    except BenchError as exc:
+        return str(exc)
+    return ""
 
 
 # --------------------------------------------------------------------------- cost estimate
@@ -127,6 +143,7 @@ def estimate(
     speeds: dict[tuple[str, int, str], float] = {}
     sizes: dict[tuple[str, int], tuple[int, int]] = {}  # (dataset, train_size) -> (n, classes)
     cells_with_model: set[str] = set()
+    costs: dict[tuple, float] = {}
     out = []
     try:
         for spec in run_order(specs):  # the order the runner uses: `none` trains the model
@@ -141,9 +158,13 @@ def estimate(
             if speed_key not in speeds:
                 with precision.use_precision(used):
                     speeds[speed_key] = training_images_per_second(spec.model, num_classes, device)
-            defense = registry.create("defense", spec.defense, dict(spec.defense_params))
             budget = spec.train_config()
-            epochs = defense.cost_epochs(budget, spec.clean_fraction, n_train)
+            cost_key = (spec.defense, _params_key(spec.defense_params), budget, spec.clean_fraction,
+                        n_train)  # fmt: skip
+            if cost_key not in costs:  # once per defense setting, not per seed
+                defense = registry.create("defense", spec.defense, dict(spec.defense_params))
+                costs[cost_key] = defense.cost_epochs(budget, spec.clean_fraction, n_train)
+            epochs = costs[cost_key]
             cell = _cell_key(spec)
             if "backdoored_model" in defense.needs and cell not in cells_with_model:
                 cells_with_model.add(cell)  # the first trial that needs it trains it
@@ -152,6 +173,10 @@ def estimate(
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def _params_key(params: Mapping[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
 
 
 def _cell_key(spec: TrialSpec) -> str:

@@ -7,6 +7,8 @@ when used, so one broken plugin cannot break the others.
 
 from __future__ import annotations
 
+import os
+import sys
 import tomllib
 from dataclasses import dataclass
 from importlib import metadata
@@ -87,7 +89,37 @@ def _source_tree(group: str) -> list[tuple[metadata.EntryPoint, str, str]]:
 
 
 def entries(kind: str) -> dict[str, Entry]:
-    """All registered components of ``kind`` by name; a name claimed twice is an error."""
+    """All registered components of ``kind`` by name; a name claimed twice is an error.
+
+    Scanning the installed distributions' metadata takes about 50 ms, and a grid asks per
+    trial, so the answer is kept while the environment it came from is unchanged: the import
+    path's directories (installing or removing a package changes its directory), the checkout's
+    ``pyproject.toml`` and the metadata functions themselves (tests replace them)."""
+    key = (kind, _environment_stamp())
+    cached = _ENTRIES.get(key)
+    if cached is None:
+        cached = _ENTRIES[key] = _scan(kind)
+        while len(_ENTRIES) > 8:
+            _ENTRIES.pop(next(iter(_ENTRIES)))
+    return dict(cached)
+
+
+_ENTRIES: dict[tuple, dict[str, Entry]] = {}
+
+
+def _environment_stamp() -> tuple:
+    def mtime(path: str) -> int | None:
+        try:
+            return os.stat(path or ".").st_mtime_ns
+        except OSError:
+            return None
+
+    paths = tuple((p, mtime(p)) for p in sys.path)
+    pyproject = mtime(str(PROJECT_ROOT / "pyproject.toml"))
+    return (paths, pyproject, id(metadata.entry_points), id(metadata.distribution))
+
+
+def _scan(kind: str) -> dict[str, Entry]:
     found: dict[str, Entry] = {}
     group = GROUPS[kind]
     for ep, package, version in [*_source_tree(group), *_installed(group)]:
