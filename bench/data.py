@@ -51,6 +51,8 @@ ARCHIVE_SHA256 = {
 }
 CIFAR_BATCHES = "cifar-10-batches-py"  # torchvision's copy of the official CIFAR-10 release
 FALLBACK_NOTE = "(fallback: official pixels unavailable)"
+#: Marks a source whose archive is not the published one (completed with its sha256).
+MODIFIED_NOTE = "(differs from the published release:"
 
 
 @dataclass(frozen=True)
@@ -604,6 +606,7 @@ def load_dataset(name: str, source: str = "any", *, reuse: bool = False) -> Data
     info = dataset_info(name)
     src = find_source(info, source)
     source_hash = src.content_hash()
+    src = _marked_if_modified(src, source_hash)
     path = _cache_path(info, source_hash)
     memo_key = (name, source)
     if reuse and memo_key in _REUSED and _REUSED[memo_key][0] == f"{path}|{src.label}":
@@ -620,6 +623,26 @@ def load_dataset(name: str, source: str = "any", *, reuse: bool = False) -> Data
     if reuse:
         _REUSED[memo_key] = (f"{path}|{src.label}", dataset)
     return dataset
+
+
+_WARNED_MODIFIED: set[tuple[Path, str]] = set()
+
+
+def _marked_if_modified(src: Source, digest: str) -> Source:
+    """An offline archive whose sha256 is not the published one (a garbled or replaced image
+    inside a well-formed archive) is used, with a warning and a mark in its label, which every
+    row records as ``data_source``; its content hash already makes its trials other trials."""
+    published = ARCHIVE_SHA256.get(src.path.name) if src.kind == "archive" else None
+    if published is None or digest == published:
+        return src
+    if (src.path, digest) not in _WARNED_MODIFIED:
+        _WARNED_MODIFIED.add((src.path, digest))
+        log.warning(
+            "%s is not the published release (sha256 %s, published %s): its images differ "
+            "from the release's, and every row says so in data_source",
+            src.path, digest, published,
+        )  # fmt: skip
+    return replace(src, label=f"{src.label} {MODIFIED_NOTE} sha256 {digest[:12]})")
 
 
 def dataset_cache_entries() -> list[tuple[str, Path, int]]:
