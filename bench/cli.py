@@ -7,11 +7,12 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
 from bench import settings
-from bench.errors import BenchError
+from bench.errors import BenchError, Terminated
 
 log = logging.getLogger("bench")
 
@@ -505,6 +506,13 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(
+            "terminated (SIGTERM): running trials were stopped; rerun the same command to "
+            "finish the grid",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to finish the grid", file=sys.stderr)
         return 130

@@ -20,3 +20,8 @@ def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> BenchError
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return BenchError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known)}.")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to the driver, raised where it is so a run stops as on Ctrl-C: running trials
+    are stopped, the summary is printed, and a rerun resumes (exit status 143)."""

@@ -129,8 +129,9 @@ def run_local(
                     continue
                 pool.release(running.pop(trial), resources.gpus_per_trial)
                 _finish(trial, row, store, run_dir, progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the driver prints the summary and exits
         log.warning("interrupted: stopping %d running trial(s)", len(running))
+        raise
     finally:
         for trial in running:
             trial.stop()

@@ -11,6 +11,9 @@ never mistaken for one of them) and those carrying the driver's token in their e
 (``BENCH_RAY_RUN``: everything the instance starts inherits it, even after its parent died).
 When the pipe closes without the driver's "done", the driver is gone, and the watchdog kills
 what it noted. Linux (``/proc``); elsewhere it does nothing. Nothing here imports ray.
+
+The local executor runs inside :func:`reaping` too: a trial's process inherits the token, so
+what a plugin starts there, even in a session of its own, is killed when the grid ends.
 """
 
 from __future__ import annotations

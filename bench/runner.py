@@ -15,7 +15,9 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -26,7 +28,7 @@ from typing import Any
 
 from bench import settings
 from bench.config import Resources, TrialSpec
-from bench.errors import BenchError
+from bench.errors import BenchError, Terminated
 from bench.recording import (
     PENDING_DIR,
     Progress,
@@ -204,6 +206,8 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
         env[LOCAL_ONLY_ENV] = "0"
         with _loopback_only():
             ray.init(address="local", **kwargs)
+    if threading.current_thread() is threading.main_thread():  # ray.init installed its own
+        signal.signal(signal.SIGTERM, _raise_terminated)
     resources = ray.cluster_resources()
     if gpus_per_trial > 0 and resources.get("GPU", 0) < gpus_per_trial:
         ray.shutdown()
@@ -307,10 +311,34 @@ def run_grid(
     N/A. One driver per results directory."""
     results_dir = Path(results_dir or settings.results_dir())
     executor = choose_executor(executor, address)
-    with driver_lock(results_dir):
+    with driver_lock(results_dir), sigterm_as_interrupt():
         return _run_grid_locked(
             specs, resources, results_dir, address, run_name, skipped or [], executor
         )
+
+
+_SIGTERM_RECEIVED = threading.Event()
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    _SIGTERM_RECEIVED.set()  # Ray Tune may re-raise the interrupt as a plain KeyboardInterrupt
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM stops the run as Ctrl-C does (:class:`Terminated`), instead of
+    killing the driver mid-write (or, once Ray is up, its C++ crash handler's stack dump and
+    exit 134). Main thread only; the previous handler is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    _SIGTERM_RECEIVED.clear()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 EXECUTORS = ("auto", "ray", "local")
@@ -375,23 +403,30 @@ def _run_grid_locked(
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("bench").addHandler(file_handler)
     log.info("%d trials to run (%d already done); logs in %s", len(todo), skipped, run_dir)
+    interrupted: KeyboardInterrupt | None = None
     try:
-        if executor == "local":
-            from bench.local_executor import run_local
+        try:
+            if executor == "local":
+                from bench.local_executor import run_local
+                from bench.ray_reaper import reaping
 
-            run_local(todo, store, run_dir, start, resources)
-        else:
-            from bench.ray_reaper import reaping
+                # What a trial started (even in a session of its own) ends with the grid.
+                with reaping():
+                    run_local(todo, store, run_dir, start, resources)
+            else:
+                from bench.ray_reaper import reaping
 
-            # A local instance is stopped even if this driver is killed (bench.ray_reaper).
-            with reaping() if not address else nullcontext():
-                _connect_ray(address, resources.gpus_per_trial, resources.cpus_per_trial)
-                try:
-                    _fit_with_tune(todo, store, run_dir, start, resources)
-                finally:
-                    import ray
+                # A local instance is stopped even if this driver is killed (bench.ray_reaper).
+                with reaping() if not address else nullcontext():
+                    _connect_ray(address, resources.gpus_per_trial, resources.cpus_per_trial)
+                    try:
+                        _fit_with_tune(todo, store, run_dir, start, resources)
+                    finally:
+                        import ray
 
-                    ray.shutdown()
+                        ray.shutdown()
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the summary first, then the exit
+            interrupted = exc
         try:
             merge_pending(store, results_dir / "runs")
         except Exception as exc:  # still unwritable: the rows stay pending
@@ -410,7 +445,8 @@ def _run_grid_locked(
     not_run = len(todo) - len(ran) - len(waiting)
     seconds = time.time() - start
     log.info(
-        "grid finished in %s: %d ok, %d failed, %d not run, %d skipped (already done)%s",
+        "grid %s in %s: %d ok, %d failed, %d not run, %d skipped (already done)%s",
+        "interrupted" if interrupted else "finished",
         format_duration(seconds),
         ok,
         errors,
@@ -418,6 +454,8 @@ def _run_grid_locked(
         skipped,
         f", {len(waiting)} rows pending (table unwritable)" if waiting else "",
     )
+    if interrupted is not None:
+        raise Terminated() if _SIGTERM_RECEIVED.is_set() else interrupted
     return GridSummary(
         len(todo) + skipped, skipped, ok, errors, run_dir, seconds, not_run, len(waiting)
     )
