@@ -85,6 +85,20 @@ def _tiny_counts(monkeypatch, n_train: int = 20, n_test: int = 20) -> None:
     )
 
 
+def _small_archive(real: Path, out_path: Path, per_class: int) -> None:
+    """A well-formed copy of the real archive holding its first ``per_class`` images of each
+    class and split."""
+    kept: dict[tuple[str, str], int] = {}
+    out = io.BytesIO()
+    with tarfile.open(real, "r:gz") as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src:
+            parts = data_module._split_parts(member.name) if member.isfile() else None
+            if parts is not None and kept.get(parts[:2], 0) < per_class:
+                kept[parts[:2]] = kept.get(parts[:2], 0) + 1
+                dst.addfile(member, src.extractfile(member))
+    out_path.write_bytes(gzip.compress(out.getvalue(), compresslevel=1))
+
+
 # --------------------------------------------------------------------------- case 1
 
 
@@ -111,19 +125,7 @@ def test_case1_damaged_archive_is_refused(isolated_data, real_cifar_archive, cap
 
 def test_case1_archive_missing_images_is_refused(isolated_data, real_cifar_archive):
     """A well-formed archive holding 20 images per class and split: the counts give it away."""
-    real = real_cifar_archive
-    kept: dict[tuple[str, str], int] = {}
-    out = io.BytesIO()
-    with tarfile.open(real, "r:gz") as src, tarfile.open(fileobj=out, mode="w") as dst:
-        for member in src:
-            parts = data_module._split_parts(member.name) if member.isfile() else None
-            if parts is None:
-                continue
-            key = parts[:2]
-            if kept.get(key, 0) < 20:
-                kept[key] = kept.get(key, 0) + 1
-                dst.addfile(member, src.extractfile(member))
-    (isolated_data / real.name).write_bytes(gzip.compress(out.getvalue(), compresslevel=1))
+    _small_archive(real_cifar_archive, isolated_data / real_cifar_archive.name, per_class=20)
     with pytest.raises(BenchError) as err:
         load_dataset("cifar10")
     assert "holds 200 train / 200 test images; cifar10 has 50,000 / 10,000" in str(err.value)
@@ -684,6 +686,25 @@ class Segfault(_Hostile):
 
     def misbehave(self):
         ctypes.string_at(0)
+
+
+class Orphaner(_Hostile):
+    name = "orphaner"
+
+    def misbehave(self):
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "300"], start_new_session=True)  # escapes the group
+        with open(os.environ["HOSTILE_PIDFILE"], "w") as f:
+            f.write(str(child.pid))
+
+
+class Vandal(_Hostile):
+    name = "vandal"
+
+    def misbehave(self):
+        with open(os.environ["HOSTILE_TABLE"], "wb") as f:
+            f.write(b"PAR1 overwritten by a plugin")
 '''
 HOSTILE = {
     "sleeper": "Sleeper",
@@ -691,6 +712,8 @@ HOSTILE = {
     "exit_one": "ExitOne",
     "sigkill": "Sigkill",
     "segfault": "Segfault",
+    "vandal": "Vandal",
+    "orphaner": "Orphaner",
 }
 
 
@@ -807,6 +830,43 @@ def test_case5_a_trial_whose_process_dies_leaves_an_error_row(hostile_plugins, t
     for name, message in expected.items():
         assert message.split(" (")[0] in board
         assert f"<td>{name}</td>" in page
+
+
+def test_a_plugins_orphan_ends_with_a_local_run(hostile_plugins, tmp_path, monkeypatch):
+    """Before: on the local executor a plugin's child in a session of its own was still running
+    after the run ended (the Ray path reaped it)."""
+    results = tmp_path / "results"
+    pidfile = tmp_path / "orphan.pid"
+    monkeypatch.setenv("HOSTILE_PIDFILE", str(pidfile))
+    with bounded(120):
+        code = main(_hostile_grid("orphaner", results, "--executor", "local"))
+    assert code == 0 and _rows(results).loc["orphaner", "status"] == "ok"
+    orphan = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while not _gone(orphan) and time.monotonic() < deadline:  # a zombie until reparented
+        time.sleep(0.1)
+    assert _gone(orphan) or _is_zombie(orphan), f"pid {orphan} outlived the grid"
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_plugin_overwriting_the_table_destroys_no_row(hostile_plugins, tmp_path, monkeypatch):
+    """Before: a defense that overwrote results.parquet mid-run left the table moved aside as
+    corrupt and rebuilt with its own row only; every earlier row was gone from it. Now the
+    table is rebuilt from the journal, with every row."""
+    results = tmp_path / "results"
+    monkeypatch.setenv("HOSTILE_TABLE", str(results / "results.parquet"))
+    with bounded(120):
+        assert main(_hostile_grid("none", results, "--executor", "local")) == 0  # the record
+        assert main(_hostile_grid("vandal", results, "--executor", "local")) == 0
+    rows = _rows(results)
+    assert sorted(rows.index) == ["none", "vandal"] and set(rows["status"]) == {"ok"}
+    assert list(results.glob("results.parquet.corrupt-*"))  # the damaged file is kept aside
 
 
 @pytest.mark.parametrize(
@@ -938,3 +998,54 @@ def test_case9_ray_processes_die_with_a_driver_killed_during_start_up(tmp_path):
             with contextlib.suppress(psutil.Error, ProcessLookupError):
                 if os.getsid(proc.pid) == driver.pid:
                     proc.kill()
+
+
+def test_an_archive_that_is_not_the_published_release_warns_and_marks_rows(
+    isolated_data, real_cifar_archive, monkeypatch, caplog, cifar10
+):
+    """Before: an archive whose images differ from the release (a garbled or replaced JPEG in a
+    well-formed archive; its sha256 is not the published one) was decoded without a word."""
+    assert data_module.MODIFIED_NOTE not in cifar10.source  # the published archive: no mark
+    _tiny_counts(monkeypatch)
+    _small_archive(real_cifar_archive, isolated_data / real_cifar_archive.name, per_class=2)
+    dataset = load_dataset("cifar10")
+    assert len(dataset.train_y) == 20
+    assert f"{data_module.MODIFIED_NOTE} sha256 " in dataset.source  # -> every row's data_source
+    assert "is not the published release" in caplog.text
+    assert data_module.ARCHIVE_SHA256[real_cifar_archive.name] in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_sigterm_to_the_driver_stops_the_grid_with_its_summary(hostile_plugins, tmp_path, executor):
+    """Before: SIGTERM to `bench run` on the Ray path ended in Ray's C++ stack dump, exit 134
+    and no summary line. Now it stops as Ctrl-C does: running trials are stopped, the usual
+    summary says what did not run, exit status 143, and a rerun resumes."""
+    results = tmp_path / "results"
+    argv = _hostile_grid("sleeper", results, "--executor", executor)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", *argv],
+        start_new_session=True,
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with bounded(240):
+            # the sleeper trial is running once its log says so
+            while not any("about to misbehave" in p.read_text() for p in _trial_logs(results)):
+                assert driver.poll() is None, driver.stdout.read()
+                time.sleep(0.5)
+            driver.send_signal(signal.SIGTERM)
+            out, _ = driver.communicate()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 143, out[-3000:]
+    assert "terminated (SIGTERM)" in out and "grid interrupted in" in out, out[-3000:]
+    assert "0 ok, 0 failed, 1 not run" in out and "SIGTERM received at time" not in out
+
+
+def _trial_logs(results: Path) -> list[Path]:
+    return list(results.glob("runs/*/trials/*.log"))
