@@ -31,9 +31,12 @@ pytestmark = pytest.mark.usefixtures("two_threads")
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("attack", "train_size", "epochs", "asr_floor"),
-    # Floors sit well below what was measured on this CPU (blended 0.999, badnets 0.86); a clean
-    # model sends about 10% of triggered images to the target class.
-    [("blended", 5000, 5, 0.90), ("badnets", 10000, 6, 0.70)],
+    # Floors sit well below what was measured (a clean model sends about 10% of triggered
+    # images to the target class): Blended at 8 epochs, on an AMD EPYC without bf16 units, ASR
+    # 1.000 / CA 0.534 at fp32 and 1.000 / 0.590 at bf16 (at 5 epochs: 0.999 at bf16 on an EPYC
+    # with bf16 units, but 0.447 / CA 0.407 at fp32 here: the model had barely started
+    # learning); BadNets 0.86.
+    [("blended", 5000, 8, 0.90), ("badnets", 10000, 6, 0.70)],
 )
 def test_attack_reaches_high_asr_without_defense(attack, train_size, epochs, asr_floor):
     row = run_trial(_spec(attack, train_size, epochs), device=CPU)
