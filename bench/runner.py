@@ -504,9 +504,47 @@ def _fit_with_tune(
             storage_path=str(run_dir.resolve()),
             callbacks=[_progress_callback(len(todo), start, concurrency)],
             verbose=0,
+            # A worker that dies (killed, out of memory, a plugin killing its own parent) is
+            # retried as the trial's child is.
+            failure_config=tune.FailureConfig(max_failures=resources.retries),
         ),
     )
-    tuner.fit()
+    grid = tuner.fit()
+    _record_dead_workers(grid, store, run_dir, resources.retries)
+
+
+def _record_dead_workers(grid: Any, store: ResultsStore, run_dir: Path, retries: int) -> int:
+    """A trial whose Ray worker died wrote no row and reported nothing; Tune holds its error.
+    Each becomes an ``error`` row saying how (never 'not run'); how many."""
+    have = set(store.read()[Col.trial_id])
+    recorded = 0
+    for i in range(len(grid)):
+        result = grid[i]
+        if result.error is None:
+            continue
+        spec = TrialSpec.from_dict(json.loads(result.config[Col.spec]))
+        if spec.trial_id in have:  # the worker died after storing the row
+            continue
+        record_row(worker_died_row(spec, result.error, retries + 1, run_dir.name), store.path,
+                   run_dir)  # fmt: skip
+        recorded += 1
+    return recorded
+
+
+def worker_died_row(spec: TrialSpec, error: BaseException, attempts: int, run: str) -> dict:
+    """The row of a trial whose worker process died under it."""
+    from bench.provenance import spec_columns
+
+    detail = " ".join(str(error).split())[:2000]
+    message = (
+        f"WorkerDied: the Ray worker running this trial died after {attempts} attempt(s) "
+        f"({type(error).__name__}: {detail}); killed from outside, out of memory, or a plugin "
+        "that killed its own process"
+    )
+    return complete_row(
+        {**spec_columns(spec), Col.status: ERROR, Col.error: message, Col.attempts: attempts,
+         Col.run: run}
+    )  # fmt: skip
 
 
 def _trial_id_of(config: dict[str, Any]) -> str:

@@ -699,6 +699,19 @@ class Orphaner(_Hostile):
             f.write(str(child.pid))
 
 
+class Parricide(_Hostile):
+    name = "parricide"
+
+    def misbehave(self):
+        pid = os.getpid()
+        while pid > 1:  # up to the Ray worker running this trial
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().startswith(b"ray::"):
+                    os.kill(pid, signal.SIGKILL)
+
+
 class Vandal(_Hostile):
     name = "vandal"
 
@@ -714,6 +727,7 @@ HOSTILE = {
     "segfault": "Segfault",
     "vandal": "Vandal",
     "orphaner": "Orphaner",
+    "parricide": "Parricide",
 }
 
 
@@ -1049,3 +1063,19 @@ def test_sigterm_to_the_driver_stops_the_grid_with_its_summary(hostile_plugins, 
 
 def _trial_logs(results: Path) -> list[Path]:
     return list(results.glob("runs/*/trials/*.log"))
+
+
+@pytest.mark.slow
+def test_a_trial_whose_ray_worker_dies_becomes_an_error_row(hostile_plugins, tmp_path, capsys):
+    """Before: SIGKILL of the trial's Ray worker (not the trial's child) ended the grid with
+    '1 not run', no row, and a raw ActorDiedError in the log; --retries did not apply."""
+    results = tmp_path / "results"
+    with bounded(300):
+        code = main(_hostile_grid("none,parricide", results, "--executor", "ray", "--retries", "1"))
+    out = capsys.readouterr().out
+    assert code == 3 and "1 trial(s) failed" in out and "did not run" not in out, out[-2000:]
+    rows = _rows(results)
+    assert rows.loc["none", "status"] == "ok"
+    row = rows.loc["parricide"]
+    assert row["status"] == "error" and row["attempts"] == 2, row["error"]
+    assert row["error"].startswith("WorkerDied: the Ray worker running this trial died after 2")
