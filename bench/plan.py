@@ -143,7 +143,7 @@ def estimate(
     speeds: dict[tuple[str, int, str], float] = {}
     sizes: dict[tuple[str, int], tuple[int, int]] = {}  # (dataset, train_size) -> (n, classes)
     cells_with_model: set[str] = set()
-    costs: dict[tuple, float] = {}
+    costs: dict[tuple, tuple[float, bool]] = {}  # -> (epochs, needs the cell's model)
     out = []
     try:
         for spec in run_order(specs):  # the order the runner uses: `none` trains the model
@@ -163,10 +163,11 @@ def estimate(
                         n_train)  # fmt: skip
             if cost_key not in costs:  # once per defense setting, not per seed
                 defense = registry.create("defense", spec.defense, dict(spec.defense_params))
-                costs[cost_key] = defense.cost_epochs(budget, spec.clean_fraction, n_train)
-            epochs = costs[cost_key]
+                cost = defense.cost_epochs(budget, spec.clean_fraction, n_train)
+                costs[cost_key] = (cost, "backdoored_model" in defense.needs)
+            epochs, needs_model = costs[cost_key]
             cell = _cell_key(spec)
-            if "backdoored_model" in defense.needs and cell not in cells_with_model:
+            if needs_model and cell not in cells_with_model:
                 cells_with_model.add(cell)  # the first trial that needs it trains it
                 epochs += budget.epochs
             out.append(TrialEstimate(spec, epochs, epochs * n_train / speeds[speed_key] / 60))

@@ -225,9 +225,16 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
 
 def skipped_row(spec: TrialSpec, reason: str) -> dict[str, Any]:
     """The row of a cell left out of the grid: its spec, status ``skipped`` and the reason."""
+
+    return spec_row(spec, **{Col.status: SKIPPED, Col.error: reason})
+
+
+def spec_row(spec: TrialSpec, **columns: Any) -> dict[str, Any]:
+    """A row the harness writes for a trial that produced no row of its own: its spec's
+    columns and ``columns``."""
     from bench.provenance import spec_columns
 
-    return complete_row({**spec_columns(spec), Col.status: SKIPPED, Col.error: reason})
+    return complete_row({**spec_columns(spec), **columns})
 
 
 def _new_skipped_rows(
@@ -533,18 +540,15 @@ def _record_dead_workers(grid: Any, store: ResultsStore, run_dir: Path, retries:
 
 def worker_died_row(spec: TrialSpec, error: BaseException, attempts: int, run: str) -> dict:
     """The row of a trial whose worker process died under it."""
-    from bench.provenance import spec_columns
-
     detail = " ".join(str(error).split())[:2000]
     message = (
         f"WorkerDied: the Ray worker running this trial died after {attempts} attempt(s) "
         f"({type(error).__name__}: {detail}); killed from outside, out of memory, or a plugin "
         "that killed its own process"
     )
-    return complete_row(
-        {**spec_columns(spec), Col.status: ERROR, Col.error: message, Col.attempts: attempts,
-         Col.run: run}
-    )  # fmt: skip
+    return spec_row(
+        spec, **{Col.status: ERROR, Col.error: message, Col.attempts: attempts, Col.run: run}
+    )
 
 
 def _trial_id_of(config: dict[str, Any]) -> str:
