@@ -4,7 +4,7 @@ every attack's stamp ends with.
 
 Spec: ``shared/specs/attacks.md`` sections 2.3-2.5. An attack only says how to stamp a batch of
 uint8 images; choosing which training samples to poison, relabelling them and building the
-poisoned test set happen once, for every attack, in :mod:`bench.poisoning`.
+poisoned test set happen once, for every attack, in :mod:`bench.trial.poisoning`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bench import precision
-from bench.artifacts import ArtifactCache
+from bench.core import precision
+from bench.core.artifacts import ArtifactCache
+from bench.core.params import Configurable
+from bench.core.train import TrainConfig, Trainer, TrainHooks
 from bench.data import DatasetInfo
 from bench.errors import BenchError
-from bench.params import Configurable
-from bench.train import TrainConfig, Trainer, TrainHooks
 
 POISON_LABEL = "poison-label"
 CLEAN_LABEL = "clean-label"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from attacks.training_control import VICTIM_SCHEDULES, TrainingControlledAttack, other_images
-from bench.params import require_choice
+from bench.core.params import require_choice
 
 
 def squeeze(x: torch.Tensor, levels: int) -> torch.Tensor:

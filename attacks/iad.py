@@ -31,9 +31,9 @@ from torch import nn
 from attacks.base import AttackContext
 from attacks.surrogate import cpu_state
 from attacks.training_control import VICTIM_SCHEDULES, TrainingControlledAttack, other_images
+from bench.core.params import require_choice
+from bench.core.train import Batch, TrainConfig, TrainHooks, random_crop_flip
 from bench.errors import BenchError
-from bench.params import require_choice
-from bench.train import Batch, TrainConfig, TrainHooks, random_crop_flip
 
 EPS = 1e-7
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import AttackContext
-from bench.train import Batch, TrainHooks
+from bench.core.train import Batch, TrainHooks
 
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

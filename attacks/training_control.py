@@ -8,7 +8,7 @@ does, instead of the dataset's crop and flip (:func:`post_poisoning_augment`); I
 dataset's augmentation. BackdoorBench trains all three victims at a constant lr (its MultiStepLR
 milestones lie past the last epoch): ``victim_schedule = "constant"``.
 The same attack also exports a static poisoned set (Mode B, spec 2.7) through
-:func:`bench.poisoning.poison_train_set`, so training-time defenses see a fixed dataset.
+:func:`bench.trial.poisoning.poison_train_set`, so training-time defenses see a fixed dataset.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from attacks.base import POISON_LABEL, Attack, quantize
+from bench.core.train import Batch, TrainConfig, TrainHooks
 from bench.data import DatasetInfo
-from bench.train import Batch, TrainConfig, TrainHooks
 
 #: ``victim_schedule`` values: BackdoorBench's constant lr, or the preset's schedule.
 VICTIM_SCHEDULES = ("constant", "preset")

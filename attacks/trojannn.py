@@ -20,7 +20,7 @@ import torch
 
 from attacks.base import POISON_LABEL, Attack, AttackContext, quantize
 from attacks.surrogate import clean_surrogate, final_linear, penultimate_features
-from bench.params import require_choice
+from bench.core.params import require_choice
 
 
 def square_mask(size: int, side: int, margin: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from attacks.training_control import VICTIM_SCHEDULES, TrainingControlledAttack
-from bench.params import require_choice
+from bench.core.params import require_choice
 
 
 def warp_grid(size: int, k: int, strength: float, rescale: float, seed: int) -> torch.Tensor:

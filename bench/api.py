@@ -24,11 +24,10 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from bench.errors import PluginError
-from bench.limits import check_time_limit
-from bench.params import Configurable, require_choice
-from bench.stages import seeded_rng
-from bench.train import (
+from bench.core.limits import check_time_limit
+from bench.core.params import Configurable, require_choice
+from bench.core.stages import seeded_rng
+from bench.core.train import (
     Augment,
     Batch,
     TrainConfig,
@@ -41,6 +40,7 @@ from bench.train import (
     predict_logits,
     prepare_model,
 )
+from bench.errors import PluginError
 
 __all__ = [
     "NEEDS",
@@ -86,16 +86,16 @@ class LabelledImages:
 
 class StageCache(Protocol):
     """Builds a defense stage's result once per cell and hands it to every defense that asks for
-    the same stage with the same parameters (:class:`bench.stages.CellStageCache`)."""
+    the same stage with the same parameters (:class:`bench.core.stages.CellStageCache`)."""
 
     def __call__(self, kind: str, params: Mapping[str, Any], build: Callable[[], dict]) -> dict: ...
 
 
 @dataclass
 class Harness:
-    """The harness's side of a context (internal; built by :func:`bench.defend.defense_context`):
-    the trainer, what the defense's ``needs`` unlock, the cell's stage cache, the trial log and
-    the stage times recorded so far."""
+    """The harness's side of a context (internal; built by
+    :func:`bench.trial.defend.defense_context`): the trainer, what the defense's ``needs`` unlock,
+    the cell's stage cache, the trial log and the stage times recorded so far."""
 
     trainer: Trainer
     make_model: Callable[[], nn.Module]

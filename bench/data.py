@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench import settings
+from bench.core import settings
 from bench.errors import BenchError, unknown_name_error
 
 log = logging.getLogger("bench.data")

@@ -2,10 +2,10 @@
 columns identify a trial, and the upgrade that brings a table written by older code up to date.
 
 Code names a column through :class:`Col` (``row[Col.ca]``, ``df[Col.defense_seconds]``), never
-through a string literal, so this module is the only place a column name is written (a test
-keeps it that way). :func:`upgrade` runs once, when :meth:`bench.store.ResultsStore.read` loads a
-table: columns renamed since are renamed, missing ones get their typed default, every column gets
-its dtype, so readers never ask whether a column exists.
+through a string literal, so this module is the only place a column name is written (a test keeps it
+that way). :func:`upgrade` runs once, when :meth:`bench.store.ResultsStore.read` loads a table:
+columns renamed since are renamed, missing ones get their typed default, every column gets its
+dtype, so readers never ask whether a column exists.
 
 Adding a column: define it in :class:`Col` (with its default, if the typed one is wrong for old
 rows) and bump :data:`SCHEMA_VERSION`. Renaming one: rename it here and add the old name to
@@ -55,7 +55,7 @@ SKIPPED = "skipped"
 @dataclass(frozen=True)
 class Column:
     """One column: its name, pandas dtype, meaning, and whether it is part of the trial's spec
-    (the :class:`bench.config.TrialSpec` fields, which identify the trial)."""
+    (the :class:`bench.grid.config.TrialSpec` fields, which identify the trial)."""
 
     name: str
     dtype: str

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.models import build_model
-from bench.train import Batch, TrainConfig, autocast, prepare_model
+from bench.core.models import build_model
+from bench.core.train import Batch, TrainConfig, autocast, prepare_model
 from defenses.ssl import Contrastive, SimCLRHooks
 
 

@@ -5,7 +5,7 @@
 "torchvision": what the peer toolkits do (BackdoorBench, ABL, NAB): a Dataset that turns each
 stored uint8 array into a PIL image and runs RandomCrop(32, padding 4), RandomHorizontalFlip,
 ToTensor and Normalize per sample, batched by a DataLoader, then one SGD step per batch.
-"ours": ``bench.train.Trainer``: the uint8 data stays a tensor on the device, each batch is
+"ours": ``bench.core.train.Trainer``: the uint8 data stays a tensor on the device, each batch is
 gathered by index and cropped/flipped as one tensor operation, normalisation runs inside the
 model. Both train cnn_small (or --model) for one epoch with the same optimiser and batch size;
 the printed ratio is torchvision seconds / our seconds per epoch. It also times the torchvision
@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from torchvision import transforms
 
+from bench.core.models import build_model
+from bench.core.train import TrainConfig, Trainer
 from bench.data import load_dataset
-from bench.models import build_model
-from bench.train import TrainConfig, Trainer
 
 
 class PILDataset(TorchDataset):
@@ -128,7 +128,7 @@ def main() -> None:
     print(
         f"  torchvision per-sample PIL pipeline: {t_theirs:7.2f} s/epoch  {n / t_theirs:7.0f} img/s"
     )
-    print(f"  bench.train (batched tensors):       {t_ours:7.2f} s/epoch  {n / t_ours:7.0f} img/s")
+    print(f"  bench.core.train (batched tensors):  {t_ours:7.2f} s/epoch  {n / t_ours:7.0f} img/s")
     print(f"  speed-up: {t_theirs / t_ours:.2f}x")
     # What input work costs the torchvision epoch; the rest is its model step (NCHW, normalising
     # per sample), against which ours gains only through layout.
@@ -139,7 +139,9 @@ def main() -> None:
     )
     if compiled:
         t_c = min(compiled)
-        print(f"  bench.train + torch.compile:         {t_c:7.2f} s/epoch  {n / t_c:7.0f} img/s")
+        print(
+            f"  bench.core.train + torch.compile:         {t_c:7.2f} s/epoch  {n / t_c:7.0f} img/s"
+        )
         print(f"  speed-up with compile: {t_theirs / t_c:.2f}x")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import precision
+from bench.core import precision
 from bench.data import Dataset, load_dataset
 
 

@@ -18,16 +18,17 @@ import pytest
 import torch
 from torch import nn
 
-from bench import api, registry
+from bench import api
 from bench.api import Defense, DefenseContext, DefenseOutput, LabelledImages, TrainConfig
-from bench.config import expand_grid, load_preset, with_overrides
-from bench.defend import defense_context
+from bench.cli.plugins import check_presets
+from bench.core.models import build_model, model_names
+from bench.core.train import Trainer, TrainHooks, predict
 from bench.errors import BenchError
-from bench.models import build_model, model_names
-from bench.plugins import check_presets
+from bench.grid import registry
+from bench.grid.config import expand_grid, load_preset, with_overrides
 from bench.schema import Col
-from bench.train import Trainer, TrainHooks, predict
-from bench.trial import run_trial_safely
+from bench.trial.defend import defense_context
+from bench.trial.pipeline import run_trial_safely
 from tests.test_plugins import _entry, fake_defenses  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

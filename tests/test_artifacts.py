@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bench.artifacts import ArtifactCache
+from bench.core.artifacts import ArtifactCache
 
 SPEC = {"what": "toy", "seed": 0}
 

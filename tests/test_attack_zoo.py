@@ -23,13 +23,13 @@ from attacks.sig import sinusoid
 from attacks.ssba import psnr
 from attacks.training_control import post_poisoning_augment
 from attacks.wanet import identity_grid, warp_grid
-from bench import registry
-from bench.config import expand_grid, load_preset, with_overrides
+from bench.core.models import build_model
+from bench.core.train import Batch, TrainConfig
 from bench.data import Dataset
 from bench.errors import BenchError
-from bench.models import build_model
-from bench.poisoning import cell_spec, poison_test_set, poison_train_set
-from bench.train import Batch, TrainConfig
+from bench.grid import registry
+from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.trial.poisoning import cell_spec, poison_test_set, poison_train_set
 
 CPU = torch.device("cpu")
 ALL = ["badnets", "blended", "trojannn", "sig", "lc", "wanet", "iad", "bpp", "ssba", "lf"]

@@ -7,7 +7,7 @@ from attacks.badnets import BadNets
 from attacks.base import CLEAN_LABEL
 from attacks.blended import Blended, noise_key
 from bench.errors import BenchError
-from bench.poisoning import poison_test_set, poison_train_set, select_poison_indices
+from bench.trial.poisoning import poison_test_set, poison_train_set, select_poison_indices
 
 CPU = torch.device("cpu")
 

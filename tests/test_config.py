@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from bench.config import (
+from bench.errors import BenchError
+from bench.grid.config import (
     TrialSpec,
     builtin_presets,
     expand_grid,
@@ -12,7 +13,6 @@ from bench.config import (
     parse_preset,
     with_overrides,
 )
-from bench.errors import BenchError
 
 
 def test_builtin_presets_load_and_expand():
@@ -94,8 +94,8 @@ def test_planning_a_grid_costs_per_cell_work_once_not_per_trial(monkeypatch):
     re-serialised its spec for each id: a dry run of 2,000 seeds took 77 s and one of 20,000
     was killed at 600 s. Now a 120,000-trial dry run of the quick preset takes about 24 s (most
     of it start-up, the speed probe and printing)."""
-    from bench import registry
-    from bench.plan import plan_grid
+    from bench.grid import registry
+    from bench.run.plan import plan_grid
 
     scans = []
     real_scan = registry._scan

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from attacks.badnets import BadNets
 from bench.api import DefenseContext, LabelledImages
-from bench.defend import defense_context
-from bench.models import build_model
-from bench.poisoning import poison_train_set
-from bench.train import Batch, TrainConfig
+from bench.core.models import build_model
+from bench.core.train import Batch, TrainConfig
+from bench.trial.defend import defense_context
+from bench.trial.poisoning import poison_train_set
 from defenses.dbd import DBD, ResplitMixMatch, symmetric_cross_entropy
 from defenses.shared import MixMatch, lowest_fraction
 from defenses.ssl import color_jitter, nt_xent, random_resized_crop, simclr_view

@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import metrics, registry
+from bench.core import metrics
+from bench.core.models import build_model
+from bench.core.train import Augment, Batch, TrainConfig, Trainer, predict
 from bench.errors import BenchError
-from bench.models import build_model
-from bench.poisoning import poison_test_set, poison_train_set
-from bench.train import Augment, Batch, TrainConfig, Trainer, predict
+from bench.grid import registry
+from bench.trial.poisoning import poison_test_set, poison_train_set
 from defenses.shared import (
     GradientAscent,
     JointUnlearning,

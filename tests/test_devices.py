@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from bench import devices
-from bench.config import Resources
+from bench.grid.config import Resources
+from bench.run import devices
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_a_preset_asking_more_cpus_than_the_machine_has_still_starts(gpus, monke
 def test_bench_auto_precision_pins_what_auto_means(monkeypatch):
     """The suite runs whole at either precision (BENCH_AUTO_PRECISION=fp32|bf16 make test), and
     a record run spanning machines pins its precision; an explicit one still wins."""
-    from bench import precision
+    from bench.core import precision
 
     for pinned in ("fp32", "bf16"):
         monkeypatch.setenv("BENCH_AUTO_PRECISION", pinned)

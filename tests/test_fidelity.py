@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from bench import precision, registry
-from bench.config import expand_grid, load_preset, with_overrides
-from bench.models import build_model
-from bench.plan import plan_grid
-from bench.train import Augment, Batch, TrainConfig, Trainer, augment_batch
-from bench.trial import run_trial
+from bench.core import precision
+from bench.core.models import build_model
+from bench.core.train import Augment, Batch, TrainConfig, Trainer, augment_batch
+from bench.grid import registry
+from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.run.plan import plan_grid
+from bench.trial.pipeline import run_trial
 from defenses.abl import ABL
 from defenses.dbd import LinearProbe
 from defenses.ibau import IBAU
@@ -167,7 +168,7 @@ def test_iad_backdoored_model_is_the_classifier_trained_with_the_generators():
     row = run_trial(spec, device=CPU)
     assert row["backdoored_model_cache"] == "from the attack"
     iad = registry.create("attack", "iad", dict(spec.attack_params))
-    from bench.cell import attack_context, load_cell_data
+    from bench.trial.cell import attack_context, load_cell_data
 
     data = load_cell_data(spec)
     with precision.use_precision(precision.resolve(spec.precision, CPU)):

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.config import expand_grid, load_preset, with_overrides
-from bench.runner import run_order
+from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.run.driver import run_order
 from bench.store import ResultsStore
 
 SMOKE = ["run", "--preset", "smoke", "--datasets", "cifar10"]
@@ -125,14 +125,14 @@ def test_killed_driver_then_rerun_loses_and_duplicates_nothing(tmp_path):
 
 def test_an_interrupted_grid_counts_unrun_trials_apart_from_failures(tmp_path, monkeypatch):
     """Trials that never ran (Ctrl-C) are 'not run', not 'failed': they have no traceback."""
-    from bench import runner
-    from bench.config import expand_grid, load_preset, with_overrides
+    from bench.grid.config import expand_grid, load_preset, with_overrides
+    from bench.run import driver
 
-    monkeypatch.setattr(runner, "_connect_ray", lambda *a, **k: None)
-    monkeypatch.setattr(runner, "_fit_with_tune", lambda *a, **k: None)  # stopped at once
+    monkeypatch.setattr(driver, "_connect_ray", lambda *a, **k: None)
+    monkeypatch.setattr(driver, "_fit_with_tune", lambda *a, **k: None)  # stopped at once
     preset = with_overrides(load_preset("smoke"), datasets=["cifar10"], attacks=["badnets"])
     specs = expand_grid(preset)
-    summary = runner.run_grid(specs, preset.resources, results_dir=tmp_path)
+    summary = driver.run_grid(specs, preset.resources, results_dir=tmp_path)
     assert (summary.ok, summary.errors, summary.not_run) == (0, 0, len(specs))
 
 
@@ -223,8 +223,8 @@ def test_local_executor_runs_the_grid_without_ray(tmp_path):
 def test_without_ray_auto_falls_back_to_the_local_executor_and_says_so(
     tmp_path, monkeypatch, capsys
 ):
-    from bench import runner
     from bench.errors import BenchError
+    from bench.run import driver
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     as_file = tmp_path / "file"
@@ -235,19 +235,19 @@ def test_without_ray_auto_falls_back_to_the_local_executor_and_says_so(
     assert lines[0].split(" ", 1)[1].startswith("hardware:"), lines  # the hardware line first
     said = [line for line in lines if "ray cannot be imported" in line]
     assert said and "local executor" in said[0], lines
-    assert runner.choose_executor("auto") == "local"
+    assert driver.choose_executor("auto") == "local"
     with pytest.raises(BenchError, match="ray cannot be imported"):
-        runner.choose_executor("ray")
+        driver.choose_executor("ray")
     with pytest.raises(BenchError, match="ray cannot be imported"):
-        runner.choose_executor("auto", address="10.0.0.1:6379")
+        driver.choose_executor("auto", address="10.0.0.1:6379")
     with pytest.raises(BenchError, match="--address joins a Ray cluster"):
-        runner.choose_executor("local", address="10.0.0.1:6379")
+        driver.choose_executor("local", address="10.0.0.1:6379")
 
 
 def test_fractional_gpus_pack_trials_onto_one_gpu():
-    from bench.config import Resources
-    from bench.local_executor import GpuPool
-    from bench.runner import concurrency
+    from bench.grid.config import Resources
+    from bench.run.driver import concurrency
+    from bench.run.local_executor import GpuPool
 
     quarter = Resources(cpus_per_trial=1, gpus_per_trial=0.25)
     assert concurrency(quarter, cpus=16, gpus=1) == 4

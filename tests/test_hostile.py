@@ -26,12 +26,12 @@ import torch
 from PIL import Image
 
 from bench import data as data_module
-from bench.artifacts import ArtifactCache
 from bench.cli import main
-from bench.config import expand_grid, load_preset, with_overrides
+from bench.core.artifacts import ArtifactCache
 from bench.data import DATASETS, find_source, load_dataset
 from bench.errors import BenchError
-from bench.poisoning import cell_spec
+from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.trial.poisoning import cell_spec
 
 
 @pytest.fixture(autouse=True)
@@ -300,7 +300,7 @@ def test_case7_preset_schema_refuses_before_anything_runs(case, text, message, t
 
 
 def test_case7_schema_accepts_the_new_keys_and_checks_their_types():
-    from bench.preset_schema import validate_preset
+    from bench.grid.preset_schema import validate_preset
 
     good = {
         "preset": {"name": "p", "reference": "backdoorbench-cifar10"},
@@ -341,9 +341,9 @@ def test_case7_schema_covers_every_dataclass_field():
     rule here, or the schema would refuse it as unknown."""
     import dataclasses
 
-    from bench.config import DataBudget, Grid, Resources
-    from bench.preset_schema import SCHEMA
-    from bench.train import TrainConfig
+    from bench.core.train import TrainConfig
+    from bench.grid.config import DataBudget, Grid, Resources
+    from bench.grid.preset_schema import SCHEMA
 
     for section, cls in (
         ("grid", Grid),
@@ -477,27 +477,27 @@ def test_case8_leaderboard_and_timing_without_results_say_so(command, tmp_path, 
 def test_case8_rows_survive_an_unwritable_table(tmp_path, monkeypatch):
     """Before: a trial whose row could not be written (table unwritable, runs/ writable) was
     lost and reported as an interruption."""
-    from bench import runner
+    from bench.run import driver
     from bench.store import ResultsStore
 
     results = tmp_path / "results"
-    run_dir = runner.new_run_dir(results)
+    run_dir = driver.new_run_dir(results)
     table = results / "results.parquet"
     row = {"trial_id": "t1", "status": "ok", "ca": 0.5, "asr": float("nan")}
     with read_only(results):
-        runner.record_row(row, table, run_dir)  # must not raise, must not lose the row
+        driver.record_row(row, table, run_dir)  # must not raise, must not lose the row
     assert (run_dir / "pending" / "t1.json").exists()
     # The next successful write merges it ...
-    runner.record_row({"trial_id": "t2", "status": "ok", "ca": 0.6}, table, run_dir)
+    driver.record_row({"trial_id": "t2", "status": "ok", "ca": 0.6}, table, run_dir)
     assert set(ResultsStore(table).read()["trial_id"]) == {"t1", "t2"}
     assert not list(results.rglob("pending/*.json"))
     # ... and so does the next run.
     with read_only(results):
-        runner.record_row({"trial_id": "t3", "status": "ok", "ca": 0.7}, table, run_dir)
-    monkeypatch.setattr(runner, "_connect_ray", lambda *a, **k: None)
-    monkeypatch.setattr(runner, "_fit_with_tune", lambda *a, **k: None)
+        driver.record_row({"trial_id": "t3", "status": "ok", "ca": 0.7}, table, run_dir)
+    monkeypatch.setattr(driver, "_connect_ray", lambda *a, **k: None)
+    monkeypatch.setattr(driver, "_fit_with_tune", lambda *a, **k: None)
     preset = with_overrides(load_preset("smoke"), datasets=["cifar10"])
-    runner.run_grid(expand_grid(preset), preset.resources, results_dir=results)
+    driver.run_grid(expand_grid(preset), preset.resources, results_dir=results)
     assert {"t1", "t2", "t3"} <= set(ResultsStore(table).read()["trial_id"])
 
 
@@ -522,26 +522,26 @@ def test_case9_cpu_trials_never_outnumber_the_cores(tmp_path, capsys, monkeypatc
     """Before: --cpus-per-trial 0.01 ran six trials at once on two cores."""
     import ray
 
-    from bench import runner
-    from bench.config import Resources
+    from bench.grid.config import Resources
+    from bench.run import driver
 
     assert main([*SMOKE, "--cpus-per-trial", "0.01", "--results-dir", str(tmp_path)]) == 2
     assert "a CPU trial needs at least 1 CPU" in capsys.readouterr().err
     # GPU trials may ask for fractions of a CPU, but no more run at once than there are cores.
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
-    assert runner._concurrency(Resources(cpus_per_trial=0.1, gpus_per_trial=0.1)) == 2
+    assert driver._concurrency(Resources(cpus_per_trial=0.1, gpus_per_trial=0.1)) == 2
 
 
 def test_case9_a_second_driver_on_the_same_results_dir_is_refused(tmp_path, capsys):
     """Before: two drivers started in the same second shared one run folder and both computed
     every trial."""
-    from bench import runner
+    from bench.run import driver
 
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from bench.runner import driver_lock\n"
+            "import sys, time; from pathlib import Path; from bench.run.driver import driver_lock\n"
             "with driver_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)",
             str(tmp_path),
         ],
@@ -560,7 +560,7 @@ def test_case9_a_second_driver_on_the_same_results_dir_is_refused(tmp_path, caps
         holder.kill()
         holder.wait()
     # Runs started in the same second get their own directories.
-    first, second = runner.new_run_dir(tmp_path, "same"), runner.new_run_dir(tmp_path, "same")
+    first, second = driver.new_run_dir(tmp_path, "same"), driver.new_run_dir(tmp_path, "same")
     assert first != second and first.is_dir() and second.is_dir()
 
 
@@ -780,7 +780,7 @@ def test_case4_a_blocking_defense_is_stopped_at_its_time_limit(hostile_plugins, 
     """Before: a defense sleeping in run() (no training step to check the limit at) ran on past
     --trial-timeout (150 s with a 20 s limit). Now the trial's process is killed: a plain
     blocking call at the limit plus a grace second, one that ignores SIGTERM two seconds later."""
-    from bench.isolation import TERM_WAIT_S, kill_grace_s
+    from bench.run.isolation import TERM_WAIT_S, kill_grace_s
 
     results = tmp_path / "results"
     start = time.monotonic()
@@ -906,7 +906,7 @@ def test_case5_check_defense_fails_a_plugin_that_kills_its_trial(
 
 def test_case9_error_rows_name_the_attack_and_defense_packages():
     """Before: a trial that failed had empty package columns (they were filled on success)."""
-    from bench.trial import run_trial_safely
+    from bench.trial.pipeline import run_trial_safely
 
     preset = with_overrides(load_preset("smoke"), datasets=["cifar10"], defenses=["ibau"])
     spec = expand_grid(preset)[0]
@@ -938,7 +938,7 @@ def test_case4_and_5_through_ray_workers(hostile_plugins, tmp_path):
 
 REAPED_DRIVER = """
 import subprocess, sys, time
-from bench.ray_reaper import reaping
+from bench.run.ray_reaper import reaping
 
 with reaping():
     # A helper that inherits the token, and one started with a bare environment below it (as

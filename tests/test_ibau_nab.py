@@ -11,12 +11,12 @@ from torch import nn
 
 from attacks.badnets import BadNets
 from bench.api import DefenseContext, LabelledImages
-from bench.checks import PluginError
-from bench.defend import defense_context
-from bench.models import build_model
-from bench.poisoning import poison_train_set
-from bench.train import TrainConfig, Trainer, TrainHooks
-from bench.trial import run_trial
+from bench.core.models import build_model
+from bench.core.train import TrainConfig, Trainer, TrainHooks
+from bench.grid.checks import PluginError
+from bench.trial.defend import defense_context
+from bench.trial.pipeline import run_trial
+from bench.trial.poisoning import poison_train_set
 from defenses.ibau import IBAU, adversarial_loss, implicit_hypergradient
 from defenses.nab import NAB, CounterPoison, stamp_colour
 from tests.test_trial import _spec

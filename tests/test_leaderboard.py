@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import metrics
+from bench.core import metrics
 from bench.report import stats
 from bench.report.aggregate import aggregate, ranking, trial_table
 from bench.report.markdown import cell_text

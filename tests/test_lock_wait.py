@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from bench.config import expand_grid, load_preset, with_overrides
-from bench.trial import run_trial
+from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.trial.pipeline import run_trial
 
 CPU = torch.device("cpu")
 

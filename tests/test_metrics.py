@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from bench import metrics
+from bench.core import metrics
 
 
 def test_clean_accuracy_counts_every_class_including_target():

@@ -4,7 +4,7 @@ import runpy
 from pathlib import Path
 
 from bench.cli import main
-from bench.perf import measure
+from bench.cli.perf import measure
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -16,16 +16,16 @@ import torch
 from torch import nn
 
 from attacks.badnets import BadNets
-from bench import registry
 from bench.api import Defense, DefenseContext, DefenseOutput, LabelledImages
-from bench.checks import PluginError, check_component_class
 from bench.cli import build_parser
-from bench.config import expand_grid, load_preset, with_overrides
-from bench.defend import defense_context
+from bench.cli.plugins import check_defense, scaffold_defense
+from bench.core.models import build_model
 from bench.errors import BenchError
-from bench.models import build_model
-from bench.plugins import check_defense, scaffold_defense
-from bench.trial import run_trial_safely
+from bench.grid import registry
+from bench.grid.checks import PluginError, check_component_class
+from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.trial.defend import defense_context
+from bench.trial.pipeline import run_trial_safely
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from bench import registry
+from bench.grid import registry
 
 
 def test_an_uninstalled_checkout_still_registers_the_builtins(monkeypatch):

@@ -156,9 +156,10 @@ _PROBE = """
 import sys
 from bench.cli import main
 rc = main(["leaderboard", "--results-dir", sys.argv[1]])
-execution = ("torch", "torchvision", "ray", "attacks", "defenses", "bench.data", "bench.registry",
-             "bench.config", "bench.cell", "bench.trial", "bench.gallery")
-print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in execution or m in execution))
+execution = ("torch", "torchvision", "ray", "attacks", "defenses", "bench.data", "bench.grid",
+             "bench.trial", "bench.run", "bench.cli.gallery")
+loaded = [m for m in sys.modules if any(m == e or m.startswith(e + ".") for e in execution)]
+print("LOADED", sorted(loaded))
 sys.exit(rc)
 """
 

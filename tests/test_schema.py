@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from bench import schema
-from bench.config import TrialSpec, expand_grid, load_preset, with_overrides
+from bench.grid.config import TrialSpec, expand_grid, load_preset, with_overrides
 from bench.schema import Col
 from bench.store import ResultsStore
-from bench.trial import run_trial_safely
+from bench.trial.pipeline import run_trial_safely
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -67,7 +67,7 @@ NOT_COLUMNS: dict[tuple[str, str], int | None] = {
     ("config.py", "reference"): None,
     # The package-data directory of the shipped reference tables (bench/reference/).
     ("report/references.py", "reference"): 1,
-    # The preset schema (bench/preset_schema.py): TOML sections and keys, registry kinds.
+    # The preset schema (bench/grid/preset_schema.py): TOML sections and keys, registry kinds.
     **{
         ("preset_schema.py", key): None
         for key in (

@@ -140,7 +140,7 @@ def _pending(run_dir, trial_id, row):
 def test_a_pending_row_of_an_unknown_count_merges(tmp_path):
     """Before: an error row kept pending held ``"n_train": "<NA>"``, and every later write to the
     directory failed with "results column 'n_train' does not hold Int64"."""
-    from bench.recording import merge_pending, record_row
+    from bench.run.recording import merge_pending, record_row
 
     results = tmp_path / "results"
     run_dir = results / "runs" / "r1"
@@ -161,7 +161,7 @@ def test_a_pending_row_of_an_unknown_count_merges(tmp_path):
 
 
 def test_a_pending_row_that_cannot_merge_is_set_aside_and_blocks_nothing(tmp_path, caplog):
-    from bench.recording import merge_pending
+    from bench.run.recording import merge_pending
 
     results = tmp_path / "results"
     run_dir = results / "runs" / "r1"

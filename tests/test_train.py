@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.models import build_model, model_names
-from bench.train import Batch, TrainConfig, Trainer, TrainHooks, predict, random_crop_flip
+from bench.core.models import build_model, model_names
+from bench.core.train import Batch, TrainConfig, Trainer, TrainHooks, predict, random_crop_flip
 
 
 def test_random_crop_is_a_shift_of_the_zero_padded_image():

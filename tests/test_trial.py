@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from bench.config import TrialSpec, expand_grid, load_preset, with_overrides
-from bench.trial import run_trial, run_trial_safely
+from bench.grid.config import TrialSpec, expand_grid, load_preset, with_overrides
+from bench.trial.pipeline import run_trial, run_trial_safely
 
 CPU = torch.device("cpu")
 

@@ -2,7 +2,7 @@
 
 import subprocess
 
-from bench import versions
+from bench.core import versions
 
 
 def _git(repo, *args):

@@ -5,7 +5,7 @@ Every defense keeps one colour and one marker in every plot (:func:`styles`: the
 palette, safe for colour-blind readers; `none` always grey), rows follow the ranking, intervals
 are drawn only where a cell has more than one seed, and overplotting is avoided with small
 multiples (one panel per attack). The attack gallery decodes datasets and fits attacks, so it is
-its own command (``bench attacks gallery``, :mod:`bench.gallery`).
+its own command (``bench attacks gallery``, :mod:`bench.cli.gallery`).
 """
 
 from __future__ import annotations

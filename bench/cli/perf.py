@@ -1,10 +1,11 @@
 """``bench perf``: training-loop throughput against this machine's real limit.
 
 The limit runs forward, loss, backward and the optimiser step on float batches built in advance,
-once in fp32 and once under bf16 autocast; the machine's limit is the faster of the two (on a
-CPU with native bf16 units, or a GPU, that is bf16). The loop is the real
-:class:`~bench.train.Trainer` on uint8 data at the precision a trial would use: indexing, batched
-crop+flip, conversion and hooks included. The loop's share of the best limit is what matters.
+once in fp32 and once under bf16 autocast; the machine's limit is the faster of the two (on a CPU
+with native bf16 units, or a GPU, that is bf16). The loop is the real
+:class:`~bench.core.train.Trainer` on uint8 data at the precision a trial would use: indexing,
+batched crop+flip, conversion and hooks included. The loop's share of the best limit is what
+matters.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench import precision
-from bench.models import build_model
-from bench.train import TrainConfig, Trainer, autocast, prepare_model
+from bench.core import precision
+from bench.core.models import build_model
+from bench.core.train import TrainConfig, Trainer, autocast, prepare_model
 
 #: The precisions whose pure step speed ``bench perf`` measures.
 LIMIT_PRECISIONS = ("fp32", "bf16")

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.artifacts import ArtifactCache
-from bench.config import TrialSpec
+from bench.core.artifacts import ArtifactCache
+from bench.core.stages import seeded_rng
+from bench.core.train import TrainConfig, Trainer, TrainHooks
 from bench.data import Dataset
-from bench.poisoning import PoisonedTrainSet, cell_spec
-from bench.stages import seeded_rng
-from bench.train import TrainConfig, Trainer, TrainHooks
+from bench.grid.config import TrialSpec
+from bench.trial.poisoning import PoisonedTrainSet, cell_spec
 
 
 class BackdooredModelLoader:

@@ -1,9 +1,9 @@
 """One trial: poison the data, run the defense, evaluate CA / ASR / RA, and build the result row.
 
-This is what a trial's child process executes (:mod:`bench.isolation`, under a Ray worker or the
-local executor). The steps live in their own modules: :mod:`bench.cell`
-(data, attack, poisoned sets), :mod:`bench.defend` (the defense and its time),
-:mod:`bench.evaluate` (metrics) and :mod:`bench.provenance` (where and how it ran).
+This is what a trial's child process executes (:mod:`bench.run.isolation`, under a Ray worker or the
+local executor). The steps live in their own modules: :mod:`bench.trial.cell`
+(data, attack, poisoned sets), :mod:`bench.trial.defend` (the defense and its time),
+:mod:`bench.trial.evaluate` (metrics) and :mod:`bench.trial.provenance` (where and how it ran).
 :func:`run_trial_safely` never raises: a failing trial becomes a row with status ``error`` and
 its traceback, so one bad trial never sinks the grid.
 """
@@ -19,14 +19,15 @@ from typing import Any
 
 import torch
 
-from bench import precision, registry
-from bench.cell import load_cell_data, poison_cell, seed_everything
-from bench.config import TrialSpec
-from bench.defend import run_defense
-from bench.evaluate import evaluate
-from bench.limits import TrialTimeout, time_limit
-from bench.provenance import peak_memory_mb, provenance, spec_columns
+from bench.core import precision
+from bench.core.limits import TrialTimeout, time_limit
+from bench.grid import registry
+from bench.grid.config import TrialSpec
 from bench.schema import ERROR, OK, TIMEOUT, Col, complete_row
+from bench.trial.cell import load_cell_data, poison_cell, seed_everything
+from bench.trial.defend import run_defense
+from bench.trial.evaluate import evaluate
+from bench.trial.provenance import peak_memory_mb, provenance, spec_columns
 
 log = logging.getLogger("bench.trial")
 

@@ -2,7 +2,7 @@
 steps), so a trial that overruns stops cleanly, with a traceback of where it was, and becomes a
 ``timeout`` row. What this check cannot reach (a defense blocked in a sleep or a C call) the
 trial's parent process stops: it kills the trial's process a grace period later
-(:mod:`bench.isolation`)."""
+(:mod:`bench.run.isolation`)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bench.artifacts import ArtifactCache
+from bench.core.artifacts import ArtifactCache
 
 
 @contextmanager

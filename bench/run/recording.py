@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.config import Resources, TrialSpec
+from bench.grid.config import Resources, TrialSpec
 from bench.schema import OK, Col, upgrade
 from bench.store import ResultsStore, plain_row, store_record, typed_row
 

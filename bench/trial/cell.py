@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from attacks.base import Attack, AttackContext
-from bench import lockwait
-from bench.config import TrialSpec
+from bench.core import lockwait
+from bench.core.models import build_model
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
-from bench.models import build_model
-from bench.poisoning import PoisonedSets, PoisonedTestSet, PoisonedTrainSet, poisoned_sets
+from bench.grid.config import TrialSpec
+from bench.trial.poisoning import PoisonedSets, PoisonedTestSet, PoisonedTrainSet, poisoned_sets
 
 log = logging.getLogger("bench.trial")
 

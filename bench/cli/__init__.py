@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bench import settings
+from bench.core import settings
 from bench.errors import BenchError, Terminated
 
 log = logging.getLogger("bench")
@@ -34,11 +34,11 @@ def _results_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench import devices
-    from bench.config import expand_grid, load_preset, with_overrides
-    from bench.plan import estimate, format_plan, plan_grid
-    from bench.preflight import check_resources, check_results_dir
-    from bench.runner import choose_executor, run_grid
+    from bench.grid.config import expand_grid, load_preset, with_overrides
+    from bench.run import devices
+    from bench.run.driver import choose_executor, run_grid
+    from bench.run.plan import estimate, format_plan, plan_grid
+    from bench.run.preflight import check_resources, check_results_dir
     from bench.store import ResultsStore
 
     preset = with_overrides(
@@ -195,8 +195,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_attacks_gallery(args: argparse.Namespace) -> int:
     """Render the gallery from a preset's trial specs, building attack artifacts as needed."""
-    from bench.config import expand_grid, load_preset, with_overrides
-    from bench.gallery import attack_gallery
+    from bench.cli.gallery import attack_gallery
+    from bench.grid.config import expand_grid, load_preset, with_overrides
 
     preset = with_overrides(
         load_preset(args.preset), datasets=args.datasets, attacks=args.attacks, defenses=["none"]
@@ -211,10 +211,10 @@ def cmd_attacks_gallery(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from bench import registry
-    from bench.config import builtin_presets
+    from bench.core.models import model_names
     from bench.data import DATASETS
-    from bench.models import model_names
+    from bench.grid import registry
+    from bench.grid.config import builtin_presets
 
     for kind in ("attack", "defense"):
         print(f"{kind}s:")
@@ -241,7 +241,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_perf(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.perf import measure
+    from bench.cli.perf import measure
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -291,7 +291,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_check_defense(args: argparse.Namespace) -> int:
     import json
 
-    from bench.plugins import check_defense
+    from bench.cli.plugins import check_defense
 
     try:
         params = json.loads(args.params) if args.params else {}
@@ -308,7 +308,7 @@ def cmd_check_defense(args: argparse.Namespace) -> int:
 
 
 def cmd_new_defense(args: argparse.Namespace) -> int:
-    from bench.plugins import scaffold_defense
+    from bench.cli.plugins import scaffold_defense
 
     root = scaffold_defense(args.name, Path(args.dir))
     print(f"created {root}\nnext: pip install -e {root} && bench check-defense {args.name}")
@@ -317,7 +317,7 @@ def cmd_new_defense(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     """Everything the harness caches: decoded datasets and artifacts (models, attack state)."""
-    from bench.artifacts import ArtifactCache
+    from bench.core.artifacts import ArtifactCache
     from bench.data import clear_dataset_cache, dataset_cache_entries, dataset_cache_root
 
     cache = ArtifactCache()

@@ -17,15 +17,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import checks, lockwait
 from bench.api import Defense, DefenseContext, DefenseOutput, Harness, LabelledImages
-from bench.backdoored import BackdooredModelLoader
-from bench.cell import PoisonedCell, model_factory
-from bench.config import TrialSpec
+from bench.core import lockwait
+from bench.core.stages import CellStageCache
+from bench.core.train import TrainConfig, Trainer
 from bench.errors import BenchError
-from bench.poisoning import cell_spec
-from bench.stages import CellStageCache
-from bench.train import TrainConfig, Trainer
+from bench.grid import checks
+from bench.grid.config import TrialSpec
+from bench.trial.backdoored import BackdooredModelLoader
+from bench.trial.cell import PoisonedCell, model_factory
+from bench.trial.poisoning import cell_spec
 
 #: What ``DefenseOutput.metrics`` may hold: keys and how many.
 METRIC_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")

@@ -5,7 +5,7 @@ impossible value (``train_size = -49000``) would otherwise reach the dataclasses
 fail there, or worse, run. :func:`validate_preset` checks every section and key against
 :data:`SCHEMA` and refuses sections for unknown attacks and defenses; the parameters inside an
 ``[attacks.X]`` / ``[defenses.Y]`` section are validated by the component itself
-(:mod:`bench.params`). All problems are reported together, on one line.
+(:mod:`bench.core.params`). All problems are reported together, on one line.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bench import registry
+from bench.core.models import model_names
+from bench.core.precision import PRECISIONS
+from bench.core.train import SCHEDULES
 from bench.data import DATASETS, SOURCE_MODES
 from bench.errors import BenchError, unknown_name_error
-from bench.models import model_names
-from bench.precision import PRECISIONS
-from bench.train import SCHEDULES
+from bench.grid import registry
 
 
 @dataclass(frozen=True)

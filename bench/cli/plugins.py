@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from bench import registry
-from bench.config import expand_grid, load_preset, with_overrides
 from bench.errors import BenchError
-from bench.isolation import TAIL_HEADER, TAIL_PREFIX
+from bench.grid import registry
+from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.run.isolation import TAIL_HEADER, TAIL_PREFIX
 from bench.schema import OK, Col
 
 
@@ -44,7 +44,7 @@ def check_defense(
 
     ``verbose`` prints the smoke trial's log (``ctx.log`` lines, epochs) as it runs; otherwise
     only a failing trial's last log lines are shown. ``isolated`` runs the smoke trial in a
-    child process (:mod:`bench.isolation`), so a defense that crashes the interpreter, exits or
+    child process (:mod:`bench.run.isolation`), so a defense that crashes the interpreter, exits or
     is killed gets a FAIL line too, and ``time_limit_s`` (0: none) bounds it; a child only sees
     defenses registered through installed entry points, so ``isolated=False`` runs one that is
     registered in this process only (tests) here."""
@@ -101,10 +101,10 @@ def check_defense(
 
     def smoke_trial() -> dict[str, Any]:
         if not isolated:
-            from bench.trial import run_trial
+            from bench.trial.pipeline import run_trial
 
             return run_trial(spec, device=torch.device("cpu"), report=report)
-        from bench.isolation import run_isolated
+        from bench.run.isolation import run_isolated
 
         row = run_isolated(spec, report=report, log_failures=False, time_limit_s=time_limit_s)
         if row[Col.status] != OK:

@@ -19,16 +19,17 @@ import torch
 import torch.nn.functional as F
 
 from attacks.base import CLEAN_LABEL
-from bench import precision, registry
-from bench.config import Resources, TrialSpec
+from bench.core import precision
+from bench.core.models import build_model
+from bench.core.train import autocast, prepare_model
 from bench.data import load_dataset
-from bench.devices import local_cpus
 from bench.errors import BenchError
-from bench.models import build_model
-from bench.poisoning import select_poison_indices
-from bench.runner import run_order
+from bench.grid import registry
+from bench.grid.config import Resources, TrialSpec
+from bench.run.devices import local_cpus
+from bench.run.driver import run_order
 from bench.schema import Col
-from bench.train import autocast, prepare_model
+from bench.trial.poisoning import select_poison_indices
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Fan a grid of trials out over Ray Tune workers (or, without Ray, the local executor:
-:mod:`bench.local_executor`) and record every finished trial.
+:mod:`bench.run.local_executor`) and record every finished trial.
 
-Every trial attempt runs in a child process of its worker (:mod:`bench.isolation`), so a
+Every trial attempt runs in a child process of its worker (:mod:`bench.run.isolation`), so a
 defense that blocks, crashes or is killed still ends in a ``timeout`` or ``error`` row.
 
 Each trial writes its own row to the results store the moment it finishes (under a file lock,
@@ -26,10 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench import settings
-from bench.config import Resources, TrialSpec
+from bench.core import settings
 from bench.errors import BenchError, Terminated
-from bench.recording import (
+from bench.grid.config import Resources, TrialSpec
+from bench.run.recording import (
     PENDING_DIR,
     Progress,
     close_logger,
@@ -61,12 +61,12 @@ class GridSummary:
 
 def _tune_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: run one trial (retrying failures) in child processes
-    (:mod:`bench.isolation`: a timeout that holds, a row whatever kills it), store its row,
+    (:mod:`bench.run.isolation`: a timeout that holds, a row whatever kills it), store its row,
     report."""
     import ray
     from ray import tune
 
-    from bench.isolation import run_isolated
+    from bench.run.isolation import run_isolated
 
     spec = TrialSpec.from_dict(json.loads(config[Col.spec]))
     log_path = Path(config["log_dir"]) / f"{spec.trial_id}.log"
@@ -232,7 +232,7 @@ def skipped_row(spec: TrialSpec, reason: str) -> dict[str, Any]:
 def spec_row(spec: TrialSpec, **columns: Any) -> dict[str, Any]:
     """A row the harness writes for a trial that produced no row of its own: its spec's
     columns and ``columns``."""
-    from bench.provenance import spec_columns
+    from bench.trial.provenance import spec_columns
 
     return complete_row({**spec_columns(spec), **columns})
 
@@ -414,16 +414,16 @@ def _run_grid_locked(
     try:
         try:
             if executor == "local":
-                from bench.local_executor import run_local
-                from bench.ray_reaper import reaping
+                from bench.run.local_executor import run_local
+                from bench.run.ray_reaper import reaping
 
                 # What a trial started (even in a session of its own) ends with the grid.
                 with reaping():
                     run_local(todo, store, run_dir, start, resources)
             else:
-                from bench.ray_reaper import reaping
+                from bench.run.ray_reaper import reaping
 
-                # A local instance is stopped even if this driver is killed (bench.ray_reaper).
+                # A local instance is stopped even if this driver is killed (bench.run.ray_reaper).
                 with reaping() if not address else nullcontext():
                     _connect_ray(address, resources.gpus_per_trial, resources.cpus_per_trial)
                     try:

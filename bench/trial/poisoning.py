@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from attacks.base import CLEAN_LABEL, POISON_LABEL, Attack, revision_key
-from bench import precision
-from bench.artifacts import ArtifactCache
-from bench.config import TrialSpec
+from bench.core import precision
+from bench.core.artifacts import ArtifactCache
 from bench.data import Dataset
 from bench.errors import BenchError
+from bench.grid.config import TrialSpec
 from bench.schema import Col
 
 KIND = "poisoned_sets"

@@ -4,8 +4,8 @@ leaves a row.
 A defense is arbitrary code: it may block in a C call, ignore signals, call ``os._exit``, crash
 the interpreter or be killed by the kernel for memory. Run in the worker's own process, any of
 these takes the worker with it (no row, no retry) or holds it past ``--trial-timeout``. Here the
-child runs :func:`bench.trial.run_trial_safely` and sends its row back through a pipe, its log lines
-on the way (it also writes them to the trial's log); the parent
+child runs :func:`bench.trial.pipeline.run_trial_safely` and sends its row back through a
+pipe, its log lines on the way (it also writes them to the trial's log); the parent
 
 - kills it (its whole process group: SIGTERM, then SIGKILL) once it overruns its time limit and
   writes a ``timeout`` row (the child's own cooperative check usually ends it cleanly first);
@@ -38,8 +38,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from bench.config import TrialSpec
-from bench.recording import trial_log_handler
+from bench.grid.config import TrialSpec
+from bench.run.recording import trial_log_handler
 from bench.schema import ERROR, OK, TIMEOUT, Col, complete_row
 
 log = logging.getLogger("bench.isolation")
@@ -49,7 +49,7 @@ log = logging.getLogger("bench.isolation")
 START_METHOD = "forkserver"
 #: Imported once by the forkserver. torch._inductor is what torch.use_deterministic_algorithms
 #: (every trial's seeding) imports: 1.4 s per child otherwise.
-PRELOAD = ["torch", "torch._inductor", "bench.trial"]
+PRELOAD = ["torch", "torch._inductor", "bench.trial.pipeline"]
 #: After SIGTERM, how long a child may take to exit before SIGKILL.
 TERM_WAIT_S = 2.0
 #: After its row arrives, how long a child may take to exit (a plugin's non-daemon thread can
@@ -172,9 +172,9 @@ def _child_main(conn: Connection, job: _Job) -> None:
 
     import torch
 
-    from bench import precision
-    from bench.provenance import device_name
-    from bench.trial import pick_device, run_trial_safely
+    from bench.core import precision
+    from bench.trial.pipeline import pick_device, run_trial_safely
+    from bench.trial.provenance import device_name
 
     spec = TrialSpec.from_dict(json.loads(job.spec))
     if job.threads:  # as run_trial_safely sets them, so the device says so from the start
@@ -391,8 +391,8 @@ class TrialProcess:
         return (self._ended_at or time.monotonic()) - self._t0
 
     def _failure_row(self, status: str, summary: str) -> dict[str, Any]:
-        from bench.provenance import provenance, spec_columns
-        from bench.trial import component_columns, pick_device
+        from bench.trial.pipeline import component_columns, pick_device
+        from bench.trial.provenance import provenance, spec_columns
 
         lines = "".join(f"{TAIL_PREFIX}{line}\n" for line in self.tail)
         where = f"; its log: {self.output_path}" if self.output_path else ""
@@ -430,7 +430,7 @@ class TrialProcess:
 @dataclass(eq=False)
 class IsolatedTrial:
     """A trial's attempts (1 + ``retries``), each a :class:`TrialProcess`; non-blocking, so one
-    driver can run several at once (:mod:`bench.local_executor`)."""
+    driver can run several at once (:mod:`bench.run.local_executor`)."""
 
     spec: TrialSpec
     retries: int = 0

@@ -1,7 +1,7 @@
 """Run a grid's trials on this machine without Ray (``bench run --executor local``, and the
 fallback where ray cannot be imported, e.g. a GPU box with only PyTorch and pandas).
 
-The driver starts each trial as an isolated child process (:mod:`bench.isolation`: time limits
+The driver starts each trial as an isolated child process (:mod:`bench.run.isolation`: time limits
 that hold, a row whatever kills it), as many at once as the resources allow: CPUs per trial, and
 GPUs per trial where fractions pack several trials onto one GPU (0.25: four). It keeps Ray's
 contract: the same results store and pending rows, retries, per-trial logs under the run
@@ -17,11 +17,11 @@ from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from bench.config import Resources, TrialSpec
-from bench.devices import local_cpus
 from bench.errors import BenchError
-from bench.isolation import IsolatedTrial
-from bench.recording import (
+from bench.grid.config import Resources, TrialSpec
+from bench.run.devices import local_cpus
+from bench.run.isolation import IsolatedTrial
+from bench.run.recording import (
     Progress,
     close_logger,
     concurrency,

@@ -13,9 +13,9 @@ import logging
 import math
 import os
 
-from bench import precision
-from bench.config import Resources
+from bench.core import precision
 from bench.errors import BenchError
+from bench.grid.config import Resources
 
 log = logging.getLogger("bench")
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import precision, settings
-from bench.limits import check_time_limit
+from bench.core import precision, settings
+from bench.core.limits import check_time_limit
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ def augment_batch(
 
 
 def autocast(device: torch.device):
-    """bf16 autocast where the precision in force says so (``bench.precision``), else fp32."""
+    """bf16 autocast where the precision in force says so (``bench.core.precision``), else fp32."""
     if precision.current(device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()

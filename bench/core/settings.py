@@ -20,7 +20,7 @@ COMPILE_ENV = "BENCH_COMPILE"
 #: "fp32" or "bf16": what precision "auto" resolves to (and the precision outside a trial).
 AUTO_PRECISION_ENV = "BENCH_AUTO_PRECISION"
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_data_dirs() -> list[Path]:

@@ -4,7 +4,7 @@ A trial asks for ``auto``, ``fp32`` or ``bf16`` (preset ``[train] precision``, `
 ``auto`` resolves to bf16 on CUDA and on CPUs with native bf16 units (``avx512_bf16`` or
 ``amx_bf16``, which oneDNN uses for bf16 convolutions), and to fp32 elsewhere: on a CPU without
 them bf16 is emulated and slower than fp32. The resolved precision applies to every forward pass
-the trial runs through the shared trainer and evaluation (``bench.train.autocast``), is part of
+the trial runs through the shared trainer and evaluation (``bench.core.train.autocast``), is part of
 every cache key of what the trial trains, and is recorded in the result row.
 
 ``$BENCH_AUTO_PRECISION`` (``fp32`` or ``bf16``) overrides what ``auto`` resolves to, and the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.settings import AUTO_PRECISION_ENV
+from bench.core.settings import AUTO_PRECISION_ENV
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: CPU feature flags (Linux /proc/cpuinfo) of native bf16 arithmetic.

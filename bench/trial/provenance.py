@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from bench import versions
-from bench.config import TrialSpec
+from bench.core import versions
+from bench.grid.config import TrialSpec
 from bench.schema import Col
 
 

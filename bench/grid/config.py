@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import registry, schema
+from bench import schema
+from bench.core.models import model_names
+from bench.core.precision import PRECISIONS
+from bench.core.train import TrainConfig
 from bench.data import DATASETS, dataset_info, load_dataset
 from bench.errors import BenchError, unknown_name_error
-from bench.models import model_names
-from bench.precision import PRECISIONS
-from bench.preset_schema import validate_preset
-from bench.train import TrainConfig
+from bench.grid import registry
+from bench.grid.preset_schema import validate_preset
 
-PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_DIR = Path(__file__).parent.parent / "presets"
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Preset:
     resources: Resources
     attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     defense_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    #: Requested numeric precision: "auto" | "fp32" | "bf16" (see ``bench.precision``).
+    #: Requested numeric precision: "auto" | "fp32" | "bf16" (see ``bench.core.precision``).
     precision: str = "auto"
     #: Per-dataset training budgets replacing ``train`` (``[train.gtsrb]`` in the TOML).
     dataset_train: Mapping[str, TrainConfig] = field(default_factory=dict)

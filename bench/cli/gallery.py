@@ -34,10 +34,11 @@ def attack_gallery(specs: list, path: Path, build: bool = False) -> Path | None:
     difference. ``specs`` holds one trial spec per (attack, dataset); attacks that need trained
     artifacts use the cached ones (built first only when ``build`` is True)."""
     from attacks.base import ArtifactMissing
-    from bench import precision, registry
-    from bench.cell import attack_context
+    from bench.core import precision
     from bench.data import load_dataset
     from bench.errors import BenchError
+    from bench.grid import registry
+    from bench.trial.cell import attack_context
 
     if not specs:
         return None

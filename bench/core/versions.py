@@ -7,7 +7,7 @@ import json
 import subprocess
 from importlib import metadata
 
-from bench.settings import PROJECT_ROOT
+from bench.core.settings import PROJECT_ROOT
 
 _PACKAGES = ("backdoor-leaderboard", "torch", "torchvision", "numpy", "ray")
 

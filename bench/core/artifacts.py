@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from bench import lockwait, settings
+from bench.core import lockwait, settings
 
 log = logging.getLogger("bench.artifacts")
 FORMAT = 1

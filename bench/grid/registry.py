@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from bench.checks import check_component_class
+from bench.core.params import Configurable
+from bench.core.settings import PROJECT_ROOT
 from bench.errors import BenchError, unknown_name_error
-from bench.params import Configurable
-from bench.settings import PROJECT_ROOT
+from bench.grid.checks import check_component_class
 
 GROUPS = {"attack": "bench.attacks", "defense": "bench.defenses"}
 BUILTIN_PACKAGE = "backdoor-leaderboard"

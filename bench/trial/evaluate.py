@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from bench import checks, metrics
-from bench.cell import PoisonedCell
-from bench.defend import DefenseRun
+from bench.core import metrics
+from bench.core.train import predict
+from bench.grid import checks
 from bench.schema import Col
-from bench.train import predict
+from bench.trial.cell import PoisonedCell
+from bench.trial.defend import DefenseRun
 
 
 def evaluate(

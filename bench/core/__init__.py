@@ -1,0 +1,2 @@
+"""The machinery every wing uses: the training loop, models, metrics, precision,
+parameters, artifacts and settings."""

@@ -1,0 +1,1 @@
+"""One trial, from its spec to its row: the cell, poisoning, the defense, evaluation."""
