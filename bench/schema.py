@@ -55,7 +55,7 @@ SKIPPED = "skipped"
 @dataclass(frozen=True)
 class Column:
     """One column: its name, pandas dtype, meaning, and whether it is part of the trial's spec
-    (the :class:`bench.grid.config.TrialSpec` fields, which identify the trial)."""
+    (the :class:`bench.spec.TrialSpec` fields, which identify the trial)."""
 
     name: str
     dtype: str

@@ -48,7 +48,8 @@ def trial_path(defense: str) -> list[str]:
     """Project files, in call order, of the functions a trial's spec (or its resolved form) is
     passed to, from ``run_trial_safely`` to the row."""
     os.environ.setdefault("BENCH_ARTIFACT_DIR", tempfile.mkdtemp(prefix="house-"))
-    from bench.grid.config import expand_grid, load_preset, with_overrides
+    from bench.grid.expand import expand_grid
+    from bench.grid.presets import load_preset, with_overrides
 
     try:
         from bench.trial.pipeline import run_trial_safely

@@ -25,7 +25,8 @@ from bench.core.models import build_model, model_names
 from bench.core.train import Trainer, TrainHooks, predict
 from bench.errors import BenchError
 from bench.grid import registry
-from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.grid.expand import expand_grid
+from bench.grid.presets import load_preset, with_overrides
 from bench.schema import Col
 from bench.trial.defend import defense_context
 from bench.trial.pipeline import run_trial_safely

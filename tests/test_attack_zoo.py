@@ -28,7 +28,8 @@ from bench.core.train import Batch, TrainConfig
 from bench.data import Dataset
 from bench.errors import BenchError
 from bench.grid import registry
-from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.grid.expand import expand_grid
+from bench.grid.presets import load_preset, with_overrides
 from bench.trial.poisoning import cell_spec, poison_test_set, poison_train_set
 
 CPU = torch.device("cpu")

@@ -5,14 +5,9 @@ import dataclasses
 import pytest
 
 from bench.errors import BenchError
-from bench.grid.config import (
-    TrialSpec,
-    builtin_presets,
-    expand_grid,
-    load_preset,
-    parse_preset,
-    with_overrides,
-)
+from bench.grid.expand import expand_grid
+from bench.grid.presets import builtin_presets, load_preset, parse_preset, with_overrides
+from bench.spec import TrialSpec
 
 
 def test_builtin_presets_load_and_expand():

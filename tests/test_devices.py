@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from bench.grid.config import Resources
 from bench.run import devices
+from bench.spec import Resources
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from bench.core import precision
 from bench.core.models import build_model
 from bench.core.train import Augment, Batch, TrainConfig, Trainer, augment_batch
 from bench.grid import registry
-from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.grid.expand import expand_grid
+from bench.grid.presets import load_preset, with_overrides
 from bench.run.plan import plan_grid
 from bench.trial.pipeline import run_trial
 from defenses.abl import ABL

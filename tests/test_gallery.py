@@ -5,7 +5,8 @@ import dataclasses
 from bench.cli.gallery import attack_gallery
 from bench.core import precision
 from bench.grid import registry
-from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.grid.expand import expand_grid
+from bench.grid.presets import load_preset, with_overrides
 
 
 def test_the_gallery_fits_attacks_at_the_trials_precision(tmp_path, monkeypatch, cifar10):

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.grid.expand import expand_grid
+from bench.grid.presets import load_preset, with_overrides
 from bench.run.driver import run_order
 from bench.store import ResultsStore
 
@@ -125,11 +126,11 @@ def test_killed_driver_then_rerun_loses_and_duplicates_nothing(tmp_path):
 
 def test_an_interrupted_grid_counts_unrun_trials_apart_from_failures(tmp_path, monkeypatch):
     """Trials that never ran (Ctrl-C) are 'not run', not 'failed': they have no traceback."""
-    from bench.grid.config import expand_grid, load_preset, with_overrides
-    from bench.run import driver
+    from bench.grid.expand import expand_grid
+    from bench.grid.presets import load_preset, with_overrides
+    from bench.run import driver, ray_executor
 
-    monkeypatch.setattr(driver, "_connect_ray", lambda *a, **k: None)
-    monkeypatch.setattr(driver, "_fit_with_tune", lambda *a, **k: None)  # stopped at once
+    monkeypatch.setattr(ray_executor, "run_ray", lambda *a, **k: None)  # stopped at once
     preset = with_overrides(load_preset("smoke"), datasets=["cifar10"], attacks=["badnets"])
     specs = expand_grid(preset)
     summary = driver.run_grid(specs, preset.resources, results_dir=tmp_path)
@@ -245,9 +246,9 @@ def test_without_ray_auto_falls_back_to_the_local_executor_and_says_so(
 
 
 def test_fractional_gpus_pack_trials_onto_one_gpu():
-    from bench.grid.config import Resources
-    from bench.run.driver import concurrency
+    from bench.run.recording import concurrency
     from bench.run.local_executor import GpuPool
+    from bench.spec import Resources
 
     quarter = Resources(cpus_per_trial=1, gpus_per_trial=0.25)
     assert concurrency(quarter, cpus=16, gpus=1) == 4

@@ -30,7 +30,8 @@ from bench.cli import main
 from bench.core.artifacts import ArtifactCache
 from bench.data import DATASETS, find_source, load_dataset
 from bench.errors import BenchError
-from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.grid.expand import expand_grid
+from bench.grid.presets import load_preset, with_overrides
 from bench.trial.poisoning import cell_spec
 
 
@@ -342,8 +343,9 @@ def test_case7_schema_covers_every_dataclass_field():
     import dataclasses
 
     from bench.core.train import TrainConfig
-    from bench.grid.config import DataBudget, Grid, Resources
     from bench.grid.preset_schema import SCHEMA
+    from bench.grid.presets import Grid
+    from bench.spec import DataBudget, Resources
 
     for section, cls in (
         ("grid", Grid),
@@ -477,7 +479,7 @@ def test_case8_leaderboard_and_timing_without_results_say_so(command, tmp_path, 
 def test_case8_rows_survive_an_unwritable_table(tmp_path, monkeypatch):
     """Before: a trial whose row could not be written (table unwritable, runs/ writable) was
     lost and reported as an interruption."""
-    from bench.run import driver
+    from bench.run import driver, ray_executor, recording
     from bench.store import ResultsStore
 
     results = tmp_path / "results"
@@ -485,17 +487,16 @@ def test_case8_rows_survive_an_unwritable_table(tmp_path, monkeypatch):
     table = results / "results.parquet"
     row = {"trial_id": "t1", "status": "ok", "ca": 0.5, "asr": float("nan")}
     with read_only(results):
-        driver.record_row(row, table, run_dir)  # must not raise, must not lose the row
+        recording.record_row(row, table, run_dir)  # must not raise, must not lose the row
     assert (run_dir / "pending" / "t1.json").exists()
     # The next successful write merges it ...
-    driver.record_row({"trial_id": "t2", "status": "ok", "ca": 0.6}, table, run_dir)
+    recording.record_row({"trial_id": "t2", "status": "ok", "ca": 0.6}, table, run_dir)
     assert set(ResultsStore(table).read()["trial_id"]) == {"t1", "t2"}
     assert not list(results.rglob("pending/*.json"))
     # ... and so does the next run.
     with read_only(results):
-        driver.record_row({"trial_id": "t3", "status": "ok", "ca": 0.7}, table, run_dir)
-    monkeypatch.setattr(driver, "_connect_ray", lambda *a, **k: None)
-    monkeypatch.setattr(driver, "_fit_with_tune", lambda *a, **k: None)
+        recording.record_row({"trial_id": "t3", "status": "ok", "ca": 0.7}, table, run_dir)
+    monkeypatch.setattr(ray_executor, "run_ray", lambda *a, **k: None)
     preset = with_overrides(load_preset("smoke"), datasets=["cifar10"])
     driver.run_grid(expand_grid(preset), preset.resources, results_dir=results)
     assert {"t1", "t2", "t3"} <= set(ResultsStore(table).read()["trial_id"])
@@ -522,14 +523,14 @@ def test_case9_cpu_trials_never_outnumber_the_cores(tmp_path, capsys, monkeypatc
     """Before: --cpus-per-trial 0.01 ran six trials at once on two cores."""
     import ray
 
-    from bench.grid.config import Resources
-    from bench.run import driver
+    from bench.run import ray_executor
+    from bench.spec import Resources
 
     assert main([*SMOKE, "--cpus-per-trial", "0.01", "--results-dir", str(tmp_path)]) == 2
     assert "a CPU trial needs at least 1 CPU" in capsys.readouterr().err
     # GPU trials may ask for fractions of a CPU, but no more run at once than there are cores.
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
-    assert driver._concurrency(Resources(cpus_per_trial=0.1, gpus_per_trial=0.1)) == 2
+    assert ray_executor._concurrency(Resources(cpus_per_trial=0.1, gpus_per_trial=0.1)) == 2
 
 
 def test_case9_a_second_driver_on_the_same_results_dir_is_refused(tmp_path, capsys):

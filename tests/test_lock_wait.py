@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.grid.expand import expand_grid
+from bench.grid.presets import load_preset, with_overrides
 from bench.trial.pipeline import run_trial
 
 CPU = torch.device("cpu")

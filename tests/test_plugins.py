@@ -23,7 +23,8 @@ from bench.core.models import build_model
 from bench.errors import BenchError
 from bench.grid import registry
 from bench.grid.checks import PluginError, check_component_class
-from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.grid.expand import expand_grid
+from bench.grid.presets import load_preset, with_overrides
 from bench.trial.defend import defense_context
 from bench.trial.pipeline import run_trial_safely
 

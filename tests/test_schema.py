@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 
 from bench import schema
-from bench.grid.config import TrialSpec, expand_grid, load_preset, with_overrides
+from bench.grid.expand import expand_grid
+from bench.grid.presets import load_preset, with_overrides
 from bench.schema import Col
+from bench.spec import TrialSpec
 from bench.store import ResultsStore
 from bench.trial.pipeline import run_trial_safely
 
@@ -25,51 +27,54 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 #: must name the column through bench.schema.Col.
 NOT_COLUMNS: dict[tuple[str, str], int | None] = {
     # Plugin kinds of the registry ("attack", "defense", "model"), not columns.
-    ("registry.py", "attack"): None,
-    ("registry.py", "defense"): None,
-    ("models.py", "model"): None,
-    ("preflight.py", "attack"): None,
-    ("plugins.py", "defense"): None,
+    ("grid/registry.py", "attack"): None,
+    ("grid/registry.py", "defense"): None,
+    ("core/models.py", "model"): None,
+    ("run/preflight.py", "attack"): None,
+    ("cli/plugins.py", "defense"): None,
     ("api.py", "defense"): 1,
-    ("trial.py", "attack"): 1,
-    ("trial.py", "defense"): 1,
-    ("gallery.py", "attack"): 1,
-    ("checks.py", "defense"): None,
+    ("trial/pipeline.py", "attack"): 1,
+    ("trial/pipeline.py", "defense"): 1,
+    ("cli/gallery.py", "attack"): 1,
+    ("grid/checks.py", "defense"): None,
     # Preset TOML sections ([preset], [data], [train]) and plugin kinds.
-    ("config.py", "preset"): None,
-    ("config.py", "data"): None,
-    ("config.py", "train"): None,
-    ("config.py", "attack"): None,
-    ("config.py", "defense"): None,
-    ("config.py", "model"): None,
+    ("grid/presets.py", "preset"): None,
+    ("grid/presets.py", "data"): None,
+    ("grid/presets.py", "train"): None,
+    ("grid/presets.py", "attack"): None,
+    ("grid/presets.py", "defense"): None,
+    ("grid/presets.py", "model"): None,
+    ("grid/expand.py", "attack"): None,  # registry kinds and error messages
+    ("grid/expand.py", "defense"): None,
+    ("grid/expand.py", "model"): None,
     # Dataset splits and the registry's name for datasets.
     ("data.py", "train"): None,
     ("data.py", "dataset"): None,
     # CLI subcommands ("run", "data"), plugin kinds and a column header of `bench perf`.
-    ("cli.py", "run"): None,
-    ("cli.py", "data"): None,
-    ("cli.py", "attack"): None,
-    ("cli.py", "defense"): None,
-    ("cli.py", "model"): None,
+    ("cli/__init__.py", "run"): None,
+    ("cli/__init__.py", "data"): None,
+    ("cli/__init__.py", "attack"): None,
+    ("cli/__init__.py", "defense"): None,
+    ("cli/__init__.py", "model"): None,
     # The data directory's name; `git status`; a defense's required method and a tensor property.
-    ("settings.py", "data"): None,
-    ("versions.py", "status"): None,
-    ("checks.py", "run"): None,
-    ("checks.py", "device"): None,
+    ("core/settings.py", "data"): None,
+    ("core/versions.py", "status"): None,
+    ("grid/checks.py", "run"): None,
+    ("grid/checks.py", "device"): None,
     # Registry kinds in the planner; detection "precision" (a metric's name, reported as
     # det_precision); preset TOML keys ([preset] reference, [train] precision).
-    ("plan.py", "attack"): 1,
-    ("plan.py", "defense"): 1,
-    ("metrics.py", "precision"): None,
-    ("evaluate.py", "precision"): 1,
+    ("run/plan.py", "attack"): 1,
+    ("run/plan.py", "defense"): 1,
+    ("core/metrics.py", "precision"): None,
+    ("trial/evaluate.py", "precision"): 1,
     ("report/markdown.py", "precision"): 1,
-    ("config.py", "precision"): None,
-    ("config.py", "reference"): None,
+    ("grid/presets.py", "precision"): None,
+    ("grid/presets.py", "reference"): None,
     # The package-data directory of the shipped reference tables (bench/reference/).
     ("report/references.py", "reference"): 1,
     # The preset schema (bench/grid/preset_schema.py): TOML sections and keys, registry kinds.
     **{
-        ("preset_schema.py", key): None
+        ("grid/preset_schema.py", key): None
         for key in (
             "preset",
             "data",
@@ -86,8 +91,8 @@ NOT_COLUMNS: dict[tuple[str, str], int | None] = {
         )
     },
     # Keys inside cached artifacts (renaming them would orphan every cached copy).
-    ("poisoning.py", "train"): 2,
-    ("backdoored.py", "train_seconds"): 2,
+    ("trial/poisoning.py", "train"): 2,
+    ("trial/backdoored.py", "train_seconds"): 2,
 }
 
 

@@ -7,7 +7,9 @@ import shutil
 import pytest
 import torch
 
-from bench.grid.config import TrialSpec, expand_grid, load_preset, with_overrides
+from bench.grid.expand import expand_grid
+from bench.grid.presets import load_preset, with_overrides
+from bench.spec import TrialSpec
 from bench.trial.pipeline import run_trial, run_trial_safely
 
 CPU = torch.device("cpu")

@@ -34,7 +34,8 @@ def _results_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.grid.config import expand_grid, load_preset, with_overrides
+    from bench.grid.expand import expand_grid
+    from bench.grid.presets import load_preset, with_overrides
     from bench.run import devices
     from bench.run.driver import choose_executor, run_grid
     from bench.run.plan import estimate, format_plan, plan_grid
@@ -196,7 +197,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_attacks_gallery(args: argparse.Namespace) -> int:
     """Render the gallery from a preset's trial specs, building attack artifacts as needed."""
     from bench.cli.gallery import attack_gallery
-    from bench.grid.config import expand_grid, load_preset, with_overrides
+    from bench.grid.expand import expand_grid
+    from bench.grid.presets import load_preset, with_overrides
 
     preset = with_overrides(
         load_preset(args.preset), datasets=args.datasets, attacks=args.attacks, defenses=["none"]
@@ -214,7 +216,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from bench.core.models import model_names
     from bench.data import DATASETS
     from bench.grid import registry
-    from bench.grid.config import builtin_presets
+    from bench.grid.presets import builtin_presets
 
     for kind in ("attack", "defense"):
         print(f"{kind}s:")

@@ -14,7 +14,8 @@ import torch
 
 from bench.errors import BenchError
 from bench.grid import registry
-from bench.grid.config import expand_grid, load_preset, with_overrides
+from bench.grid.expand import expand_grid
+from bench.grid.presets import load_preset, with_overrides
 from bench.run.isolation import TAIL_HEADER, TAIL_PREFIX
 from bench.schema import OK, Col
 

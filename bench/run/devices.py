@@ -15,7 +15,7 @@ import os
 
 from bench.core import precision
 from bench.errors import BenchError
-from bench.grid.config import Resources
+from bench.spec import Resources
 
 log = logging.getLogger("bench")
 

@@ -38,9 +38,9 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from bench.grid.config import TrialSpec
 from bench.run.recording import trial_log_handler
 from bench.schema import ERROR, OK, TIMEOUT, Col, complete_row
+from bench.spec import TrialSpec
 
 log = logging.getLogger("bench.isolation")
 

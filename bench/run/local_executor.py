@@ -18,7 +18,6 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.grid.config import Resources, TrialSpec
 from bench.run.devices import local_cpus
 from bench.run.isolation import IsolatedTrial
 from bench.run.recording import (
@@ -30,6 +29,7 @@ from bench.run.recording import (
     trial_logger,
 )
 from bench.schema import Col
+from bench.spec import Resources, TrialSpec
 from bench.store import ResultsStore
 
 log = logging.getLogger("bench.runner")

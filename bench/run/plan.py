@@ -25,10 +25,10 @@ from bench.core.train import autocast, prepare_model
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.grid import registry
-from bench.grid.config import Resources, TrialSpec
 from bench.run.devices import local_cpus
 from bench.run.driver import run_order
 from bench.schema import Col
+from bench.spec import Resources, TrialSpec
 from bench.trial.poisoning import select_poison_indices
 
 

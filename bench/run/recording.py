@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.grid.config import Resources, TrialSpec
-from bench.schema import OK, Col, upgrade
+from bench.schema import OK, SKIPPED, Col, complete_row, upgrade
+from bench.spec import Resources, TrialSpec
 from bench.store import ResultsStore, plain_row, store_record, typed_row
 
 log = logging.getLogger("bench.runner")
@@ -177,3 +177,17 @@ def concurrency(resources: Resources, cpus: float, gpus: float) -> int:
     if resources.max_concurrent_trials:
         slots = min(slots, resources.max_concurrent_trials)
     return max(1, slots)
+
+
+def skipped_row(spec: TrialSpec, reason: str) -> dict[str, Any]:
+    """The row of a cell left out of the grid: its spec, status ``skipped`` and the reason."""
+
+    return spec_row(spec, **{Col.status: SKIPPED, Col.error: reason})
+
+
+def spec_row(spec: TrialSpec, **columns: Any) -> dict[str, Any]:
+    """A row the harness writes for a trial that produced no row of its own: its spec's
+    columns and ``columns``."""
+    from bench.trial.provenance import spec_columns
+
+    return complete_row({**spec_columns(spec), **columns})

@@ -13,7 +13,7 @@ from bench.core.artifacts import ArtifactCache
 from bench.core.stages import seeded_rng
 from bench.core.train import TrainConfig, Trainer, TrainHooks
 from bench.data import Dataset
-from bench.grid.config import TrialSpec
+from bench.spec import TrialSpec
 from bench.trial.poisoning import PoisonedTrainSet, cell_spec
 
 

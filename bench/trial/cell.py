@@ -22,7 +22,7 @@ from bench.core import lockwait
 from bench.core.models import build_model
 from bench.data import Dataset, load_dataset
 from bench.errors import BenchError
-from bench.grid.config import TrialSpec
+from bench.spec import TrialSpec
 from bench.trial.poisoning import PoisonedSets, PoisonedTestSet, PoisonedTrainSet, poisoned_sets
 
 log = logging.getLogger("bench.trial")

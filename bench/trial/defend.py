@@ -23,7 +23,7 @@ from bench.core.stages import CellStageCache
 from bench.core.train import TrainConfig, Trainer
 from bench.errors import BenchError
 from bench.grid import checks
-from bench.grid.config import TrialSpec
+from bench.spec import TrialSpec
 from bench.trial.backdoored import BackdooredModelLoader
 from bench.trial.cell import PoisonedCell, model_factory
 from bench.trial.poisoning import cell_spec

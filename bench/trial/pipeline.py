@@ -22,8 +22,8 @@ import torch
 from bench.core import precision
 from bench.core.limits import TrialTimeout, time_limit
 from bench.grid import registry
-from bench.grid.config import TrialSpec
 from bench.schema import ERROR, OK, TIMEOUT, Col, complete_row
+from bench.spec import TrialSpec
 from bench.trial.cell import load_cell_data, poison_cell, seed_everything
 from bench.trial.defend import run_defense
 from bench.trial.evaluate import evaluate

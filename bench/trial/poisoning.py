@@ -25,8 +25,8 @@ from bench.core import precision
 from bench.core.artifacts import ArtifactCache
 from bench.data import Dataset
 from bench.errors import BenchError
-from bench.grid.config import TrialSpec
 from bench.schema import Col
+from bench.spec import TrialSpec
 
 KIND = "poisoned_sets"
 

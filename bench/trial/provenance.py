@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from bench.core import versions
-from bench.grid.config import TrialSpec
 from bench.schema import Col
+from bench.spec import TrialSpec
 
 
 def flatten_spec(spec: TrialSpec) -> dict[str, Any]:

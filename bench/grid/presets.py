@@ -1,50 +1,23 @@
-"""Presets (TOML files holding the grid axes and budgets), trial specs and grid expansion."""
+"""Presets: TOML files holding a grid's axes and budgets, parsed and validated into a
+:class:`Preset` (the schema in :mod:`bench.grid.preset_schema`), and command-line overrides."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import itertools
-import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import schema
-from bench.core.models import model_names
 from bench.core.precision import PRECISIONS
 from bench.core.train import TrainConfig
-from bench.data import DATASETS, dataset_info, load_dataset
+from bench.data import DATASETS
 from bench.errors import BenchError, unknown_name_error
-from bench.grid import registry
 from bench.grid.preset_schema import validate_preset
+from bench.spec import DataBudget, Resources
 
 PRESET_DIR = Path(__file__).parent.parent / "presets"
-
-
-@dataclass(frozen=True)
-class DataBudget:
-    """How much of each dataset a preset uses (0 = all), drawn once with ``subset_seed``."""
-
-    train_size: int = 0
-    test_size: int = 0
-    subset_seed: int = 0
-    #: "official": the official pixels where they can be had (CIFAR-10's torchvision release),
-    #: the JPEG export only as a marked fallback; "any": the first source found.
-    source: str = "any"
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one trial asks Ray for."""
-
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent_trials: int = 0  # 0: as many as the resources allow
-    trial_timeout_s: float = 0.0  # a trial running longer becomes a 'timeout' row; 0: no limit
-    retries: int = 0  # extra attempts for a trial that fails
 
 
 @dataclass(frozen=True)
@@ -217,169 +190,3 @@ def with_overrides(
         grid=dataclasses.replace(preset.grid, **changes),
         precision=precision or preset.precision,
     )
-
-
-# --------------------------------------------------------------------------- trial specs
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """Everything that determines one trial's numbers. Its id hashes its canonical form."""
-
-    dataset: str
-    attack: str
-    attack_params: Mapping[str, Any]
-    ratio: float
-    target: int
-    defense: str
-    defense_params: Mapping[str, Any]
-    model: str
-    preset: str
-    seed: int
-    train: Mapping[str, Any]
-    data: Mapping[str, Any]
-    exclude_target_from_poison: bool = True
-    #: The published reference the preset's protocol follows ("" for none).
-    reference: str = ""
-    #: Requested precision ("auto" | "fp32" | "bf16"); the row records the one used.
-    precision: str = "auto"
-    #: Fraction of the training set given to defenses that need clean data (0 if they do not).
-    clean_fraction: float = 0.0
-    #: Content hash of the decoded dataset (bench.data): results on other data are other trials.
-    data_hash: str = ""
-    #: The attack's code revision (``Attack.revision``): results of older code are other trials.
-    attack_revision: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.canonical())
-
-    def canonical(self) -> str:
-        """The spec as canonical JSON (computed once: a grid asks for every trial's id often)."""
-        cached = self.__dict__.get("_canonical")
-        if cached is None:
-            spec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-            if spec[schema.Col.attack_revision] == 1:  # absent at 1: older ids stay valid
-                del spec[schema.Col.attack_revision]
-            cached = json.dumps(spec, sort_keys=True, separators=(",", ":"))
-            object.__setattr__(self, "_canonical", cached)  # a cache, not a field
-        return cached
-
-    @property
-    def trial_id(self) -> str:
-        return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
-
-    @property
-    def config_id(self) -> str:
-        """Which parameter version of its cell this trial is: the id without the seed."""
-        return schema.config_id_of(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrialSpec:
-        return cls(**d)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(**self.train)
-
-    def data_budget(self) -> DataBudget:
-        return DataBudget(**self.data)
-
-
-def _expand_all(names: tuple[str, ...], kind: str) -> tuple[str, ...]:
-    """``all`` means every registered name; every other name must be registered too, so a
-    typo beside ``all`` (``all,ablx``) is an error rather than silently dropped."""
-    if "all" not in names:
-        return names
-    registered = registry.entries(kind)
-    for name in names:
-        if name != "all" and name not in registered:
-            raise unknown_name_error(kind, name, registered)
-    return tuple(sorted(registered))
-
-
-def expand_grid(preset: Preset) -> list[TrialSpec]:
-    """Validate the preset's grid and expand it into trial specs (deterministic order, each
-    trial once). Loads each dataset (from the decoded cache) for its content hash."""
-    grid = preset.grid
-    attacks = _expand_all(grid.attacks, "attack")
-    defenses = _expand_all(grid.defenses, "defense")
-    for axis, values in {
-        "datasets": grid.datasets,
-        "attacks": attacks,
-        "defenses": defenses,
-        "ratios": grid.ratios,
-        "seeds": grid.seeds,
-    }.items():
-        if not values:
-            raise BenchError(f"the grid axis {axis!r} is empty")
-    for ratio in grid.all_ratios():
-        if not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
-            raise BenchError(f"poison ratio must be in (0, 1), got {ratio!r}")
-    for seed in grid.seeds:
-        if not isinstance(seed, int) or seed < 0:
-            raise BenchError(f"seeds must be non-negative integers, got {seed!r}")
-    for dataset in grid.datasets:
-        info = dataset_info(dataset)
-        if not 0 <= grid.target < info.num_classes:
-            raise BenchError(
-                f"target class {grid.target} is out of range for {dataset} "
-                f"({info.num_classes} classes: 0..{info.num_classes - 1})"
-            )
-        if preset.model_for(dataset) not in model_names():
-            raise unknown_name_error("model", preset.model_for(dataset), model_names())
-    if not 0.0 < grid.clean_fraction < 1.0:
-        raise BenchError(f"clean_fraction must be in (0, 1), got {grid.clean_fraction!r}")
-    attack_params = {a: _resolved("attack", a, preset.attack_params) for a in attacks}
-    revisions = {a: getattr(registry.get_entry("attack", a).load(), "revision", 1) for a in attacks}
-    needs = {d: registry.get_entry("defense", d).load().needs for d in defenses}
-    defense_params = {
-        d: _resolved("defense", d, preset.defense_params, preset.name) for d in defenses
-    }
-    data = dataclasses.asdict(preset.data)
-    data_hash = {
-        d: load_dataset(d, preset.data.source, reuse=True).data_hash
-        for d in dict.fromkeys(grid.datasets)
-    }
-    train = {d: dataclasses.asdict(preset.train_for(d)) for d in grid.datasets}
-    specs = []
-    cells = [
-        (dataset, attack, ratio, seed, defense)
-        for dataset, attack in itertools.product(grid.datasets, attacks)
-        for ratio, seed, defense in itertools.product(
-            grid.ratios_for(attack, dataset), grid.seeds, defenses
-        )
-    ]
-    for dataset, attack, ratio, seed, defense in cells:
-        specs.append(
-            TrialSpec(
-                dataset=dataset,
-                attack=attack,
-                attack_params=attack_params[attack],
-                ratio=float(ratio),
-                target=grid.target,
-                defense=defense,
-                defense_params=defense_params[defense],
-                model=preset.model_for(dataset),
-                preset=preset.name,
-                seed=seed,
-                train=train[dataset],
-                data=data,
-                exclude_target_from_poison=grid.exclude_target_from_poison,
-                reference=preset.reference,
-                precision=preset.precision,
-                clean_fraction=grid.clean_fraction if "clean_subset" in needs[defense] else 0.0,
-                data_hash=data_hash[dataset],
-                attack_revision=revisions[attack],
-            )
-        )
-    return list({s.trial_id: s for s in specs}.values())  # a repeated value: each trial once
-
-
-def _resolved(
-    kind: str, name: str, overrides: Mapping[str, Mapping[str, Any]], preset: str = ""
-) -> dict[str, Any]:
-    """Full parameters (defaults filled in), so a changed default makes a new trial id. Without
-    a section of the preset's own, a defense's budget for the preset (``Defense.presets``)."""
-    cls = registry.get_entry(kind, name).load()
-    chosen = overrides[name] if name in overrides else getattr(cls, "presets", {}).get(preset, {})
-    component = cls(**dict(chosen))
-    return json.loads(json.dumps(component.describe(), sort_keys=True))
