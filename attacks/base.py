@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bench.core import precision
+from bench.core import precision, seeding
 from bench.core.artifacts import ArtifactCache
 from bench.core.params import Configurable
 from bench.core.train import TrainConfig, Trainer, TrainHooks
@@ -108,7 +107,7 @@ class AttackContext:
             # trial identical numbers.
             cuda = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(self.seed * 1_000_003 + zlib.crc32(kind.encode()))
+                torch.manual_seed(seeding.artifact_seed(self.seed, kind))
                 return build()
 
         if not self.build_artifacts:

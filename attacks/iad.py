@@ -31,6 +31,7 @@ from torch import nn
 from attacks.base import AttackContext
 from attacks.surrogate import cpu_state
 from attacks.training_control import VICTIM_SCHEDULES, TrainingControlledAttack, other_images
+from bench.core import seeding
 from bench.core.params import require_choice
 from bench.core.train import Batch, TrainConfig, TrainHooks, random_crop_flip
 from bench.errors import BenchError
@@ -231,7 +232,7 @@ class InputAware(TrainingControlledAttack):
             g = InputAwareGenerator(3, p.width).to(dev)
             m = InputAwareGenerator(1, p.width).to(dev)
             images = ctx.images.to(dev)
-            gen = torch.Generator(device=dev).manual_seed(ctx.seed + 3302)
+            gen = seeding.generator(ctx.seed, "iad_generator", dev)
             mask_losses = pretrain_mask(
                 m,
                 images,

@@ -20,6 +20,7 @@ from torch import nn
 
 from attacks.base import POISON_LABEL, Attack, AttackContext, quantize
 from attacks.surrogate import clean_surrogate
+from bench.core import seeding
 from bench.errors import BenchError
 
 
@@ -142,7 +143,7 @@ class LowFrequency(Attack):
             model = clean_surrogate(ctx)
             for param in model.parameters():
                 param.requires_grad_(False)
-            gen = torch.Generator().manual_seed(ctx.seed + 1013)
+            gen = seeding.generator(ctx.seed, "lf_fit_split")
             order = torch.randperm(len(ctx.labels), generator=gen)
             fit_idx = order[: p.num_images]
             rest = order[p.num_images :]

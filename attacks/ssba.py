@@ -19,6 +19,7 @@ from torch import nn
 
 from attacks.base import POISON_LABEL, Attack, AttackContext, quantize
 from attacks.surrogate import cpu_state
+from bench.core import seeding
 from bench.errors import BenchError
 
 
@@ -220,7 +221,7 @@ class SSBA(Attack):
             dev = ctx.device
             encoder = StegaEncoder(p.secret_len, size, p.width, p.residual).to(dev)
             decoder = StegaDecoder(p.secret_len, size).to(dev)
-            gen = torch.Generator(device=dev).manual_seed(ctx.seed + 4410)
+            gen = seeding.generator(ctx.seed, "ssba_encoder", dev)
             images = ctx.images
             if p.train_images:
                 images = images[torch.randperm(len(images))[: p.train_images]]

@@ -13,7 +13,6 @@ caches) is harness plumbing behind ``ctx._harness``: it may change without notic
 
 from __future__ import annotations
 
-import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -26,7 +25,7 @@ from torch import nn
 
 from bench.core.limits import check_time_limit
 from bench.core.params import Configurable, require_choice
-from bench.core.stages import seeded_rng
+from bench.core.seeding import seeded_rng, stream_seed
 from bench.core.train import (
     Augment,
     Batch,
@@ -108,13 +107,6 @@ class Harness:
     plain_backdoored_model: Callable[[], nn.Module] | None = None
     stage_cache: StageCache | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
-
-
-def stream_seed(seed: int, name: str) -> int:
-    """The seed of the named stream of trial ``seed``: a hash of both, so streams of different
-    names (or trials) are independent and adding a stream changes no other."""
-    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: any torch generator takes it
 
 
 #: Context members of earlier harness versions and what replaced them (for a helpful error).

@@ -169,7 +169,8 @@ def test_iad_backdoored_model_is_the_classifier_trained_with_the_generators():
     row = run_trial(spec, device=CPU)
     assert row["backdoored_model_cache"] == "from the attack"
     iad = registry.create("attack", "iad", dict(spec.attack_params))
-    from bench.trial.cell import attack_context, load_cell_data
+    from bench.trial.cell import attack_context
+    from bench.trial.resolved import load_cell_data
 
     data = load_cell_data(spec)
     with precision.use_precision(precision.resolve(spec.precision, CPU)):

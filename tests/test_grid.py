@@ -246,8 +246,8 @@ def test_without_ray_auto_falls_back_to_the_local_executor_and_says_so(
 
 
 def test_fractional_gpus_pack_trials_onto_one_gpu():
-    from bench.run.recording import concurrency
     from bench.run.local_executor import GpuPool
+    from bench.run.recording import concurrency
     from bench.spec import Resources
 
     quarter = Resources(cpus_per_trial=1, gpus_per_trial=0.25)

@@ -223,6 +223,49 @@ def test_markdown_and_exports_agree_with_the_table(table, tmp_path):
     }
 
 
+def _markdown_ranking(md: str) -> tuple[list[str], list[list[str]]]:
+    """The first ranking table of a LEADERBOARD.md: header and rows, cells stripped."""
+    lines = md.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("Ranking. ")) + 2
+    table = [line for line in lines[start:] if line.startswith("|")]
+    table = table[: next((i for i, line in enumerate(table) if not line.strip()), len(table))]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+    end = next((i for i, r in enumerate(rows[2:], 2) if len(r) != len(rows[0])), len(rows))
+    return rows[0], rows[2:end]
+
+
+def _page_ranking(page: str) -> tuple[list[str], list[list[str]]]:
+    """The first ranking table of the page: header labels and each row's cell text."""
+    table = re.search(r'<table class="lb rank" id="rk0".*?</table>', page, re.S).group(0)
+    head = re.findall(r'<button type="button" class="sort">([^<]*)</button>', table)
+    body = table.split("<tbody>")[1]
+    rows = []
+    for tr in re.findall(r"<tr[^>]*data-defense[^>]*>(.*?)</tr>", body, re.S):
+        cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", tr, re.S)
+        rows.append([" ".join(re.sub(r"<[^>]+>", " ", c).split()) for c in cells])
+    return [html.unescape(h) for h in head], rows
+
+
+def test_page_and_markdown_render_one_ranking_declaration(table, tmp_path):
+    """The ranking's columns, their order and its rows (the `none` baseline pinned first) come
+    from one declaration, so the two renderings cannot drift (they had: 10 columns and a `none`
+    row on the page, 9 and none in the markdown)."""
+    from bench.report import ranking_table
+
+    out = render(table, tmp_path)
+    md_head, md_rows = _markdown_ranking(out.markdown.read_text())
+    page_head, page_rows = _page_ranking(out.page.read_text())
+    labels = [c.label for c in ranking_table.COLUMNS]
+    assert md_head == page_head == labels and len(labels) == 10
+    names = [r[1].split()[0] for r in md_rows]
+    assert [n in r[1].split() for n, r in zip(names, page_rows, strict=True)] == [True] * len(names)
+    assert md_rows[0][0] == page_rows[0][0] == "–" and md_rows[0][1].startswith("none")
+    for md_row, page_row in zip(md_rows, page_rows, strict=True):
+        for label, md_cell, page_cell in zip(labels, md_row, page_row, strict=True):
+            if label != "defense":  # the page adds glyphs and badges to the name
+                assert html.unescape(page_cell) == md_cell.replace("(", "").replace(")", ""), label
+
+
 def test_page_agrees_with_the_table_and_escapes_plugin_strings(table, tmp_path):
     page = render(table, tmp_path).page.read_text()
     assert EVIL not in page and "evil<pkg>" not in page

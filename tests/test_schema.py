@@ -33,8 +33,8 @@ NOT_COLUMNS: dict[tuple[str, str], int | None] = {
     ("run/preflight.py", "attack"): None,
     ("cli/plugins.py", "defense"): None,
     ("api.py", "defense"): 1,
-    ("trial/pipeline.py", "attack"): 1,
-    ("trial/pipeline.py", "defense"): 1,
+    ("trial/resolved.py", "attack"): 1,
+    ("trial/resolved.py", "defense"): 1,
     ("cli/gallery.py", "attack"): 1,
     ("grid/checks.py", "defense"): None,
     # Preset TOML sections ([preset], [data], [train]) and plugin kinds.

@@ -10,24 +10,10 @@ loads it instead of training it again; the row records every lookup (``defense_a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
 from bench.core.artifacts import ArtifactCache
-
-
-@contextmanager
-def seeded_rng(seed: int) -> Iterator[None]:
-    """Run a block under torch's CPU RNG seeded with ``seed``, then restore the caller's state.
-
-    For work cached per cell: its result does not depend on which trial built it, and what runs
-    after it sees the same RNG state whether the work was built or loaded."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 class CellStageCache:

@@ -8,30 +8,21 @@ Every string that can come from a plugin, a preset or a traceback goes through
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
-from bench.report import decision
+from bench.report import decision, ranking_table
 from bench.report.aggregate import (
     BASELINE_GIT_REV,
     BASELINE_OTHER_REV,
-    COST_VS_NONE,
-    D_CA,
-    DER,
     DETECTION,
     DIRTY,
     GROUP,
     LABEL,
-    MINUTES,
     NO_BASELINE,
     NONE,
-    RANK,
     REASON,
     SUPERSEDED_TRIALS,
     SUPERSEDED_VERSIONS,
-    WORST_ASR,
-    WORST_ATTACK,
     aggregate,
     in_table,
     ordered_defenses,
@@ -42,11 +33,11 @@ from bench.report.aggregate import (
 from bench.report.details import points
 from bench.report.naming import dataset_name, holds, seeds_text
 from bench.report.protocol import protocol
+from bench.report.ranking_table import MARKS, marks
 from bench.report.text import md_code, md_escape, md_table, pct
 from bench.schema import ERROR, TIMEOUT, Col
 
 #: Cell markers, each explained by a footnote under its table.
-MARKS = {BASELINE_OTHER_REV: "†", DIRTY: "‡", NO_BASELINE: "§"}
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 INTRO = (
@@ -69,12 +60,6 @@ def cell_text(row: pd.Series) -> str:
     if row["n"] > 1:
         text += f" (±{pct(row['asr_ci'])}, n={row['n']})"
     return text
-
-
-def marks(row: pd.Series) -> str:
-    """The footnote markers of a cell (or a ranking row): '' when nothing is flagged."""
-    found = "".join(mark for flag, mark in MARKS.items() if bool(row.get(flag, False)))
-    return f" {found}" if found else ""
 
 
 def _superscript(i: int) -> str:
@@ -204,35 +189,21 @@ def _left_out_notes(skipped: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _ranking_table(rk: pd.DataFrame) -> list[str]:
-    return md_table(
-        [
-            "rank",
-            Col.defense,
-            "mean DER",
-            "worst-case ASR",
-            "mean ASR",
-            "mean CA change",
-            "minutes",
-            "cost vs none",
-            "seeds",
-        ],
-        [
-            [
-                str(r[RANK]),
-                md_escape(r[LABEL]) + marks(r),
-                pct(r[DER]),
-                f"{pct(r[WORST_ASR])} ({md_escape(r[WORST_ATTACK])})",
-                pct(r[Col.asr]),
-                points(r[D_CA]),
-                "–" if math.isnan(r[MINUTES]) else f"{r[MINUTES]:.1f}",
-                "–" if math.isnan(r[COST_VS_NONE]) else f"{r[COST_VS_NONE]:.2f}x",
-                seeds_text([r["n_min"], r["n_max"]]),
-            ]
-            for _, r in rk.iterrows()
-        ],
-        escape=False,
-    )
+def _ranking_table(group: pd.DataFrame, rk: pd.DataFrame) -> list[str]:
+    """The ranking as :mod:`bench.report.ranking_table` declares it (the page renders the same
+    declaration): the pinned baseline, then the defenses."""
+    rows = []
+    for r in ranking_table.table_rows(group, rk):
+        cells = []
+        for c in ranking_table.COLUMNS:
+            text = md_escape(c.text(r))
+            if c.key == ranking_table.NAME:
+                text += marks(r) + (" (no defense)" if r[ranking_table.IS_BASELINE] else "")
+            elif aside := c.aside(r):
+                text += f" ({md_escape(aside)})"
+            cells.append(text)
+        rows.append(cells)
+    return md_table([md_escape(c.label) for c in ranking_table.COLUMNS], rows, escape=False)
 
 
 def _detection_table(group: pd.DataFrame) -> list[str]:
@@ -282,7 +253,7 @@ def _section(
                 "cells show how well each attack works without a defense.",
             ]
         else:
-            out += ["", "Ranking:", "", *_ranking_table(rk)]
+            out += ["", f"Ranking. {ranking_table.INTRO}", "", *_ranking_table(group, rk)]
         out += _detection_table(group)
     out.append("")
     return out

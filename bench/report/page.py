@@ -26,26 +26,20 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report import catalog, decision
+from bench.report import catalog, decision, ranking_table
 from bench.report.aggregate import (
     BASELINE_OTHER_REV,
     CELL,
-    COST_VS_NONE,
-    D_CA,
     DER,
     DIRTY,
     GROUP,
     LABEL,
-    MINUTES,
     NO_BASELINE,
     NONE,
     RANK,
     REASON,
     SUPERSEDED_TRIALS,
     SUPERSEDED_VERSIONS,
-    WORST_ASR,
-    WORST_ATTACK,
-    WORST_D_CA,
     in_table,
     trial_table,
 )
@@ -55,7 +49,6 @@ from bench.report.details import (
     log_path,
     meanings,
     minutes,
-    points,
 )
 from bench.report.naming import (
     DATASET_NAMES,
@@ -69,6 +62,7 @@ from bench.report.naming import (
 from bench.report.page_assets import CSS, JS
 from bench.report.plots import Figure, Style, rank_order
 from bench.report.protocol import protocol
+from bench.report.ranking_table import MARKS
 from bench.report.reproduce import COLLAPSED_CA, PUB, SUCCESS_ASR, Reproduction, render_html
 from bench.report.text import pct
 from bench.schema import ERROR, TIMEOUT, Col
@@ -94,7 +88,6 @@ GLYPHS = {
     "d": "◆",
 }
 #: Cell markers, as in LEADERBOARD.md.
-MARKS = {BASELINE_OTHER_REV: "†", DIRTY: "‡", NO_BASELINE: "§"}
 
 
 def _num(x: Any) -> str:
@@ -176,61 +169,43 @@ def _cell_td(ctx: _Ctx, key: tuple, r: pd.Series) -> str:
 
 
 def _ranking_table(tid: str, group: pd.DataFrame, ranks: pd.DataFrame, ctx: _Ctx) -> str:
+    """The ranking as :mod:`bench.report.ranking_table` declares it (the markdown renders the
+    same declaration), with sort values, glyphs and plugin badges."""
     head = "".join(
-        [
-            _th("rank", RANK, "num", order="ascending"),
-            _th(Col.defense, Col.defense, "text"),
-            _th("mean DER", DER, "num", "defense effectiveness rating, 50 = no change"),
-            _th("worst-case ASR", WORST_ASR, "num", "the highest ASR over this table's attacks"),
-            _th("mean ASR", Col.asr, "num"),
-            _th("mean CA change", D_CA, "num", "against none of the same seed, in points"),
-            _th("worst CA change", WORST_D_CA, "num"),
-            _th("minutes", MINUTES, "num", "to a defended model, mean per attack"),
-            _th("× none", COST_VS_NONE, "num", "time relative to training without a defense"),
-            _th("seeds", "n", "num"),
-        ]
-    )
-    base = group[group[Col.defense] == NONE]
+        _th(c.label, c.key, "num" if c.numeric else "text", c.help,
+            order="ascending" if c.key == RANK else "none")
+        for c in ranking_table.COLUMNS
+    )  # fmt: skip
     rows = []
-    for label, b in base.groupby(LABEL, sort=True):
-        worst = b.sort_values(Col.asr, ascending=False).iloc[0]
-        rows.append(
-            f'<tr class="pinned" data-defense="{esc(label.lower())}">'
-            f'<td>–</td><th scope="row" class="name">{_glyph(label, ctx.style)}{esc(label)} '
-            '<span class="muted">(no defense)</span></th>'
-            f'<td>–</td><td>{pct(worst[Col.asr])} <span class="muted">'
-            f"{esc(str(worst[Col.attack]))}</span></td><td>{pct(b[Col.asr].mean())}</td>"
-            f"<td>–</td><td>–</td><td>{_minutes(b[Col.train_seconds].mean())}</td>"
-            f"<td>1.00×</td><td>{esc(seeds_text(b['n']))}</td></tr>"
-        )
-    for _, r in ranks.iterrows():
-        label = r[LABEL]
+    for r in ranking_table.table_rows(group, ranks):
+        label = str(r[LABEL])
         first = group[group[LABEL] == label].iloc[0]
-        cost = r[COST_VS_NONE]
-        rows.append(
-            f'<tr data-defense="{esc(str(label).lower())}">'
-            f'<td data-v="{int(r[RANK])}">{int(r[RANK])}</td>'
-            f'<th scope="row" class="name" data-v="{esc(str(label).lower())}">'
-            f"{_glyph(label, ctx.style)}{esc(str(label))}{_marks(r)} {_badges(first)}</th>"
-            f'<td data-v="{_num(r[DER])}"><b>{pct(r[DER])}</b></td>'
-            f'<td data-v="{_num(r[WORST_ASR])}">{pct(r[WORST_ASR])} <span class="muted">'
-            f"{esc(str(r[WORST_ATTACK]))}</span></td>"
-            f'<td data-v="{_num(r[Col.asr])}">{pct(r[Col.asr])}</td>'
-            f'<td data-v="{_num(r[D_CA])}">{points(r[D_CA])}</td>'
-            f'<td data-v="{_num(r[WORST_D_CA])}">{points(r[WORST_D_CA])}</td>'
-            f'<td data-v="{_num(r[MINUTES])}">{_minutes(r[MINUTES] * 60)}</td>'
-            f'<td data-v="{_num(cost)}">{"–" if is_missing(cost) else f"{cost:.2f}×"}</td>'
-            f'<td data-v="{int(r["n_min"])}">'
-            f"{esc(seeds_text([int(r['n_min']), int(r['n_max'])]))}</td></tr>"
-        )
+        baseline = bool(r[ranking_table.IS_BASELINE])
+        cells = []
+        for c in ranking_table.COLUMNS:
+            if c.key == ranking_table.NAME:
+                extra = ' <span class="muted">(no defense)</span>' if baseline else ""
+                cells.append(
+                    f'<th scope="row" class="name" data-v="{esc(label.lower())}">'
+                    f"{_glyph(label, ctx.style)}{esc(label)}{_marks(r)}{extra} "
+                    f"{_badges(first)}</th>"
+                )
+                continue
+            text, aside = esc(c.text(r)), c.aside(r)
+            if c.key == DER and not baseline:
+                text = f"<b>{text}</b>"
+            if aside:
+                text += f' <span class="muted">{esc(aside)}</span>'
+            value = "" if baseline and c.key == RANK else _num(r[c.key])
+            cells.append(f'<td data-v="{value}">{text}</td>')
+        pinned = ' class="pinned"' if baseline else ""
+        rows.append(f'<tr{pinned} data-defense="{esc(label.lower())}">{"".join(cells)}</tr>')
     return (
-        '<h3>Ranking</h3><p class="note">Defenses by mean DER over this table\'s attacks (ties: '
-        "higher mean CA), with what a mean hides: the worst-case ASR, the clean accuracy lost "
-        "against no defense (points) and the minutes to a defended model.</p>"
+        f'<h3>Ranking</h3><p class="note">{esc(ranking_table.INTRO)}</p>'
         f'<div class="scroll"><table class="lb rank" id="{tid}" aria-label="ranking">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
-        f'<tr class="nomatch" hidden><td colspan="10">No defense matches the filter.</td></tr>'
-        "</tbody></table></div>"
+        f'<tr class="nomatch" hidden><td colspan="{len(ranking_table.COLUMNS)}">'
+        "No defense matches the filter.</td></tr></tbody></table></div>"
     )
 
 

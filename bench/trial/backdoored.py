@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from bench.core.artifacts import ArtifactCache
-from bench.core.stages import seeded_rng
+from bench.core.seeding import seeded_rng
 from bench.core.train import TrainConfig, Trainer, TrainHooks
-from bench.data import Dataset
-from bench.spec import TrialSpec
-from bench.trial.poisoning import PoisonedTrainSet, cell_spec
+from bench.trial.poisoning import PoisonedTrainSet
+from bench.trial.resolved import ResolvedTrial
 
 
 class BackdooredModelLoader:
@@ -26,21 +24,18 @@ class BackdooredModelLoader:
 
     def __init__(
         self,
-        spec: TrialSpec,
-        data: Dataset,
+        trial: ResolvedTrial,
         poisoned: PoisonedTrainSet,
-        make_model: Callable[[], nn.Module],
         trainer: Trainer,
-        device: torch.device,
         attack_hooks: TrainHooks | None = None,
         attack_config: TrainConfig | None = None,
         trained: dict[str, Any] | None = None,
     ):
-        self.spec, self.data, self.poisoned = spec, data, poisoned
-        self.make_model, self.trainer, self.device = make_model, trainer, device
+        self.trial, self.data, self.poisoned = trial, trial.data, poisoned
+        self.make_model, self.trainer, self.device = trial.make_model, trainer, trial.device
         self.attack_hooks = attack_hooks
         #: The attacker's recipe (the preset's unless the attack changes it).
-        self.config = attack_config or TrainConfig(**spec.train)
+        self.config = attack_config or trial.train_config
         #: The model the attack's own fitting trained (IAD), used instead of training one.
         self.trained = trained
         #: "built" or "hit" once loaded ("from the attack" for a model the attack trained); ""
@@ -50,7 +45,7 @@ class BackdooredModelLoader:
         self.train_seconds = math.nan
 
     def artifact_spec(self) -> dict[str, Any]:
-        return cell_spec(self.spec, self.data)
+        return self.trial.cell_key
 
     def _build(self) -> dict[str, Any]:
         model = self.make_model()
@@ -63,7 +58,7 @@ class BackdooredModelLoader:
             images,
             labels,
             self.config,
-            seed=self.spec.seed,
+            seed=self.trial.spec.seed,
             flip=self.data.info.allows_flip,
             hooks=self.attack_hooks,
         )
@@ -82,7 +77,7 @@ class BackdooredModelLoader:
             # The model must not depend on which trial of the cell builds it, and building must
             # not move the global RNG (what runs next sees the same state, built or loaded):
             # train under the state every trial's defense starts from, then restore the caller's.
-            with seeded_rng(self.spec.seed + 1):
+            with seeded_rng(self.trial.seed("after_cell")):
                 fetched = ArtifactCache().get_or_build(
                     "backdoored_model", self.artifact_spec(), self._build
                 )

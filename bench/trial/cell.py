@@ -19,46 +19,14 @@ from torch import nn
 
 from attacks.base import Attack, AttackContext
 from bench.core import lockwait
-from bench.core.models import build_model
-from bench.data import Dataset, load_dataset
-from bench.errors import BenchError
+from bench.core.seeding import seed_everything
+from bench.core.train import TrainConfig
+from bench.data import Dataset
 from bench.spec import TrialSpec
 from bench.trial.poisoning import PoisonedSets, PoisonedTestSet, PoisonedTrainSet, poisoned_sets
+from bench.trial.resolved import ResolvedTrial, model_factory
 
 log = logging.getLogger("bench.trial")
-
-
-def seed_everything(seed: int, device: torch.device) -> None:
-    """Seed torch; on CPU also insist on deterministic kernels (same seed, same numbers)."""
-    torch.manual_seed(seed)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def load_cell_data(spec: TrialSpec, report: Callable[[str], None] = log.info) -> Dataset:
-    """The preset's subset of the trial's dataset."""
-    budget = spec.data_budget()
-    data = load_dataset(spec.dataset, budget.source).subset(
-        budget.train_size, budget.test_size, budget.subset_seed
-    )
-    if spec.data_hash and data.data_hash != spec.data_hash:
-        raise BenchError(
-            f"the {spec.dataset} data here ({data.source}, hash {data.data_hash}) differs from the "
-            f"data the grid was planned with (hash {spec.data_hash}); give every node the same data"
-        )
-    report(
-        f"data {spec.dataset}: {len(data.train_y)} train / {len(data.test_y)} test ({data.source})"
-    )
-    return data
-
-
-def model_factory(spec: TrialSpec, data: Dataset) -> Callable[[], nn.Module]:
-    info = data.info
-
-    def make_model() -> nn.Module:
-        return build_model(spec.model, info.num_classes, info.mean, info.std)
-
-    return make_model
 
 
 def attack_context(
@@ -67,9 +35,13 @@ def attack_context(
     device: torch.device,
     report: Callable[[str], None] = log.info,
     build_artifacts: bool = True,
+    *,
+    make_model: Callable[[], nn.Module] | None = None,
+    train_config: TrainConfig | None = None,
 ) -> AttackContext:
     """What the trial's attack may use to prepare itself (shared with the attack gallery, so
-    both find the same cached artifacts)."""
+    both find the same cached artifacts). A trial passes its own model factory and recipe
+    (:class:`~bench.trial.resolved.ResolvedTrial`); the gallery lets them be made here."""
     return AttackContext(
         images=data.train_x,
         labels=data.train_y,
@@ -78,9 +50,9 @@ def attack_context(
         device=device,
         seed=spec.seed,
         ratio=spec.ratio,
-        make_model=model_factory(spec, data),
+        make_model=make_model or model_factory(spec.model, data),
         model_name=spec.model,
-        train_config=spec.train_config(),
+        train_config=train_config or TrainConfig(**spec.train),
         allows_flip=data.info.allows_flip,
         pixel_std=tuple(data.info.std),
         build_artifacts=build_artifacts,
@@ -125,24 +97,27 @@ class PoisonedCell:
         )
 
 
-def poison_cell(
-    spec: TrialSpec,
-    data: Dataset,
-    attack: Attack,
-    attack_version: str,
-    device: torch.device,
-    report: Callable[[str], None] = log.info,
-) -> PoisonedCell:
-    """Fit ``attack`` on the clean split and build (or load) the cell's poisoned sets."""
+def poison_cell(trial: ResolvedTrial) -> PoisonedCell:
+    """Fit the trial's attack on the clean split and build (or load) the cell's poisoned sets."""
+    spec, attack = trial.spec, trial.attack
     start = time.perf_counter()
     with lockwait.counting() as waited:
-        ctx = attack_context(spec, data, device, report)
+        ctx = attack_context(
+            spec,
+            trial.data,
+            trial.device,
+            trial.report,
+            make_model=trial.make_model,
+            train_config=trial.train_config,
+        )
         attack.fit(ctx)
-        sets = poisoned_sets(spec, data, attack, device, attack_version)
-    seed_everything(spec.seed + 1, device)  # the same RNG state whether the sets were cached
+        sets = poisoned_sets(
+            trial.cell_key, spec, trial.data, attack, trial.device, trial.attack_entry.version
+        )
+    seed_everything(trial.seed("after_cell"), trial.device)  # cached or built: same RNG after
     seconds = time.perf_counter() - start - waited.seconds
-    cell = PoisonedCell(data, attack, ctx, sets, seconds, waited.seconds)
-    report(
+    cell = PoisonedCell(trial.data, attack, ctx, sets, seconds, waited.seconds)
+    trial.report(
         f"attack {spec.attack}: {cell.n_poison} poisoned samples, "
         f"{cell.n_cross} cross samples ({cell.seconds:.1f}s)"
     )

@@ -18,15 +18,13 @@ import torch
 from torch import nn
 
 from bench.api import Defense, DefenseContext, DefenseOutput, Harness, LabelledImages
-from bench.core import lockwait
-from bench.core.stages import CellStageCache
+from bench.core import lockwait, seeding
 from bench.core.train import TrainConfig, Trainer
 from bench.errors import BenchError
 from bench.grid import checks
-from bench.spec import TrialSpec
 from bench.trial.backdoored import BackdooredModelLoader
-from bench.trial.cell import PoisonedCell, model_factory
-from bench.trial.poisoning import cell_spec
+from bench.trial.cell import PoisonedCell
+from bench.trial.resolved import ResolvedTrial
 
 #: What ``DefenseOutput.metrics`` may hold: keys and how many.
 METRIC_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -39,12 +37,13 @@ def clean_subset_indices(poison_mask: torch.Tensor, fraction: float, seed: int) 
     """round(fraction * N) training indices drawn from the samples that were *not* poisoned."""
     pool = torch.nonzero(~poison_mask).flatten()
     count = min(len(pool), round(fraction * len(poison_mask)))
-    gen = torch.Generator().manual_seed(seed + 7919)  # independent of the poison draw
+    gen = seeding.generator(seed, "clean_subset")  # independent of the poison draw
     return pool[torch.randperm(len(pool), generator=gen)[:count]].sort().values
 
 
-def clean_subset(spec: TrialSpec, cell: PoisonedCell) -> LabelledImages:
+def clean_subset(trial: ResolvedTrial, cell: PoisonedCell) -> LabelledImages:
     """The clean training images a defense that needs them is assumed to hold."""
+    spec = trial.spec
     idx = clean_subset_indices(cell.train.poison_mask, spec.clean_fraction, spec.seed)
     if len(idx) == 0:
         raise BenchError(
@@ -77,48 +76,37 @@ class DefenseRun:
         return json.dumps(self.stage_log)
 
 
-def run_defense(
-    spec: TrialSpec,
-    cell: PoisonedCell,
-    defense: Defense,
-    device: torch.device,
-    who: str,
-    report: Callable[[str], None] = log.info,
-) -> DefenseRun:
-    """Run ``defense`` on the cell's poisoned training set and check what it returns."""
+def run_defense(trial: ResolvedTrial, cell: PoisonedCell) -> DefenseRun:
+    """Run the trial's defense on the cell's poisoned training set and check what it returns."""
+    spec, defense, device, who = trial.spec, trial.defense, trial.device, trial.who
     data, poisoned = cell.data, cell.train
-    make_model = model_factory(spec, data)
-    trainer = Trainer(device, progress=report)
+    trainer = Trainer(device, progress=trial.report)
     loader = BackdooredModelLoader(
-        spec,
-        data,
+        trial,
         poisoned,
-        make_model,
         trainer,
-        device,
         attack_hooks=cell.attack.training_hooks(spec.ratio, spec.target, data.info),
-        attack_config=cell.attack.victim_config(spec.train_config()),
+        attack_config=cell.attack.victim_config(trial.train_config),
         trained=cell.attack.trained_victim(),
     )
-    stage_cache = CellStageCache(cell_spec(spec, data))
-    clean = clean_subset(spec, cell) if "clean_subset" in defense.needs else None
+    clean = clean_subset(trial, cell) if "clean_subset" in defense.needs else None
     ctx = defense_context(
         LabelledImages(poisoned.images, poisoned.labels),
         num_classes=data.info.num_classes,
-        make_model=make_model,
+        make_model=trial.make_model,
         device=device,
         seed=spec.seed,
-        train_config=spec.train_config(),
+        train_config=trial.train_config,
         dataset=spec.dataset,
         allows_flip=data.info.allows_flip,
         normalization_mean=tuple(data.info.mean),
         defense=spec.defense,
-        report=report,
+        report=trial.report,
         trainer=trainer,
         clean_subset=clean,
         backdoored_model=loader if "backdoored_model" in defense.needs else None,
         plain_backdoored_model=loader if loader.attack_hooks is None else None,
-        stage_cache=stage_cache,
+        stage_cache=trial.stage_cache,
     )
     output, seconds, waited = timed_run(defense, ctx, loader)
     if not isinstance(output, DefenseOutput):
@@ -141,7 +129,7 @@ def run_defense(
         else None
     )
     n_clean = 0 if clean is None else len(clean.labels)
-    return DefenseRun(output, flagged, seconds, waited, loader, stage_cache.log, n_clean)
+    return DefenseRun(output, flagged, seconds, waited, loader, trial.stage_cache.log, n_clean)
 
 
 def defense_context(

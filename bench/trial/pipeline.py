@@ -21,13 +21,15 @@ import torch
 
 from bench.core import precision
 from bench.core.limits import TrialTimeout, time_limit
+from bench.core.seeding import seed_everything
 from bench.grid import registry
 from bench.schema import ERROR, OK, TIMEOUT, Col, complete_row
 from bench.spec import TrialSpec
-from bench.trial.cell import load_cell_data, poison_cell, seed_everything
+from bench.trial.cell import poison_cell
 from bench.trial.defend import run_defense
 from bench.trial.evaluate import evaluate
 from bench.trial.provenance import peak_memory_mb, provenance, spec_columns
+from bench.trial.resolved import ResolvedTrial
 
 log = logging.getLogger("bench.trial")
 
@@ -52,16 +54,11 @@ def _run_trial(
     seed_everything(spec.seed, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    data = load_cell_data(spec, report)
-    attack_entry = registry.get_entry("attack", spec.attack)
-    defense_entry = registry.get_entry("defense", spec.defense)
-    attack = attack_entry.load()(**spec.attack_params)
-    defense = defense_entry.load()(**spec.defense_params)
-    who = f"defense {spec.defense!r} ({defense_entry.package})"
-
-    cell = poison_cell(spec, data, attack, attack_entry.version, device, report)
-    run = run_defense(spec, cell, defense, device, who, report)
-    scores = evaluate(cell, run, spec.target, device, who)
+    trial = ResolvedTrial.resolve(spec, device, report)
+    data, attack, defense = trial.data, trial.attack, trial.defense
+    cell = poison_cell(trial)
+    run = run_defense(trial, cell)
+    scores = evaluate(cell, run, spec.target, device, trial.who)
     backdoored_seconds = run.loader.train_seconds
     row = {
         **scores,
@@ -75,10 +72,10 @@ def _run_trial(
         Col.n_clean_subset: run.n_clean_subset,
         Col.peak_memory_mb: peak_memory_mb(device),
         Col.data_source: data.source,
-        Col.attack_package: attack_entry.package,
-        Col.attack_version: attack_entry.version,
-        Col.defense_package: defense_entry.package,
-        Col.defense_version: defense_entry.version,
+        Col.attack_package: trial.attack_entry.package,
+        Col.attack_version: trial.attack_entry.version,
+        Col.defense_package: trial.defense_entry.package,
+        Col.defense_version: trial.defense_entry.version,
         Col.defense_reconstructed: bool(defense.reconstructed),
         Col.backdoored_model_cache: run.loader.cache_status,
         Col.poisoned_sets_cache: cell.sets.cache,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from attacks.base import CLEAN_LABEL, POISON_LABEL, Attack, revision_key
-from bench.core import precision
+from bench.core import precision, seeding
 from bench.core.artifacts import ArtifactCache
 from bench.data import Dataset
 from bench.errors import BenchError
@@ -100,7 +100,7 @@ def select_poison_indices(
             f"ratio {ratio} needs {count} {what} images but only {len(pool)} exist; "
             f"the maximum possible ratio here is {len(pool) / n_total:.4f}"
         )
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeding.generator(seed, "poison_draw")
     chosen = pool[torch.randperm(len(pool), generator=gen)[:count]]
     return chosen.sort().values
 
@@ -149,7 +149,7 @@ def poison_train_set(
     cross_mask = None
     n_cross = attack.cross_count(len(idx), len(labels))
     if n_cross > 0:
-        gen = torch.Generator().manual_seed(seed + 104729)  # independent of the poison draw
+        gen = seeding.generator(seed, "cross_draw")  # independent of the poison draw
         pool = torch.nonzero(~mask).flatten()
         if n_cross > len(pool):
             raise BenchError(
@@ -157,7 +157,7 @@ def poison_train_set(
                 f"ones in {len(labels)} images; lower the ratio or the cross ratio"
             )
         cross = pool[torch.randperm(len(pool), generator=gen)[:n_cross]].sort().values
-        cross_gen = torch.Generator(device=device).manual_seed(seed + 15485863)
+        cross_gen = seeding.generator(seed, "cross_train", device)
         poisoned_images[cross] = map_batches(
             lambda x: attack.apply_cross(x, cross_gen), images[cross], device
         )
@@ -180,7 +180,7 @@ def poison_test_set(
     triggered = map_batches(attack.apply_test, images[keep], device)
     if not attack.has_cross:
         return PoisonedTestSet(triggered, labels[keep])
-    gen = torch.Generator(device=device).manual_seed(seed + 32452843)
+    gen = seeding.generator(seed, "cross_test", device)
     cross = map_batches(lambda x: attack.apply_cross(x, gen), images, device)
     return PoisonedTestSet(triggered, labels[keep], cross, labels.clone())
 
@@ -217,13 +217,15 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 
 def poisoned_sets(
+    cell_key: dict[str, Any],
     spec: TrialSpec,
     data: Dataset,
     attack: Attack,
     device: torch.device,
     attack_version: str = "",
 ) -> PoisonedSets:
-    """The cell's poisoned training set and triggered test set (``attack`` already fitted)."""
+    """The cell's poisoned training set and triggered test set (``attack`` already fitted),
+    cached under the cell's key (:func:`cell_spec`) and the attack's package version."""
 
     def build() -> dict[str, Any]:
         train = poison_train_set(
@@ -239,7 +241,7 @@ def poisoned_sets(
         test = poison_test_set(attack, data.test_x, data.test_y, spec.target, device, spec.seed)
         return {"train": _as_dict(train), "test": _as_dict(test)}
 
-    key = {**cell_spec(spec, data), Col.attack_version: attack_version}
+    key = {**cell_key, Col.attack_version: attack_version}
     fetched = ArtifactCache().get_or_build(KIND, key, build)
     value = fetched.value
     return PoisonedSets(

@@ -1,0 +1,142 @@
+"""The ranking table, declared once: its columns (label, sort key, help text), each cell's text
+and its rows (the undefended baseline pinned first, then the ranked defenses). The page and the
+markdown both render this declaration, so the two cannot drift apart.
+
+A cell is plain text plus an optional aside (the worst attack beside the worst-case ASR); each
+renderer escapes and decorates it (the page adds glyphs, badges and sort values, the markdown
+footnote markers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from bench.report.aggregate import (
+    BASELINE_OTHER_REV,
+    COST_VS_NONE,
+    D_CA,
+    DER,
+    DIRTY,
+    GROUP,
+    LABEL,
+    MINUTES,
+    NO_BASELINE,
+    NONE,
+    RANK,
+    WORST_ASR,
+    WORST_ATTACK,
+    WORST_D_CA,
+)
+from bench.report.details import is_missing, points
+from bench.report.naming import seeds_text
+from bench.report.text import pct
+from bench.schema import Col
+
+#: Footnote markers of a flagged cell or ranking row (explained under each table).
+MARKS = {BASELINE_OTHER_REV: "†", DIRTY: "‡", NO_BASELINE: "§"}
+#: Set on the pinned baseline row: it has no rank and no change against itself.
+IS_BASELINE = "is_baseline"
+#: The ranking's name column (the renderers decorate it: glyph, marks, badges).
+NAME = Col.defense
+
+
+@dataclass(frozen=True)
+class RankColumn:
+    """One column: its header, the ranking frame's column it sorts by, what it means, whether it
+    is numeric, and its cell text (with an optional aside) for a row."""
+
+    label: str
+    key: str
+    help: str
+    numeric: bool
+    text: Callable[[pd.Series], str]
+    aside: Callable[[pd.Series], str] = lambda _row: ""
+
+
+def _minutes(row: pd.Series) -> str:
+    return "–" if is_missing(row[MINUTES]) else f"{row[MINUTES]:.1f}"
+
+
+def _cost(row: pd.Series) -> str:
+    return "–" if is_missing(row[COST_VS_NONE]) else f"{row[COST_VS_NONE]:.2f}×"
+
+
+def _rank(row: pd.Series) -> str:
+    return "–" if row.get(IS_BASELINE, False) else str(int(row[RANK]))
+
+
+COLUMNS: tuple[RankColumn, ...] = (
+    RankColumn("rank", RANK, "", True, _rank),
+    RankColumn(Col.defense, NAME, "", False, lambda r: str(r[LABEL])),
+    RankColumn(
+        "mean DER", DER, "defense effectiveness rating, 50 = no change", True, lambda r: pct(r[DER])
+    ),
+    RankColumn(
+        "worst-case ASR",
+        WORST_ASR,
+        "the highest ASR over this table's attacks",
+        True,
+        lambda r: pct(r[WORST_ASR]),
+        aside=lambda r: str(r[WORST_ATTACK]),
+    ),
+    RankColumn("mean ASR", Col.asr, "", True, lambda r: pct(r[Col.asr])),
+    RankColumn(
+        "mean CA change",
+        D_CA,
+        "against none of the same seed, in points",
+        True,
+        lambda r: points(r[D_CA]),
+    ),
+    RankColumn("worst CA change", WORST_D_CA, "", True, lambda r: points(r[WORST_D_CA])),
+    RankColumn("minutes", MINUTES, "to a defended model, mean per attack", True, _minutes),
+    RankColumn("× none", COST_VS_NONE, "time relative to training without a defense", True, _cost),
+    RankColumn("seeds", "n_min", "", True, lambda r: seeds_text([r["n_min"], r["n_max"]])),
+)
+
+INTRO = (
+    "Defenses by mean DER over this table's attacks (ties: higher mean CA), with what a mean "
+    "hides: the worst-case ASR, the clean accuracy lost against no defense (points) and the "
+    "minutes to a defended model. The undefended baseline (`none`) is pinned first, unranked."
+)
+
+
+def baseline_rows(group: pd.DataFrame) -> pd.DataFrame:
+    """The pinned `none` rows of one table (one per label), in the ranking's columns: its
+    worst-case and mean ASR, its minutes; no rank, DER or change against itself."""
+    base = group[group[Col.defense] == NONE]
+    rows = []
+    for label, b in base.groupby(LABEL, sort=True):
+        worst = b.sort_values([Col.asr, Col.attack], ascending=[False, True]).iloc[0]
+        rows.append(
+            {
+                **{k: b.iloc[0][k] for k in GROUP},
+                LABEL: label,
+                IS_BASELINE: True,
+                RANK: float("nan"),
+                DER: float("nan"),
+                WORST_ASR: worst[Col.asr],
+                WORST_ATTACK: worst[Col.attack],
+                Col.asr: b[Col.asr].mean(),
+                D_CA: float("nan"),
+                WORST_D_CA: float("nan"),
+                MINUTES: b[Col.train_seconds].astype(float).mean() / 60,
+                COST_VS_NONE: 1.0,
+                "n_min": int(b["n"].min()),
+                "n_max": int(b["n"].max()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def table_rows(group: pd.DataFrame, ranks: pd.DataFrame) -> list[pd.Series]:
+    """The ranking's rows for one table: the baseline first, then the defenses by rank."""
+    ranked = ranks.assign(**{IS_BASELINE: False})
+    return [r for _, r in baseline_rows(group).iterrows()] + [r for _, r in ranked.iterrows()]
+
+
+def marks(row: pd.Series) -> str:
+    """The footnote markers of a cell or a ranking row: '' when nothing is flagged."""
+    found = "".join(mark for flag, mark in MARKS.items() if bool(row.get(flag, False)))
+    return f" {found}" if found else ""
