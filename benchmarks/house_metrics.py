@@ -2,7 +2,7 @@
 
 1. Top-level modules in ``bench/`` (``.py`` files directly in it, ``__init__`` excluded).
 2. Depth of the import graph: the longest chain of project modules each importing the next
-   (static, via the same ``ast`` walk as ``tests/test_report_layer.py``), counted in modules.
+   (static, via the same ``ast`` walk as ``tests/report/test_report_layer.py``), counted in modules.
 3. The files a trial's spec passes through from ``run_trial_safely`` to its row: every call into
    a project function whose arguments hold the spec (or the object resolved from it) is recorded
    with its file; "stays" are maximal runs of consecutive calls in one file.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "report"))
 
 from test_report_layer import import_graph  # noqa: E402
 

@@ -52,3 +52,14 @@ def gtsrb() -> Dataset:
 def cifar_batch(cifar10: Dataset) -> torch.Tensor:
     """64 real CIFAR-10 training images of every class (uint8 NCHW)."""
     return cifar10.subset(64, 1, seed=0).train_x.clone()
+
+
+# The hostile-input tests' fixtures (tests/core/test_data_hostile.py, tests/run/test_driver_*.py,
+# tests/run/test_hostile_plugins.py); the autouse one restores the `bench` logger after main().
+from tests.hostile_support import (  # noqa: E402
+    _restore_bench_logger,  # noqa: F401
+    hostile_plugins,  # noqa: F401
+    http_server,  # noqa: F401
+    isolated_data,  # noqa: F401
+    real_cifar_archive,  # noqa: F401
+)

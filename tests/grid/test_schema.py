@@ -20,7 +20,7 @@ from bench.spec import TrialSpec
 from bench.store import ResultsStore
 from bench.trial.pipeline import run_trial_safely
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 #: String literals equal to a column name that are not column names, as (file, literal): the
 #: most occurrences allowed (None: any; these files never touch result rows). Anything else

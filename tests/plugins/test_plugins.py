@@ -28,7 +28,7 @@ from bench.grid.presets import load_preset, with_overrides
 from bench.trial.defend import defense_context
 from bench.trial.pipeline import run_trial_safely
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -15,9 +15,7 @@ import torch
 
 from bench.core import seeding
 
-ROOT = Path(__file__).resolve().parents[1]
-while not (ROOT / "pyproject.toml").exists():
-    ROOT = ROOT.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _seedish(node: ast.AST) -> bool:

@@ -184,7 +184,7 @@ def test_local_executor_runs_the_grid_without_ray(tmp_path):
     results = tmp_path / "results"
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(shim), str(Path(__file__).parents[1])]),
+        "PYTHONPATH": os.pathsep.join([str(shim), str(Path(__file__).parents[2])]),
         "RAY_IMPORT_LOG": str(attempts),
     }
     argv = [*SMOKE, "--seeds", "0,1", "--executor", "local", "--results-dir", str(results)]

@@ -6,7 +6,7 @@ from pathlib import Path
 from bench.cli import main
 from bench.cli.perf import measure
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_perf_measures_both_limits_and_the_loop_at_the_trial_precision(capsys):

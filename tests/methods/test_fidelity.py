@@ -232,7 +232,7 @@ def test_a_preset_leaves_out_a_defense_with_its_reason_unless_asked_for(tmp_path
     """[grid.left_out]: the grid's cells for that defense become skipped rows whose reason the
     leaderboard shows; naming the defense on the command line runs it."""
     text = tmp_path / "p.toml"
-    base = (Path(__file__).resolve().parent.parent / "bench/presets/smoke.toml").read_text()
+    base = (Path(__file__).resolve().parents[2] / "bench/presets/smoke.toml").read_text()
     text.write_text(
         base.replace('defenses = ["none"]', 'defenses = ["none", "dbd"]')
         + '\n[grid.left_out]\ndbd = "needs the paper budget"\n'

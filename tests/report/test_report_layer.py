@@ -21,7 +21,7 @@ import pandas as pd
 from bench.report.render import render
 from bench.schema import upgrade
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("bench", "attacks", "defenses")
 #: What the reporting layer may import from the project.
 REPORT_MAY_IMPORT = {"bench", "bench.schema", "bench.errors"}

@@ -1,6 +1,6 @@
 """The leaderboard as a decision tool: best defense per attack and family under a CA-drop bound,
 tables titled by what they hold, no misleading ratio plot, fixed plot styles, the protocol and
-the methods' links, readable details (no browser here; tests/test_leaderboard.py drives one)."""
+the methods' links, readable details (no browser here; test_leaderboard.py drives one)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from bench.report.protocol import protocol, recipe
 from bench.report.render import render
 from bench.schema import upgrade
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _row(defense, attack, ca, asr, *, ratio=0.1, seed=0, dataset="cifar10", **extra):

@@ -1,7 +1,7 @@
 """Bad input: each case gets a clear, specific error and a non-zero exit, and the results table
 that was already there is left exactly as it was (a corrupted one is moved aside, never lost).
 
-A corrupted dataset cache is not an error: it is rebuilt (tests/test_data.py)."""
+A corrupted dataset cache is not an error: it is rebuilt (tests/core/test_data.py)."""
 
 from __future__ import annotations
 

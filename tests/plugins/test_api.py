@@ -30,9 +30,9 @@ from bench.grid.presets import load_preset, with_overrides
 from bench.schema import Col
 from bench.trial.defend import defense_context
 from bench.trial.pipeline import run_trial_safely
-from tests.test_plugins import _entry, fake_defenses  # noqa: F401 (a fixture)
+from tests.plugins.test_plugins import _entry, fake_defenses  # noqa: F401 (a fixture)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = (ROOT / "docs" / "plugins.md").read_text()
 CPU = torch.device("cpu")
 

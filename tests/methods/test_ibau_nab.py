@@ -19,7 +19,7 @@ from bench.trial.pipeline import run_trial
 from bench.trial.poisoning import poison_train_set
 from defenses.ibau import IBAU, adversarial_loss, implicit_hypergradient
 from defenses.nab import NAB, CounterPoison, stamp_colour
-from tests.test_trial import _spec
+from tests.trial.test_trial import _spec
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("two_threads")
