@@ -3,6 +3,7 @@ plugins, a hang guard, grid and row helpers (issue 22's cases live in tests/*/).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import http.server
 import io
@@ -21,8 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import data as data_module
-from bench.data import DATASETS, find_source
+from bench.core import settings
+from bench.data import DATASETS, archives, find_source
+from bench.data import cache as data_cache
 
 
 @pytest.fixture(autouse=True)
@@ -39,14 +41,14 @@ def _restore_bench_logger():
 @pytest.fixture
 def isolated_data(tmp_path, monkeypatch):
     """No default data directories, a private cache, no downloads; BENCH_DATA_DIR is tmp/data."""
-    monkeypatch.setattr(data_module.settings, "default_data_dirs", lambda: [])
+    monkeypatch.setattr(settings, "default_data_dirs", lambda: [])
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("BENCH_OFFLINE", "1")
     (tmp_path / "data").mkdir()
     monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "data"))
-    data_module._REUSED.clear()
+    data_cache._REUSED.clear()
     yield tmp_path / "data"
-    data_module._REUSED.clear()
+    data_cache._REUSED.clear()
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +74,7 @@ def _write_tree(root: Path, n_classes: int = 10, per_class: int = 2, suffix: str
 
 def _tiny_counts(monkeypatch, n_train: int = 20, n_test: int = 20) -> None:
     monkeypatch.setitem(
-        DATASETS, "cifar10", data_module.replace(DATASETS["cifar10"], split_sizes=(n_train, n_test))
+        DATASETS, "cifar10", dataclasses.replace(DATASETS["cifar10"], split_sizes=(n_train, n_test))
     )
 
 
@@ -83,7 +85,7 @@ def _small_archive(real: Path, out_path: Path, per_class: int) -> None:
     out = io.BytesIO()
     with tarfile.open(real, "r:gz") as src, tarfile.open(fileobj=out, mode="w") as dst:
         for member in src:
-            parts = data_module._split_parts(member.name) if member.isfile() else None
+            parts = archives._split_parts(member.name) if member.isfile() else None
             if parts is not None and kept.get(parts[:2], 0) < per_class:
                 kept[parts[:2]] = kept.get(parts[:2], 0) + 1
                 dst.addfile(member, src.extractfile(member))

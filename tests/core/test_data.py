@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import data
-from bench.data import DATASETS, load_dataset
+from bench.core import settings
+from bench.data import DATASETS, archives, load_dataset
 from bench.errors import BenchError
 
 
@@ -27,7 +27,7 @@ def _write_tree(root, n_classes=10, per_class=2, size=32):
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No default data directories, an empty cache, and no downloads."""
-    monkeypatch.setattr(data.settings, "default_data_dirs", lambda: [])
+    monkeypatch.setattr(settings, "default_data_dirs", lambda: [])
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("BENCH_OFFLINE", "1")
     return tmp_path
@@ -66,7 +66,7 @@ def test_second_load_comes_from_the_cache(isolated, monkeypatch):
     def no_decoding(*_args, **_kwargs):
         raise AssertionError("decoded again instead of using the cache")
 
-    monkeypatch.setitem(data.READERS, "folder", no_decoding)
+    monkeypatch.setitem(archives.READERS, "folder", no_decoding)
     second = load_dataset("cifar10")
     assert torch.equal(first.train_x, second.train_x)
 

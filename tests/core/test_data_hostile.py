@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import data as data_module
 from bench.cli import main
 from bench.core.artifacts import ArtifactCache
-from bench.data import load_dataset
+from bench.data import ARCHIVE_SHA256, MODIFIED_NOTE, load_dataset
+from bench.data import cache as data_cache
 from bench.errors import BenchError
 from bench.grid.expand import expand_grid
 from bench.grid.presets import load_preset, with_overrides
@@ -45,7 +45,7 @@ def test_case1_damaged_archive_is_refused(isolated_data, real_cifar_archive, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert f"archive {damaged} is damaged" in err
-    assert "sha256sum" in err and data_module.ARCHIVE_SHA256[real.name] in err
+    assert "sha256sum" in err and ARCHIVE_SHA256[real.name] in err
     assert not list((isolated_data.parent / "cache").rglob("*.npy")), "nothing may be cached"
 
 
@@ -93,7 +93,7 @@ def test_case2_caches_and_trial_ids_follow_the_data_content(isolated_data, monke
     second = load_dataset("cifar10")
     assert not torch.equal(first.train_x, second.train_x), "stale decoded cache was used"
     assert first.data_hash != second.data_hash
-    data_module._REUSED.clear()
+    data_cache._REUSED.clear()
     specs_after = expand_grid(preset)
     assert {s.trial_id for s in specs_before}.isdisjoint({s.trial_id for s in specs_after})
     assert cell_spec(specs_before[0], first) != cell_spec(specs_after[0], second)
@@ -147,11 +147,11 @@ def test_an_archive_that_is_not_the_published_release_warns_and_marks_rows(
 ):
     """Before: an archive whose images differ from the release (a garbled or replaced JPEG in a
     well-formed archive; its sha256 is not the published one) was decoded without a word."""
-    assert data_module.MODIFIED_NOTE not in cifar10.source  # the published archive: no mark
+    assert MODIFIED_NOTE not in cifar10.source  # the published archive: no mark
     _tiny_counts(monkeypatch)
     _small_archive(real_cifar_archive, isolated_data / real_cifar_archive.name, per_class=2)
     dataset = load_dataset("cifar10")
     assert len(dataset.train_y) == 20
-    assert f"{data_module.MODIFIED_NOTE} sha256 " in dataset.source  # -> every row's data_source
+    assert f"{MODIFIED_NOTE} sha256 " in dataset.source  # -> every row's data_source
     assert "is not the published release" in caplog.text
-    assert data_module.ARCHIVE_SHA256[real_cifar_archive.name] in caplog.text
+    assert ARCHIVE_SHA256[real_cifar_archive.name] in caplog.text

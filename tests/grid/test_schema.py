@@ -48,8 +48,10 @@ NOT_COLUMNS: dict[tuple[str, str], int | None] = {
     ("grid/expand.py", "defense"): None,
     ("grid/expand.py", "model"): None,
     # Dataset splits and the registry's name for datasets.
-    ("data.py", "train"): None,
-    ("data.py", "dataset"): None,
+    ("data/datasets.py", "train"): None,
+    ("data/datasets.py", "dataset"): None,
+    ("data/sources.py", "train"): None,
+    ("data/archives.py", "train"): None,
     # CLI subcommands ("run", "data"), plugin kinds and a column header of `bench perf`.
     ("cli/__init__.py", "run"): None,
     ("cli/__init__.py", "data"): None,

@@ -47,9 +47,9 @@ def _preset(tmp_path: Path, text: str) -> str:
 
 
 def _isolate_data(monkeypatch, tmp_path):
-    from bench import data
+    from bench.core import settings
 
-    monkeypatch.setattr(data.settings, "default_data_dirs", lambda: [])
+    monkeypatch.setattr(settings, "default_data_dirs", lambda: [])
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("BENCH_OFFLINE", "1")
 
