@@ -107,6 +107,60 @@ def test_no_import_cycle_in_the_project():
     assert not cycle, "import cycle: " + " -> ".join(cycle)
 
 
+#: The house's wings, lowest first. A module may import its own wing and the wings of lower
+#: layers; wings of one layer do not import each other. `report` sits low: it reads only the
+#: row schema (and the test below keeps it to that).
+LAYERS = [
+    ("bench.errors",),
+    ("bench.schema",),
+    ("bench.core", "bench.report"),
+    ("bench.spec", "bench.store", "bench.data"),
+    ("bench.api",),
+    ("attacks", "defenses"),
+    ("bench.grid",),
+    ("bench.trial",),
+    ("bench.run",),
+    ("bench.cli",),
+]
+
+
+def _wing(module: str) -> tuple[int, str] | None:
+    for layer, wings in enumerate(LAYERS):
+        for wing in wings:
+            if module == wing or module.startswith(wing + "."):
+                return layer, wing
+    return None  # the bench package itself
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that run back up the house (or sideways between wings of one layer)."""
+    stray = []
+    for module, targets in sorted(graph.items()):
+        here = _wing(module)
+        for target in sorted(targets):
+            there = _wing(target)
+            if here is None or there is None or there[1] == here[1]:
+                continue
+            if there[0] >= here[0]:
+                stray.append(f"{module} -> {target}")
+    return stray
+
+
+def test_every_module_belongs_to_a_wing_and_no_import_runs_back_up():
+    graph = import_graph()
+    homeless = sorted(m for m in graph if _wing(m) is None and m != "bench")
+    assert not homeless, f"modules in no wing: {homeless}"
+    assert upward_imports({"bench.core.train": {"bench.trial.cell"}}) == [
+        "bench.core.train -> bench.trial.cell"
+    ]
+    sideways = upward_imports({"bench.data.cache": {"bench.spec"}})
+    assert sideways == ["bench.data.cache -> bench.spec"]
+        "bench.data.cache -> bench.spec"
+    ]
+    stray = upward_imports(graph)
+    assert not stray, "imports running back up the house:\n" + "\n".join(stray)
+
+
 def test_the_report_layer_imports_only_the_schema_and_itself():
     report = sorted((ROOT / "bench" / "report").rglob("*.py"))
     assert len(report) >= 8
