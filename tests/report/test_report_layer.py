@@ -155,8 +155,6 @@ def test_every_module_belongs_to_a_wing_and_no_import_runs_back_up():
     ]
     sideways = upward_imports({"bench.data.cache": {"bench.spec"}})
     assert sideways == ["bench.data.cache -> bench.spec"]
-        "bench.data.cache -> bench.spec"
-    ]
     stray = upward_imports(graph)
     assert not stray, "imports running back up the house:\n" + "\n".join(stray)
 
