@@ -11,30 +11,35 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import schema
+from bench.core.rules import integer, number, ruled, string
 from bench.core.train import TrainConfig
+from bench.data.sources import SOURCE_MODES
 
 
 @dataclass(frozen=True)
 class DataBudget:
     """How much of each dataset a preset uses (0 = all), drawn once with ``subset_seed``."""
 
-    train_size: int = 0
-    test_size: int = 0
-    subset_seed: int = 0
+    train_size: int = ruled(integer(0), 0)
+    test_size: int = ruled(integer(0), 0)
+    subset_seed: int = ruled(integer(0), 0)
     #: "official": the official pixels where they can be had (CIFAR-10's torchvision release),
     #: the JPEG export only as a marked fallback; "any": the first source found.
-    source: str = "any"
+    source: str = ruled(string(SOURCE_MODES, what="data source"), "any")
 
 
 @dataclass(frozen=True)
 class Resources:
     """What one trial asks Ray for."""
 
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent_trials: int = 0  # 0: as many as the resources allow
-    trial_timeout_s: float = 0.0  # a trial running longer becomes a 'timeout' row; 0: no limit
-    retries: int = 0  # extra attempts for a trial that fails
+    cpus_per_trial: float = ruled(number(0.0, low_open=True), 1.0)
+    gpus_per_trial: float = ruled(number(0.0), 0.0)
+    #: 0: as many as the resources allow.
+    max_concurrent_trials: int = ruled(integer(0), 0)
+    #: A trial running longer becomes a 'timeout' row; 0: no limit.
+    trial_timeout_s: float = ruled(number(0.0), 0.0)
+    #: Extra attempts for a trial that fails.
+    retries: int = ruled(integer(0), 0)
 
 
 @dataclass(frozen=True)

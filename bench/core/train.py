@@ -20,40 +20,47 @@ from torch import nn
 
 from bench.core import precision, settings
 from bench.core.limits import check_time_limit
+from bench.core.rules import (
+    FRACTION,
+    boolean,
+    integer,
+    list_of,
+    number,
+    problems_of,
+    ruled,
+    string,
+)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation budget; presets hold one, defenses may derive others from it."""
 
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "onecycle"  # "onecycle" | "cosine" | "constant" | "multistep"
-    warmup_fraction: float = 0.2
-    label_smoothing: float = 0.0
-    optimizer: str = "sgd"  # "sgd" | "adam" (Adam ignores momentum and nesterov)
+    epochs: int = ruled(integer(0), 10)
+    batch_size: int = ruled(integer(1), 256)
+    lr: float = ruled(number(0.0, low_open=True), 0.1)
+    momentum: float = ruled(number(0.0, 1.0), 0.9)
+    weight_decay: float = ruled(number(0.0), 5e-4)
+    nesterov: bool = ruled(boolean(), False)
+    #: "onecycle" | "cosine" | "constant" | "multistep"
+    schedule: str = ruled(string(lambda: SCHEDULES, what="schedule"), "onecycle")
+    warmup_fraction: float = ruled(FRACTION, 0.2)
+    label_smoothing: float = ruled(FRACTION, 0.0)
+    #: "sgd" | "adam" (Adam ignores momentum and nesterov).
+    optimizer: str = ruled(string(("sgd", "adam"), what="optimizer"), "sgd")
     #: Length of the schedule in epochs when it differs from ``epochs`` (0: ``epochs``): e.g.
     #: BackdoorBench's cosine with T_max 100 over GTSRB's 50 epochs, or DBD's 100 SimCLR epochs
     #: of a 1,000-epoch cosine.
-    schedule_epochs: int = 0
+    schedule_epochs: int = ruled(integer(0), 0)
     #: ``multistep``: the lr is multiplied by ``gamma`` at each of these epochs.
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
+    milestones: tuple[int, ...] = ruled(list_of(integer(0)), ())
+    gamma: float = ruled(number(0.0, low_open=True), 0.1)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(self.milestones))
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.schedule_epochs < 0:
-            raise ValueError(f"bad training budget: {self}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"unknown schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}"
-            )
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'")
+        problems = problems_of(self)  # the rules the preset schema checks, on every budget
+        if problems:
+            raise ValueError("bad training budget: " + "; ".join(problems))
 
     def lr_factor(self, step: int, steps_per_epoch: int) -> float:
         """The schedule's multiplier of ``lr`` at optimiser step ``step`` (stepped per batch)."""

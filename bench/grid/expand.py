@@ -10,11 +10,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from bench.core.models import model_names
+from bench.core.rules import RATIO, integer
 from bench.data import dataset_info, load_dataset
 from bench.errors import BenchError, unknown_name_error
 from bench.grid import registry
 from bench.grid.presets import Preset
 from bench.spec import TrialSpec
+
+SEED = integer(0)
 
 
 def _expand_all(names: tuple[str, ...], kind: str) -> tuple[str, ...]:
@@ -44,11 +47,12 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
     }.items():
         if not values:
             raise BenchError(f"the grid axis {axis!r} is empty")
+    # The preset schema checked a TOML preset; overrides (--ratios, --seeds) meet its rules here.
     for ratio in grid.all_ratios():
-        if not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+        if RATIO.check(ratio):
             raise BenchError(f"poison ratio must be in (0, 1), got {ratio!r}")
     for seed in grid.seeds:
-        if not isinstance(seed, int) or seed < 0:
+        if SEED.check(seed):
             raise BenchError(f"seeds must be non-negative integers, got {seed!r}")
     for dataset in grid.datasets:
         info = dataset_info(dataset)
@@ -59,7 +63,7 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
             )
         if preset.model_for(dataset) not in model_names():
             raise unknown_name_error("model", preset.model_for(dataset), model_names())
-    if not 0.0 < grid.clean_fraction < 1.0:
+    if RATIO.check(grid.clean_fraction):
         raise BenchError(f"clean_fraction must be in (0, 1), got {grid.clean_fraction!r}")
     attack_params = {a: _resolved("attack", a, preset.attack_params) for a in attacks}
     revisions = {a: getattr(registry.get_entry("attack", a).load(), "revision", 1) for a in attacks}

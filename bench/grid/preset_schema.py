@@ -11,154 +11,33 @@ fail there, or worse, run. :func:`validate_preset` checks every section and key 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from bench.core.models import model_names
 from bench.core.precision import PRECISIONS
-from bench.core.train import SCHEDULES
-from bench.data import DATASETS, SOURCE_MODES
+from bench.core.rules import RATIO, Rule, is_number, list_of, rules_of, string
+from bench.core.train import TrainConfig
+from bench.data import DATASETS
 from bench.errors import BenchError, unknown_name_error
 from bench.grid import registry
+from bench.grid.shapes import Grid
+from bench.spec import DataBudget, Resources
 
-
-@dataclass(frozen=True)
-class Rule:
-    """What one key must hold: ``check`` returns None, or what is wrong with a value."""
-
-    check: Callable[[Any], str | None]
-    required: bool = False
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def integer(low: int | None = None) -> Rule:
-    def check(value: Any) -> str | None:
-        if not _is_int(value):
-            return "must be an integer" + (f" >= {low}" if low is not None else "")
-        if low is not None and value < low:
-            return f"must be an integer >= {low}"
-        return None
-
-    return Rule(check)
-
-
-def number(
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> Rule:
-    left = "(" if low_open else "["
-    right = ")" if high_open else "]"
-    if low is not None and high is not None:
-        wanted = f"a number in {left}{low:g}, {high:g}{right}"
-    elif low is not None:
-        wanted = f"a number {'>' if low_open else '>='} {low:g}"
-    else:
-        wanted = "a finite number"
-
-    def check(value: Any) -> str | None:
-        if not _is_number(value) or not math.isfinite(value):
-            return f"must be {wanted}"
-        if low is not None and (value < low or (low_open and value == low)):
-            return f"must be {wanted}"
-        if high is not None and (value > high or (high_open and value == high)):
-            return f"must be {wanted}"
-        return None
-
-    return Rule(check)
-
-
-def boolean() -> Rule:
-    return Rule(lambda v: None if isinstance(v, bool) else "must be true or false")
-
-
-def string(choices: Any = None, *, non_empty: bool = False, what: str = "value") -> Rule:
-    def check(value: Any) -> str | None:
-        if not isinstance(value, str):
-            return "must be a string"
-        if non_empty and not value.strip():
-            return "must not be empty"
-        if choices is not None and value not in choices:
-            options = ", ".join(repr(c) for c in sorted(choices))
-            return f"unknown {what} {value!r}; choose one of {options}"
-        return None
-
-    return Rule(check)
-
-
-def list_of(item: Rule, *, required: bool = False) -> Rule:
-    def check(value: Any) -> str | None:
-        if not isinstance(value, list):
-            return "must be a list, e.g. [1, 2]"
-        for element in value:
-            problem = item.check(element)
-            if problem:
-                return f"holds {element!r}, which {problem}"
-        return None
-
-    return Rule(check, required=required)
-
-
-RATIO = number(0.0, 1.0, low_open=True, high_open=True)
-FRACTION = number(0.0, 1.0, high_open=True)
-
+#: Every section's keys and their rules, derived from the dataclasses the sections become (one
+#: declaration per key: :func:`bench.core.rules.ruled` on the field).
 SCHEMA: dict[str, dict[str, Rule]] = {
     "preset": {
         "name": Rule(string(non_empty=True).check, required=True),
         "description": string(),
         "reference": string(),  # a published-reference table the preset compares with; "" none
     },
-    "grid": {
-        "datasets": list_of(string(), required=True),
-        "attacks": list_of(string(), required=True),
-        "defenses": list_of(string(), required=True),
-        "ratios": list_of(RATIO, required=True),
-        "seeds": list_of(integer(0), required=True),
-        "target": integer(0),
-        "exclude_target_from_poison": boolean(),
-        "clean_fraction": RATIO,
-        # attack_ratios: checked by _attack_ratio_problems (two shapes, names to resolve).
-    },
-    "data": {
-        "train_size": integer(0),
-        "test_size": integer(0),
-        "subset_seed": integer(0),
-        "source": string(SOURCE_MODES, what="data source"),
-    },
-    "train": {
-        "epochs": integer(0),
-        "batch_size": integer(1),
-        "lr": number(0.0, low_open=True),
-        "momentum": number(0.0, 1.0),
-        "weight_decay": number(0.0),
-        "nesterov": boolean(),
-        "schedule": string(SCHEDULES, what="schedule"),
-        "warmup_fraction": FRACTION,
-        "label_smoothing": FRACTION,
-        "optimizer": string(("sgd", "adam"), what="optimizer"),
-        "schedule_epochs": integer(0),
-        "milestones": list_of(integer(0)),
-        "gamma": number(0.0, low_open=True),
-        "precision": string(PRECISIONS, what="precision"),
-        # [train.<dataset>]: a per-dataset budget, checked by _dataset_train_problems.
-    },
-    "resources": {
-        "cpus_per_trial": number(0.0, low_open=True),
-        "gpus_per_trial": number(0.0),
-        "max_concurrent_trials": integer(0),
-        "trial_timeout_s": number(0.0),
-        "retries": integer(0),
-    },
+    # [grid.attack_ratios] (two shapes, names to resolve) and [grid.left_out] are checked apart.
+    "grid": rules_of(Grid),
+    "data": rules_of(DataBudget),
+    # [train.<dataset>]: a per-dataset budget, checked by _dataset_train_problems.
+    "train": {**rules_of(TrainConfig), "precision": string(PRECISIONS, what="precision")},
+    "resources": rules_of(Resources),
 }
 #: Sections whose keys are names: [models] dataset -> model, [attacks.X] / [defenses.Y].
 NAMED_SECTIONS = ("models", "attacks", "defenses")
@@ -311,7 +190,7 @@ def _component_problems(kind: str, table: Mapping[str, Any]) -> list[str]:
                 f"parameters, e.g. [{section}.{name}] with key = value lines"
             )
             continue
-        bad = [k for k, v in params.items() if _is_number(v) and not math.isfinite(v)]
+        bad = [k for k, v in params.items() if is_number(v) and not math.isfinite(v)]
         if bad:
             problems.append(f"[{section}.{name}] {', '.join(bad)} must be finite numbers")
             continue

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,69 +14,10 @@ from bench.core.train import TrainConfig
 from bench.data import DATASETS
 from bench.errors import BenchError, unknown_name_error
 from bench.grid.preset_schema import validate_preset
+from bench.grid.shapes import Grid, Preset
 from bench.spec import DataBudget, Resources
 
 PRESET_DIR = Path(__file__).parent.parent / "presets"
-
-
-@dataclass(frozen=True)
-class Grid:
-    datasets: tuple[str, ...]
-    attacks: tuple[str, ...]
-    defenses: tuple[str, ...]
-    ratios: tuple[float, ...]
-    seeds: tuple[int, ...]
-    target: int = 0
-    #: Poison-label draws skip the target class (the issue's rule); False = BackdoorBench's rule.
-    exclude_target_from_poison: bool = True
-    #: Clean training data handed to defenses that declare the 'clean_subset' need.
-    clean_fraction: float = 0.05
-    #: Per-attack ratios replacing ``ratios`` (clean-label attacks whose target class cannot
-    #: supply the grid's ratio run at their spec's recommended one), e.g. {"sig": [0.05]}.
-    attack_ratios: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
-    #: The same per dataset, taking precedence: {"gtsrb": {"sig": [0.005]}}.
-    dataset_attack_ratios: Mapping[str, Mapping[str, tuple[float, ...]]] = field(
-        default_factory=dict
-    )
-
-    #: Attacks or defenses the grid names but leaves out unless asked for explicitly, with the
-    #: reason the leaderboard shows (e.g. a defense that needs the paper budget).
-    left_out: Mapping[str, str] = field(default_factory=dict)
-
-    def ratios_for(self, attack: str, dataset: str | None = None) -> tuple[float, ...]:
-        per_dataset = self.dataset_attack_ratios.get(dataset or "", {})
-        return tuple(per_dataset.get(attack, self.attack_ratios.get(attack, self.ratios)))
-
-    def all_ratios(self) -> list[float]:
-        nested = [r for rs in self.attack_ratios.values() for r in rs]
-        nested += [r for d in self.dataset_attack_ratios.values() for rs in d.values() for r in rs]
-        return [*self.ratios, *nested]
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    description: str
-    #: The published reference table this preset's protocol follows ("" for none), e.g.
-    #: "backdoorbench-preactresnet18"; ``bench reproduce`` compares its cells with that table.
-    reference: str
-    grid: Grid
-    models: Mapping[str, str]  # dataset -> model name, "default" for the rest
-    data: DataBudget
-    train: TrainConfig
-    resources: Resources
-    attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    defense_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    #: Requested numeric precision: "auto" | "fp32" | "bf16" (see ``bench.core.precision``).
-    precision: str = "auto"
-    #: Per-dataset training budgets replacing ``train`` (``[train.gtsrb]`` in the TOML).
-    dataset_train: Mapping[str, TrainConfig] = field(default_factory=dict)
-
-    def model_for(self, dataset: str) -> str:
-        return self.models.get(dataset, self.models["default"])
-
-    def train_for(self, dataset: str) -> TrainConfig:
-        return self.dataset_train.get(dataset, self.train)
 
 
 # --------------------------------------------------------------------------- loading

@@ -83,3 +83,26 @@ def test_case7_schema_covers_every_dataclass_field():
         # [grid.attack_ratios] (two shapes) and [grid.left_out] (a table) have their own checks
         fields -= {"attack_ratios", "dataset_attack_ratios", "left_out"}
         assert fields <= set(SCHEMA[section]), (section, fields - set(SCHEMA[section]))
+
+
+def test_one_declaration_per_key_drives_the_schema_and_the_dataclass():
+    """A key's rule is written once, on its dataclass field: the preset schema refuses a TOML
+    value with the same words the dataclass refuses it with when code builds it."""
+    import dataclasses
+
+    from bench.core.rules import RULE, rules_of
+    from bench.core.train import TrainConfig
+    from bench.grid.preset_schema import SCHEMA, validate_preset
+    from bench.grid.shapes import Grid
+    from bench.spec import DataBudget, Resources
+
+    for section, cls in (("grid", Grid), ("data", DataBudget), ("resources", Resources)):
+        assert SCHEMA[section] == rules_of(cls), section
+    assert {k: v for k, v in SCHEMA["train"].items() if k != "precision"} == rules_of(TrainConfig)
+    momentum = next(f for f in dataclasses.fields(TrainConfig) if f.name == "momentum")
+    problem = momentum.metadata[RULE].check(1.5)
+    assert problem == "must be a number in [0, 1]"
+    with pytest.raises(ValueError, match=r"momentum = 1\.5: must be a number in \[0, 1\]"):
+        TrainConfig(momentum=1.5)
+    with pytest.raises(BenchError, match=r"\[train\] momentum = 1\.5: must be a number in \[0, 1"):
+        validate_preset({"preset": {"name": "x"}, "train": {"momentum": 1.5}})

@@ -53,11 +53,11 @@ NOT_COLUMNS: dict[tuple[str, str], int | None] = {
     ("data/sources.py", "train"): None,
     ("data/archives.py", "train"): None,
     # CLI subcommands ("run", "data"), plugin kinds and a column header of `bench perf`.
-    ("cli/__init__.py", "run"): None,
-    ("cli/__init__.py", "data"): None,
-    ("cli/__init__.py", "attack"): None,
-    ("cli/__init__.py", "defense"): None,
-    ("cli/__init__.py", "model"): None,
+    ("cli/parser.py", "run"): None,  # command names
+    ("cli/parser.py", "data"): None,
+    ("cli/commands.py", "attack"): None,  # registry kinds
+    ("cli/commands.py", "defense"): None,
+    ("cli/commands.py", "model"): None,
     # The data directory's name; `git status`; a defense's required method and a tensor property.
     ("core/settings.py", "data"): None,
     ("core/versions.py", "status"): None,
