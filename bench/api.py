@@ -109,18 +109,6 @@ class Harness:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-#: Context members of earlier harness versions and what replaced them (for a helpful error).
-_REPLACED = {
-    "trainer": "ctx.fit(model, ...)",
-    "train_model": "model = ctx.make_model(); ctx.fit(model, ...)",
-    "require_clean_subset": "ctx.clean_subset",
-    "load_backdoored_model": "ctx.backdoored_model()",
-    "stage_cache": "ctx.shared_stage(...)",
-    "plain_backdoored_model": "ctx.supervised_model()",
-    "name": "self.name (the defense's own)",
-}
-
-
 # --------------------------------------------------------------------------- the context
 
 
@@ -156,10 +144,6 @@ class DefenseContext:
     _harness: Harness = field(repr=False, compare=False, kw_only=True)
 
     def __getattr__(self, name: str) -> Any:
-        if name in _REPLACED:
-            raise AttributeError(
-                f"DefenseContext.{name} is gone; use {_REPLACED[name]} (docs/plugins.md)"
-            )
         raise AttributeError(f"'DefenseContext' has no attribute {name!r} (docs/plugins.md)")
 
     # ----------------------------------------------------------------- resources

@@ -17,7 +17,7 @@ from bench.core.artifacts import ArtifactCache
 
 
 class CellStageCache:
-    """A :class:`defenses.base.StageCache` keyed by one cell's artifact spec."""
+    """A :class:`bench.api.StageCache` keyed by one cell's artifact spec."""
 
     def __init__(self, cell: Mapping[str, Any]):
         self.cell = dict(cell)

@@ -21,7 +21,7 @@ __all__ = ["PluginError", "check_component_class"]
 def check_component_class(cls: type, kind: str, where: str) -> None:
     """Static checks of an attack or defense class (attributes, types, parameters)."""
     from attacks.base import CLEAN_LABEL, POISON_LABEL
-    from defenses.base import NEEDS
+    from bench.api import NEEDS
 
     problems = []
     if not isinstance(getattr(cls, "name", None), str) or not cls.name:

@@ -40,7 +40,7 @@ class Entry:
 
     def load(self) -> type[Configurable]:
         from attacks.base import Attack
-        from defenses.base import Defense
+        from bench.api import Defense
 
         base = {"attack": Attack, "defense": Defense}[self.kind]
         where = f"{self.kind} {self.name!r} from package {self.package} ({self.target})"
