@@ -98,7 +98,7 @@ COLUMNS: tuple[RankColumn, ...] = (
 INTRO = (
     "Defenses by mean DER over this table's attacks (ties: higher mean CA), with what a mean "
     "hides: the worst-case ASR, the clean accuracy lost against no defense (points) and the "
-    "minutes to a defended model. The undefended baseline (`none`) is pinned first, unranked."
+    "minutes to a defended model. The undefended baseline (none) is pinned first, unranked."
 )
 
 
