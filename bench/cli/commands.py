@@ -26,7 +26,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.run import devices
     from bench.run.driver import choose_executor, run_grid
     from bench.run.plan import estimate, format_plan, plan_grid
-    from bench.run.preflight import check_resources, check_results_dir
+    from bench.run.preflight import (
+        check_file_size_limit,
+        check_free_space,
+        check_resources,
+        check_results_dir,
+        disk_places,
+    )
     from bench.store import ResultsStore
 
     preset = with_overrides(
@@ -69,6 +75,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # A dry run plans a grid for other hardware too (the paper preset on a laptop).
         log.warning("resources: %s (a real run stops here)", exc)
         resources = dataclasses.replace(resources, gpus_per_trial=0.0)
+    if not args.dry_run:  # before the data is decoded into the cache: nothing written yet
+        check_file_size_limit()
+        check_free_space(disk_places(_results_dir(args), executor))
     specs = expand_grid(preset)
     if args.compile:
         os.environ[settings.COMPILE_ENV] = "1"  # forwarded to the workers with every BENCH_*

@@ -19,6 +19,8 @@ OFFLINE_ENV = "BENCH_OFFLINE"
 COMPILE_ENV = "BENCH_COMPILE"
 #: "fp32" or "bf16": what precision "auto" resolves to (and the precision outside a trial).
 AUTO_PRECISION_ENV = "BENCH_AUTO_PRECISION"
+#: Free space (MB) a grid needs on each disk it writes to before it starts (default 1024).
+MIN_FREE_MB_ENV = "BENCH_MIN_FREE_MB"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,3 +61,7 @@ def offline() -> bool:
 
 def compile_models() -> bool:
     return os.environ.get(COMPILE_ENV, "").lower() in {"1", "true", "yes"}
+
+
+def min_free_mb() -> float:
+    return float(os.environ.get(MIN_FREE_MB_ENV, "1024"))

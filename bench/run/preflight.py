@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import os
+import resource
+import shutil
 import socket
 import tempfile
 from pathlib import Path
 
+from bench.core import settings
 from bench.errors import BenchError
 
 
@@ -108,3 +111,53 @@ def check_results_dir(path: Path) -> None:
             f"results directory {path} is not writable ({exc.strerror or exc}); fix its "
             "permissions or choose another with --results-dir"
         ) from exc
+
+
+#: The smallest file-size limit (``ulimit -f``) a grid can live with: the decoded dataset cache
+#: (150 MB for CIFAR-10's training split), checkpoints and Ray's session files.
+MIN_FILE_SIZE = 1 << 30
+
+
+def check_file_size_limit() -> None:
+    """A file-size limit below :data:`MIN_FILE_SIZE` is refused up front: past it a write kills
+    the process (SIGXFSZ) or fails half-way (Ray: "the node timed out during startup"; torch:
+    "unexpected pos"), never with a clear message."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and soft < MIN_FILE_SIZE:
+        raise BenchError(
+            f"the file-size limit (ulimit -f) is {soft // 1024:,} KB; the dataset cache, "
+            f"checkpoints and Ray's logs need files of up to {MIN_FILE_SIZE >> 20:,} MB: raise it "
+            "(`ulimit -f unlimited`) and rerun"
+        )
+
+
+def check_free_space(places: dict[str, Path]) -> None:
+    """Each disk the grid writes to (named by what goes there) has the free space
+    ``BENCH_MIN_FREE_MB`` asks for (1,024 MB by default): a full disk is refused before
+    anything runs, with where and how much, rather than as Ray's or torch's traceback."""
+    need = settings.min_free_mb()
+    short = []
+    for what, path in places.items():
+        existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+        free = shutil.disk_usage(existing).free / (1 << 20)
+        if free < need:
+            short.append(f"{free:,.0f} MB free on {existing} ({what})")
+    if short:
+        raise BenchError(
+            f"not enough disk space: {'; '.join(short)}; a grid needs {need:,.0f} MB on each. "
+            f"Free some space, or point the directory elsewhere (--results-dir, "
+            f"{settings.CACHE_DIR_ENV}, {settings.ARTIFACT_DIR_ENV}, RAY_TMPDIR); "
+            f"{settings.MIN_FREE_MB_ENV} sets the floor"
+        )
+
+
+def disk_places(results_dir: Path, executor: str) -> dict[str, Path]:
+    """Where a grid writes: its results, the decoded data, the artifacts, Ray's session."""
+    places = {
+        "results": results_dir,
+        "decoded data": settings.cache_dir(),
+        "artifacts": settings.artifacts_dir(),
+    }
+    if executor != "local":
+        places["Ray's session files"] = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()))
+    return places

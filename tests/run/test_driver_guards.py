@@ -4,6 +4,7 @@ resources, a non-Ray address, results-directory problems, a second driver, loopb
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -200,3 +201,54 @@ def test_case10_a_local_run_listens_on_loopback_only(tmp_path):
     # Case 9's last item: the trial's log says which artifacts it built.
     (trial_log,) = results.glob("runs/*/trials/*.log")
     assert "building artifact backdoored_model/" in trial_log.read_text()
+
+
+def test_a_file_size_limit_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    """Before: under `ulimit -f` Ray said "The current node timed out during startup" and the
+    local executor "[enforce fail at inline_container.cc:672] unexpected pos"."""
+    import resource
+
+    results = tmp_path / "results"
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # 1 MB
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from bench.cli import main; sys.exit(main())",
+         *SMOKE, "--results-dir", str(results)],
+        capture_output=True, text=True, preexec_fn=limit_files, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    err = done.stderr.strip()
+    assert len(err.splitlines()) == 1 and "ulimit -f" in err and "1,024 KB" in err, err
+    assert not results.exists()
+
+
+def test_a_full_disk_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """Before: Ray's `OSError: [Errno 28] No space left on device` traceback at start."""
+    monkeypatch.setenv("BENCH_MIN_FREE_MB", str(10**12))  # more than any disk holds
+    assert main([*SMOKE, "--results-dir", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not enough disk space" in err, err
+    assert "MB free on" in err and "(results)" in err and "BENCH_MIN_FREE_MB" in err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [(errno.ENOSPC, "the disk is full"), (errno.EFBIG, "file-size limit (ulimit -f)")],
+)
+def test_a_disk_that_fills_during_a_run_is_said_in_one_line(
+    code, said, tmp_path, monkeypatch, capsys
+):
+    from bench.run import driver
+
+    def fill(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "results" / "results.parquet"))
+
+    monkeypatch.setattr(driver, "run_grid", fill)
+    assert main([*SMOKE, "--results-dir", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and said in err and "results.parquet" in err, err
+    assert "Traceback" not in err
