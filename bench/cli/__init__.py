@@ -68,7 +68,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to finish the grid", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
