@@ -381,11 +381,16 @@ class Defense(Configurable, ABC):
             used where a preset has no ``[defenses.NAME]`` section (a section replaces them).
         reconstructed: True where no official code exists and the method is rebuilt from the
             paper (the leaderboard labels it).
+        revision: the code revision, part of the trial id from 2 on. Bump it whenever a change
+            alters what the defense does (its numbers), so a resumed grid reruns its rows instead
+            of answering "done" from older code's; a shared stage whose computation changed also
+            puts the revision into its ``shared_stage`` params. Refactors keep it.
     """
 
     kind: ClassVar[str] = "defense"
     needs: ClassVar[frozenset[str]] = frozenset({"poisoned_train"})
     reconstructed: ClassVar[bool] = False
+    revision: ClassVar[int] = 1
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     @abstractmethod

@@ -26,7 +26,7 @@ import pandas as pd
 from bench.errors import BenchError
 
 #: The schema new rows are written under; rows from older code keep theirs (0: before versioning).
-SCHEMA_VERSION = 4  # 2: data_hash; 3: defense_metrics; 4: attack_revision
+SCHEMA_VERSION = 5  # 2: data_hash; 3: defense_metrics; 4: attack_revision; 5: defense_revision
 
 # Column dtypes (pandas). Nullable ``Int64`` / ``boolean`` where a value can be unknown (an
 # error row has no counts); ``str`` columns hold "" where there is nothing to say.
@@ -139,6 +139,13 @@ class Col:
         COUNT,
         "the attack's code revision (Attack.revision; in the trial id from 2 on): a change to "
         "what an attack makes is another trial, and its caches are rebuilt",
+        spec=True,
+        default=1,
+    )
+    defense_revision = _col(
+        COUNT,
+        "the defense's code revision (Defense.revision; in the trial id from 2 on): a change to "
+        "what a defense does is another trial, so a resumed grid reruns it",
         spec=True,
         default=1,
     )

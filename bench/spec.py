@@ -69,6 +69,8 @@ class TrialSpec:
     data_hash: str = ""
     #: The attack's code revision (``Attack.revision``): results of older code are other trials.
     attack_revision: int = 1
+    #: The defense's code revision (``Defense.revision``): results of older code are other trials.
+    defense_revision: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.canonical())
@@ -78,8 +80,9 @@ class TrialSpec:
         cached = self.__dict__.get("_canonical")
         if cached is None:
             spec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-            if spec[schema.Col.attack_revision] == 1:  # absent at 1: older ids stay valid
-                del spec[schema.Col.attack_revision]
+            for revision in (schema.Col.attack_revision, schema.Col.defense_revision):
+                if spec[revision] == 1:  # absent at 1: older ids stay valid
+                    del spec[revision]
             cached = json.dumps(spec, sort_keys=True, separators=(",", ":"))
             object.__setattr__(self, "_canonical", cached)  # a cache, not a field
         return cached

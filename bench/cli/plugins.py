@@ -183,6 +183,9 @@ class {cls}(Defense):
     name = "{name}"
     # Ask for what you need: "poisoned_train" (always given), "clean_subset", "backdoored_model".
     needs = frozenset({{"poisoned_train"}})
+    # Bump whenever a change alters what the defense computes (not for refactors): the trial id
+    # holds it, so a resumed grid reruns your rows instead of keeping older code's numbers.
+    revision = 1
     # Your budgets for the harness's presets (tune them), used where a preset has no
     # [defenses.{name}] section of its own.
     presets = {{"smoke": {{"epochs_scale": 1.0}}, "quick": {{"epochs_scale": 1.0}}}}

@@ -67,6 +67,9 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
         raise BenchError(f"clean_fraction must be in (0, 1), got {grid.clean_fraction!r}")
     attack_params = {a: _resolved("attack", a, preset.attack_params) for a in attacks}
     revisions = {a: getattr(registry.get_entry("attack", a).load(), "revision", 1) for a in attacks}
+    defense_revisions = {
+        d: getattr(registry.get_entry("defense", d).load(), "revision", 1) for d in defenses
+    }
     needs = {d: registry.get_entry("defense", d).load().needs for d in defenses}
     defense_params = {
         d: _resolved("defense", d, preset.defense_params, preset.name) for d in defenses
@@ -106,6 +109,7 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
                 clean_fraction=grid.clean_fraction if "clean_subset" in needs[defense] else 0.0,
                 data_hash=data_hash[dataset],
                 attack_revision=revisions[attack],
+                defense_revision=defense_revisions[defense],
             )
         )
     return list({s.trial_id: s for s in specs}.values())  # a repeated value: each trial once

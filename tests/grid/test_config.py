@@ -46,6 +46,24 @@ def test_trial_id_is_stable_and_sensitive():
         assert dataclasses.replace(spec, **change).trial_id != spec.trial_id
 
 
+def test_a_new_defense_revision_is_another_trial(monkeypatch):
+    """Changed defense code (a bumped ``Defense.revision``) makes new trial ids, so a resumed
+    grid reruns that defense's rows instead of answering "done" from older code's."""
+    from bench.grid import registry
+
+    preset = with_overrides(load_preset("smoke"), attacks=["badnets"], defenses=["ibau", "none"])
+    before = {s.defense: s for s in expand_grid(preset)}
+    assert "defense_revision" not in before["ibau"].to_dict() or before["ibau"].defense_revision > 1
+    ibau = registry.get_entry("defense", "ibau").load()
+    monkeypatch.setattr(ibau, "revision", ibau.revision + 1)
+    after = {s.defense: s for s in expand_grid(preset)}
+    assert after["ibau"].defense_revision == ibau.revision
+    assert after["ibau"].trial_id != before["ibau"].trial_id
+    assert after["none"].trial_id == before["none"].trial_id  # other defenses keep their rows
+    rebuilt = TrialSpec.from_dict(after["ibau"].to_dict())
+    assert rebuilt.trial_id == after["ibau"].trial_id
+
+
 def test_resolved_params_include_defaults():
     spec = expand_grid(with_overrides(load_preset("smoke"), attacks=["blended"]))[0]
     assert spec.attack_params == {"alpha": 0.2, "key_seed": 0}
