@@ -127,6 +127,9 @@ class DefenseContext:
         allows_flip: whether horizontal flips are a valid augmentation (False on GTSRB).
         normalization_mean: the per-channel mean in [0, 1] the model normalises with: the colour
             that is 0 inside the model.
+        normalization_std: the per-channel std the model divides by: a step of 1 in the model's
+            normalised space is ``std`` in pixel space (for methods whose reference code works on
+            normalised tensors).
         train_config: the preset's training budget for this dataset.
         device: where training and inference run (cpu or cuda).
         seed: the trial's seed; derive randomness from it with ``rng(name)`` and
@@ -141,6 +144,7 @@ class DefenseContext:
     train_config: TrainConfig
     device: torch.device
     seed: int
+    normalization_std: tuple[float, ...] = (1.0, 1.0, 1.0)
     _harness: Harness = field(repr=False, compare=False, kw_only=True)
 
     def __getattr__(self, name: str) -> Any:

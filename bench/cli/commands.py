@@ -94,7 +94,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         import torch
 
         device = torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu")
+        from bench.grid.sources import settings_lines
+
         done = ResultsStore(results_dir / "results.parquet").ok_ids()
+        print("\n".join(settings_lines(preset, plan.runnable)))
         print(format_plan(plan, estimate(plan.runnable, resources, device), resources, done))
         return 0
     check_results_dir(results_dir)

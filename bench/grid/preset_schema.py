@@ -31,6 +31,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "name": Rule(string(non_empty=True).check, required=True),
         "description": string(),
         "reference": string(),  # a published-reference table the preset compares with; "" none
+        # where each method's settings come from, by method name (bench run --dry-run prints it)
+        "sources": Rule(lambda v: _string_table_problem(v)),
     },
     # [grid.attack_ratios] (two shapes, names to resolve) and [grid.left_out] are checked apart.
     "grid": rules_of(Grid),
@@ -65,6 +67,13 @@ def validate_preset(raw: Mapping[str, Any], where: str = "preset") -> None:
             problems += _component_problems(kind, raw[f"{kind}s"])
     if problems:
         raise BenchError(f"{where}: " + "; ".join(problems))
+
+
+def _string_table_problem(value: Any) -> str | None:
+    if not isinstance(value, Mapping):
+        return 'must be a table of method name = "where its settings come from"'
+    bad = [k for k, v in value.items() if not isinstance(v, str)]
+    return f"must hold strings; {bad} do not" if bad else None
 
 
 def _section_problems(section: str, table: Mapping[str, Any]) -> list[str]:

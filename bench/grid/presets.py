@@ -23,7 +23,7 @@ PRESET_DIR = Path(__file__).parent.parent / "presets"
 # --------------------------------------------------------------------------- loading
 
 _SECTIONS = {
-    "preset": {"name", "description", "reference"},
+    "preset": {"name", "description", "reference", "sources"},
     "grid": {f.name for f in dataclasses.fields(Grid)},
     "models": None,  # free-form mapping
     "data": {f.name for f in dataclasses.fields(DataBudget)},
@@ -40,18 +40,51 @@ def builtin_presets() -> list[str]:
 
 def load_preset(name_or_path: str | Path) -> Preset:
     """A built-in preset by name, or a preset TOML file by path."""
+    path = _preset_path(name_or_path)
+    return parse_preset(read_preset(path), where=str(path))
+
+
+def _preset_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if not path.suffix:
         if str(name_or_path) not in builtin_presets():
             raise unknown_name_error("preset", str(name_or_path), builtin_presets())
         path = PRESET_DIR / f"{name_or_path}.toml"
+    return path
+
+
+def read_preset(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset file's TOML, with ``[preset] extends = "<preset>"`` resolved: the base preset's
+    sections, each key of which the extending file's same section replaces (so an extending
+    ``[defenses.abl]``, even empty, replaces the base's ABL settings wholesale). ``[preset]``
+    itself (name, description, reference, sources) is never inherited."""
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise BenchError(f"preset file {path} does not exist") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise BenchError(f"cannot read preset file {path}: {exc}") from exc
-    return parse_preset(raw, where=str(path))
+    meta = raw.get("preset", {})
+    base_name = meta.get("extends") if isinstance(meta, Mapping) else None
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str) or not base_name:
+        raise BenchError(f"{path}: [preset] extends must name a preset, got {base_name!r}")
+    base_path = (
+        (path.parent / base_name) if Path(base_name).suffix else _preset_path(base_name)
+    ).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise BenchError(f"{path}: [preset] extends {base_name!r} makes a cycle")
+    base = read_preset(base_path, (*_seen, path.resolve()))
+    merged = {section: dict(table) for section, table in base.items()}
+    for section, table in raw.items():
+        if isinstance(table, Mapping) and isinstance(merged.get(section), Mapping):
+            merged[section] = {**merged[section], **table}
+        else:
+            merged[section] = table
+    # [preset] is the file's own: its name, and whether it follows a reference is not inherited
+    merged["preset"] = {k: v for k, v in raw["preset"].items() if k != "extends"}
+    return merged
 
 
 def parse_preset(raw: Mapping[str, Any], where: str = "preset") -> Preset:
@@ -96,6 +129,7 @@ def parse_preset(raw: Mapping[str, Any], where: str = "preset") -> Preset:
             name=str(meta["name"]),
             description=str(meta.get("description", "")),
             reference=str(meta.get("reference", "")),
+            sources=dict(meta.get("sources", {})),
             grid=Grid(**grid_raw),
             models=models,
             data=DataBudget(**raw.get("data", {})),

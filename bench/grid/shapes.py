@@ -64,6 +64,8 @@ class Preset:
     precision: str = "auto"
     #: Per-dataset training budgets replacing ``train`` (``[train.gtsrb]`` in the TOML).
     dataset_train: Mapping[str, TrainConfig] = field(default_factory=dict)
+    #: Where each method's settings come from, by method name (``[preset.sources]``).
+    sources: Mapping[str, str] = field(default_factory=dict)
 
     def model_for(self, dataset: str) -> str:
         return self.models.get(dataset, self.models["default"])

@@ -124,3 +124,28 @@ def test_planning_a_grid_costs_per_cell_work_once_not_per_trial(monkeypatch):
     assert spec.canonical() is first  # serialised once
     assert TrialSpec.from_dict(spec.to_dict()).trial_id == spec.trial_id
     assert dataclasses.replace(spec, seed=99).trial_id != spec.trial_id
+
+
+def test_a_preset_extends_another_section_by_section(tmp_path):
+    """``[preset] extends``: the base's sections, each key replaced by the extending file's; a
+    method table named again (even empty) replaces the base's wholesale; [preset] is not
+    inherited (an extending preset follows no reference unless it says so)."""
+    (tmp_path / "base.toml").write_text(
+        '[preset]\nname = "base"\nreference = "backdoorbench-preactresnet18"\n'
+        '[preset.sources]\nabl = "somewhere"\n'
+        '[grid]\ndatasets = ["cifar10"]\nattacks = ["badnets"]\ndefenses = ["abl"]\n'
+        "ratios = [0.1]\nseeds = [0]\n[train]\nepochs = 3\nlr = 0.05\n"
+        "[defenses.abl]\nisolation_lr = 0.01\nunlearning_epochs = 20\n"
+    )
+    (tmp_path / "child.toml").write_text(
+        '[preset]\nname = "child"\nextends = "base.toml"\n[train]\nepochs = 5\n[defenses.abl]\n'
+    )
+    base, child = load_preset(tmp_path / "base.toml"), load_preset(tmp_path / "child.toml")
+    assert (child.train.epochs, child.train.lr) == (5, 0.05)
+    assert child.grid == base.grid
+    assert base.defense_params["abl"] == {"isolation_lr": 0.01, "unlearning_epochs": 20}
+    assert child.defense_params["abl"] == {}
+    assert (child.reference, child.sources) == ("", {})
+    (tmp_path / "loop.toml").write_text('[preset]\nname = "loop"\nextends = "loop.toml"\n')
+    with pytest.raises(BenchError, match="cycle"):
+        load_preset(tmp_path / "loop.toml")

@@ -47,6 +47,8 @@ NOT_COLUMNS: dict[tuple[str, str], int | None] = {
     ("grid/expand.py", "attack"): None,  # registry kinds and error messages
     ("grid/expand.py", "defense"): None,
     ("grid/expand.py", "model"): None,
+    ("grid/sources.py", "attack"): None,  # registry kinds
+    ("grid/sources.py", "defense"): None,
     # Dataset splits and the registry's name for datasets.
     ("data/datasets.py", "train"): None,
     ("data/datasets.py", "dataset"): None,

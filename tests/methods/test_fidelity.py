@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.api import LabelledImages
 from bench.core import precision
 from bench.core.models import build_model
 from bench.core.train import Augment, Batch, TrainConfig, Trainer, augment_batch
@@ -17,10 +18,11 @@ from bench.grid import registry
 from bench.grid.expand import expand_grid
 from bench.grid.presets import load_preset, with_overrides
 from bench.run.plan import plan_grid
+from bench.trial.defend import defense_context
 from bench.trial.pipeline import run_trial
 from defenses.abl import ABL
 from defenses.dbd import LinearProbe
-from defenses.ibau import IBAU
+from defenses.ibau import IBAU, adversarial_loss
 from defenses.shared import GradientAscent
 from defenses.ssl import gaussian_blur
 
@@ -101,16 +103,88 @@ def test_the_ascent_continues_the_fine_tuning_optimiser():
 
 def test_ibau_projects_the_perturbation_once_after_the_pass():
     """The official notebooks scale delta into the L2 ball once, after the warm-start pass;
-    projecting after every SGD step changes the path and the result."""
+    projecting after every SGD step changes the path and the result. defense.py and BackdoorBench
+    comment the projection out: the default is none."""
+    assert IBAU().params.delta_radius == 0
     torch.manual_seed(0)
     model = build_model("cnn_small", 10).eval()
     x = torch.rand(40, 3, 32, 32)
     batches = [(x[i : i + 10], torch.zeros(10, dtype=torch.long)) for i in range(0, 40, 10)]
-    defense = IBAU(delta_radius=0.05, delta_lr=10.0)
-    got = defense.universal_perturbation(model, batches, x.shape[1:])
-    free = IBAU(delta_radius=0.0, delta_lr=10.0).universal_perturbation(model, batches, x.shape[1:])
+    one = torch.ones(())
+    got = IBAU(delta_radius=0.05).universal_perturbation(model, batches, one)
+    free = IBAU().universal_perturbation(model, batches, one)
     assert free.norm() > 0.1  # the pass leaves the ball, so the projection matters
     assert torch.allclose(got, free * 0.05 / free.norm(), atol=1e-6)
+
+
+class _Recorder(nn.Module):
+    """A linear model that records every input it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.net(x)
+
+
+def _ibau_context(n: int, **fields):
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(n) % 10
+    clean = LabelledImages(images, labels)
+    return defense_context(
+        clean, num_classes=10, make_model=lambda: _Recorder(), device=CPU, defense="ibau",
+        clean_subset=clean, **fields,
+    ), clean  # fmt: skip
+
+
+def test_ibau_perturbs_exactly_int_portion_of_each_batch():
+    """Both codes add delta to ``random.sample(range(B), int(0.01 * B))`` images of a batch:
+    exactly 2 of 256 (BackdoorBench), 1 of 100 (official), none of a last batch under 100."""
+    for batch, n, expected in ((256, 512, [2, 2]), (100, 250, [1, 1, 0])):
+        ctx, clean = _ibau_context(n)
+        model = _Recorder().eval()
+        IBAU(rounds=1, fixed_point_iterations=1, batch_size=batch).unlearn(ctx, model, clean)
+        batches = IBAU(batch_size=batch).clean_batches(ctx, clean, 0)
+        # forwards: the warm start's two per batch, then per batch the outer loss's and the
+        # inner loss's (x + m * delta, then the first batch + delta)
+        outer = model.seen[2 * len(batches) :: 2]
+        hits = [
+            int((seen - x).flatten(1).abs().sum(1).gt(0).sum())
+            for (x, _), seen in zip(batches, outer, strict=True)
+        ]
+        assert hits == expected, (batch, hits)
+
+
+def test_ibau_normalised_delta_moves_pixels_by_std():
+    """BackdoorBench keeps delta in the normalised input: in pixels it is std * delta."""
+    std = (0.247, 0.243, 0.261)
+    ctx, clean = _ibau_context(100, normalization_std=std)
+    batches = IBAU().clean_batches(ctx, clean, 0)
+    torch.manual_seed(0)
+    model = _Recorder().eval()
+    scale = torch.tensor(std).view(1, -1, 1, 1)
+    delta = IBAU(delta_space="normalised").universal_perturbation(model, batches, scale)
+    x = batches[0][0]
+    adversarial_loss(model, x, torch.zeros(len(x), dtype=torch.long), 0.0, scale)(delta)
+    assert delta.abs().max() > 0
+    assert torch.allclose(model.seen[-1] - x, scale * delta, atol=1e-6)
+
+
+def test_ibau_clean_batches_official_fixed_backdoorbench_shuffled_and_augmented():
+    ctx, clean = _ibau_context(300)
+    fixed = IBAU(batch_size=100)
+    a, b = fixed.clean_batches(ctx, clean, 0), fixed.clean_batches(ctx, clean, 1)
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b, strict=True))
+    assert torch.equal(a[0][0], clean.images[:100].float() / 255)  # in order, unaugmented
+    shuffled = IBAU(batch_size=100, clean_order="shuffled")
+    c, d = shuffled.clean_batches(ctx, clean, 0), shuffled.clean_batches(ctx, clean, 1)
+    assert not torch.equal(c[0][1], d[0][1])  # another order per draw
+    assert sorted(torch.cat([y for _, y in c]).tolist()) == sorted(clean.labels.tolist())
+    assert not any(torch.equal(c[0][0][i], a[0][0][j]) for i in range(3) for j in range(100))
 
 
 # --------------------------------------------------------------------------- DBD

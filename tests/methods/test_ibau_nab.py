@@ -33,7 +33,7 @@ def test_hypergradient_matches_finite_differences_on_a_tiny_model():
     reg, step = 2.0, 0.1  # strongly convex inner problem: Phi is a contraction
 
     def inner(d):
-        return adversarial_loss(model, x0, y0, reg)(d)
+        return adversarial_loss(model, x0, y0, reg, torch.ones(()))(d)
 
     def outer(d):
         return F.cross_entropy(model(x + d), y)
