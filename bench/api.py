@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from bench.core.limits import check_time_limit
-from bench.core.params import Configurable, require_choice
+from bench.core.params import Configurable, added_later, require_choice
 from bench.core.seeding import seeded_rng, stream_seed
 from bench.core.train import (
     Augment,
@@ -52,6 +52,7 @@ __all__ = [
     "TrainConfig",
     "TrainHooks",
     "TrainStats",
+    "added_later",
     "augment_batch",
     "autocast",
     "predict",

@@ -12,6 +12,8 @@ Default mode ``sequential`` is the official code (bboylyg/ABL; spec 2.4):
      of 60, crop + flip + Cutout(1, 3);
   C. gradient ascent on the isolated 1% with the same optimiser (its momentum carries over),
      lr 5e-4, no augmentation, BatchNorm in train mode.
+BackdoorBench's runs (the ``paper`` preset) differ in settings only: isolation lr 0.01, batch 256,
+fine-tuning lr 0.01 without Cutout, 20 ascent epochs at lr 1e-4 on cropped and flipped samples.
 The paper's per-sample LGA is ``isolation_loss="lga"``, its joint descend/ascend loss
 ``mode="joint"``. Every remaining difference from the official code is listed in DEVIATIONS.md.
 """
@@ -21,7 +23,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bench.api import Augment, Defense, DefenseContext, DefenseOutput, TrainConfig, require_choice
+from bench.api import (
+    Augment,
+    Defense,
+    DefenseContext,
+    DefenseOutput,
+    TrainConfig,
+    added_later,
+    require_choice,
+)
 from defenses.shared import GradientAscent, JointUnlearning, complement, isolate_by_loss
 
 #: Isolation lr where ``isolation_lr`` is 0: the official 0.1, except GTSRB, which the official
@@ -57,6 +67,9 @@ class ABL(Defense):
         # stop once at most this fraction of isolated samples keeps its label; 0: never
         unlearning_stop_accuracy: float = 0.0
         unlearning_bn: str = "train"  # "train" (official, BackdoorBench) | "frozen"
+        # crop + flip of the isolated samples during ascent: BackdoorBench (its training
+        # transform); the official code ascends on them unaugmented
+        unlearning_augment: bool = added_later(False)
         batch_size: int = 128
         weight_decay: float = 1e-4
 
@@ -137,7 +150,8 @@ class ABL(Defense):
                     freeze_bn=p.unlearning_bn == "frozen",
                 )
                 stats = ctx.fit(
-                    model, config=ascent, stream="unlearning", augment=False, indices=isolated,
+                    model, config=ascent, stream="unlearning", indices=isolated,
+                    augment=Augment() if p.unlearning_augment else False,
                     hooks=hooks, optimizer_state=optimizer_state,
                 )  # fmt: skip
                 ctx.log(

@@ -26,7 +26,25 @@ class Configurable:
         self.params = build_params(type(self), overrides)
 
     def describe(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.params)
+        """The parameters as the trial id and the row hold them: every field, except one
+        declared with :func:`added_later` that holds its default."""
+        values = dataclasses.asdict(self.params)
+        for f in dataclasses.fields(self.params):
+            if f.metadata.get(ADDED_LATER) and values[f.name] == f.default:
+                del values[f.name]
+        return values
+
+
+#: Field-metadata key of a parameter declared with :func:`added_later`.
+ADDED_LATER = "bench.added_later"
+
+
+def added_later(default: Any) -> Any:
+    """A parameter added to a method after results were recorded, whose ``default`` keeps the
+    method's earlier behaviour: absent from the trial id at that default, so the recorded rows
+    stay valid (as a revision is absent at 1); any other value is another trial. A parameter
+    that changes what the defaults compute is no such case: bump the revision instead."""
+    return dataclasses.field(default=default, metadata={ADDED_LATER: True})
 
 
 def require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

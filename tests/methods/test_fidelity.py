@@ -16,7 +16,7 @@ from bench.core.models import build_model
 from bench.core.train import Augment, Batch, TrainConfig, Trainer, augment_batch
 from bench.grid import registry
 from bench.grid.expand import expand_grid
-from bench.grid.presets import load_preset, with_overrides
+from bench.grid.presets import builtin_presets, load_preset, with_overrides
 from bench.run.plan import plan_grid
 from bench.trial.defend import defense_context
 from bench.trial.pipeline import run_trial
@@ -290,16 +290,22 @@ def test_clean_label_cells_the_target_class_cannot_supply_are_skipped_with_the_r
     assert skipped.spec.attack == "sig" and "target class" in skipped.reason
 
 
-@pytest.mark.parametrize("preset", ["smoke", "quick", "paper"])
+@pytest.mark.parametrize("preset", builtin_presets())
 def test_every_builtin_preset_dry_runs_on_the_shipped_data(preset, tmp_path, capsys):
+    """Every built-in preset starts, and its dry run says where each defense's settings come
+    from (the paper preset: BackdoorBench's runs for ABL, I-BAU and DBD)."""
     from bench.cli import main
 
     assert main(["run", "--preset", preset, "--dry-run", "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "trials to run" in out and "Estimated compute" in out
     assert not (tmp_path / "results.parquet").exists()  # nothing ran, nothing was written
-    if preset == "paper":
+    assert f"settings of preset {preset}:" in out and "  defense none: no defense" in out
+    if preset.startswith("paper"):
         assert "gtsrb" in out and "sig" in out  # GTSRB clean-label cells at 0.5% run
+        source = "BackdoorBench's runs" if preset == "paper" else "the official code"
+        for defense in ("abl", "ibau", "dbd"):
+            assert f"  defense {defense}: {source}" in out
 
 
 def test_a_preset_leaves_out_a_defense_with_its_reason_unless_asked_for(tmp_path):
