@@ -386,6 +386,10 @@ class Defense(Configurable, ABC):
             used where a preset has no ``[defenses.NAME]`` section (a section replaces them).
         reconstructed: True where no official code exists and the method is rebuilt from the
             paper (the leaderboard labels it).
+        reference_name: the name published reference tables give this method (in the harness's
+            vocabulary, after a reference's own renaming: "ibau"), or None where it has no
+            published counterpart. ``bench reproduce`` compares a row with a published cell only
+            under this name, never by the registry name alone.
         revision: the code revision, part of the trial id from 2 on. Bump it whenever a change
             alters what the defense does (its numbers), so a resumed grid reruns its rows instead
             of answering "done" from older code's; a shared stage whose computation changed also
@@ -396,6 +400,7 @@ class Defense(Configurable, ABC):
     needs: ClassVar[frozenset[str]] = frozenset({"poisoned_train"})
     reconstructed: ClassVar[bool] = False
     revision: ClassVar[int] = 1
+    reference_name: ClassVar[str | None] = None
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     @abstractmethod

@@ -25,8 +25,12 @@ import pandas as pd
 
 from bench.errors import BenchError
 
+#: The distribution of the built-in attacks and defenses.
+BUILTIN_PACKAGE = "backdoor-leaderboard"
+
 #: The schema new rows are written under; rows from older code keep theirs (0: before versioning).
-SCHEMA_VERSION = 5  # 2: data_hash; 3: defense_metrics; 4: attack_revision; 5: defense_revision
+SCHEMA_VERSION = 6  # 2: data_hash; 3: defense_metrics; 4: attack_revision; 5: defense_revision;
+# 6: defense_reference_name
 
 # Column dtypes (pandas). Nullable ``Int64`` / ``boolean`` where a value can be unknown (an
 # error row has no counts); ``str`` columns hold "" where there is nothing to say.
@@ -193,6 +197,12 @@ class Col:
     defense_package = _col(STR, "distribution providing the defense")
     defense_version = _col(STR, "its version")
     defense_reconstructed = _col(MAYBE_BOOL, "rebuilt from the paper (no official code)")
+    defense_reference_name = _col(
+        STR,
+        "the name published references give this defense (Defense.reference_name; '' none): "
+        "bench reproduce matches a row with a published cell under this name only, never by "
+        "the bare registry name (rows older than the column: a built-in's own name)",
+    )
     # Caches
     poisoned_sets_cache = _col(STR, "the cell's poisoned sets: 'built' or 'hit'")
     backdoored_model_cache = _col(STR, "the undefended model: 'built', 'hit' or '' (not used)")
@@ -302,6 +312,10 @@ def upgrade(df: pd.DataFrame) -> pd.DataFrame:
             continue
         if c.name == Col.config_id and Col.spec in df:
             df[c.name] = _config_ids(df)  # derived: old rows still group by parameter version
+        elif c.name == Col.defense_reference_name and Col.defense in df:
+            package = df.get(Col.defense_package, pd.Series("", index=df.index)).fillna("")
+            builtin = package.isin(["", BUILTIN_PACKAGE])
+            df[c.name] = df[Col.defense].where(builtin, "")  # built-ins were their own names
         else:
             df[c.name] = pd.Series(c.fill_value, index=df.index)
     for c in COLUMNS:

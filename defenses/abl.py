@@ -41,6 +41,7 @@ ISOLATION_LR = {"gtsrb": 0.01}
 
 class ABL(Defense):
     name = "abl"
+    reference_name = "abl"  # BackdoorBench's table lists it
     needs = frozenset({"poisoned_train"})
 
     @dataclass(frozen=True)

@@ -125,6 +125,7 @@ LAMBDA_U = {"cifar10": 15.0}
 
 class DBD(Defense):
     name = "dbd"
+    reference_name = "dbd"  # BackdoorBench's table lists it
     needs = frozenset({"poisoned_train"})
 
     @dataclass(frozen=True)

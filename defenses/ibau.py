@@ -101,6 +101,7 @@ def adversarial_loss(
 
 class IBAU(Defense):
     name = "ibau"
+    reference_name = "ibau"  # BackdoorBench's "i-bau" (renamed by the reference's sidecar)
     needs = frozenset({"backdoored_model", "clean_subset"})
     # 2: delta on exactly int(portion * B) images (was a Bernoulli share), no L2 projection by
     # default (defense.py comments it out), BackdoorBench's delta space, batches and optimiser

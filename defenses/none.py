@@ -11,6 +11,7 @@ from bench.api import Defense, DefenseContext, DefenseOutput, TrainConfig
 
 class NoDefense(Defense):
     name = "none"
+    reference_name = "none"  # BackdoorBench's "no defense"
     needs = frozenset({"poisoned_train", "backdoored_model"})
 
     def cost_epochs(self, budget: TrainConfig, clean_fraction: float, n_train: int) -> float:

@@ -311,3 +311,22 @@ class MixMatch(TrainHooks):
         self.step += 1
         ramp = min(1.0, self.step / self.rampup_steps)
         return supervised + self.lambda_u * ramp * unsupervised
+
+
+# --------------------------------------------------------------------------- clean fine-tuning
+
+
+def clean_finetuning(epochs: int, lr: float, batch_size: int, weight_decay: float) -> TrainConfig:
+    """BackdoorBench's post-training recipe on the clean subset (FT, FP, NAD's teacher, NC's
+    unlearning): SGD momentum 0.9 without nesterov, a cosine over ``epochs`` from ``lr``, no
+    warm-up; the trainer crops and flips as BackdoorBench's training transform does."""
+    return TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        momentum=0.9,
+        weight_decay=weight_decay,
+        nesterov=False,
+        schedule="cosine",
+        warmup_fraction=0.0,
+    )

@@ -186,6 +186,9 @@ class {cls}(Defense):
     # Bump whenever a change alters what the defense computes (not for refactors): the trial id
     # holds it, so a resumed grid reruns your rows instead of keeping older code's numbers.
     revision = 1
+    # The name published reference tables give this method (e.g. "nad" for BackdoorBench's NAD),
+    # or None: bench reproduce compares your rows with published cells only under this name.
+    reference_name = None
     # Your budgets for the harness's presets (tune them), used where a preset has no
     # [defenses.{name}] section of its own.
     presets = {{"smoke": {{"epochs_scale": 1.0}}, "quick": {{"epochs_scale": 1.0}}}}

@@ -51,6 +51,13 @@ class ClassifierNet(nn.Module):
         channels of ``features`` before this call prunes them."""
         raise NotImplementedError
 
+    def stage_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every stage's output, in order, named ``stage1``, ``stage2``, ...: the (N, C, h, w)
+        maps attention-distillation, pruning and neuron-perturbation defenses work on. The last
+        one is :meth:`feature_map`'s, so ``classify(maps[last])`` gives the logits in the same
+        forward pass."""
+        raise NotImplementedError
+
     @property
     def head(self) -> nn.Module:
         """The final classifier layer: ``nn.Linear(C, num_classes)``, C the feature channels."""
@@ -84,6 +91,10 @@ class Normalized(ClassifierNet):
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.classify(features)
+
+    def stage_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every stage's output for images in [0, 1] (see :class:`ClassifierNet`)."""
+        return self.net.stage_maps((x - self.mean) * self.inv_std)
 
     @property
     def head(self) -> nn.Module:
@@ -145,6 +156,16 @@ class SmallCNN(ClassifierNet):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    def stage_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A stage's output is its last conv's (before the max-pooling into the next)."""
+        maps: dict[str, torch.Tensor] = {}
+        for layer in self.features:
+            if isinstance(layer, nn.MaxPool2d):
+                maps[f"stage{len(maps) + 1}"] = x
+            x = layer(x)
+        maps[f"stage{len(maps) + 1}"] = x
+        return maps
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(self.pool(features))
@@ -232,6 +253,16 @@ class CifarResNet(ClassifierNet):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.head_act(self.layers(self.stem_act(self.conv1(x))))
+
+    def stage_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outputs of ResNet's layer1..layer4 (two blocks each), named stage1..stage4."""
+        x = self.stem_act(self.conv1(x))
+        maps = {}
+        for i in range(0, len(self.layers), 2):
+            x = self.layers[i + 1](self.layers[i](x))
+            maps[f"stage{i // 2 + 1}"] = x
+        maps[f"stage{len(maps)}"] = self.head_act(x)
+        return maps
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(torch.flatten(self.pool(features), 1))

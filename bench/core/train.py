@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,9 @@ class Batch:
     idx: torch.Tensor
     #: Per-sample target distributions, for hooks that train on soft labels (MixMatch).
     soft_targets: torch.Tensor | None = None
+    #: The model's stage maps for ``x`` from the forward that made the logits (``stage1``, ...;
+    #: see ``ClassifierNet.stage_maps``), where the hooks ask for them (``wants_stages``).
+    stages: dict[str, torch.Tensor] | None = None
 
 
 class TrainHooks:
@@ -124,13 +127,20 @@ class TrainHooks:
     #: True for hooks that augment each batch themselves in ``transform_batch`` (e.g. an
     #: attacker's post-poisoning augmentation): the trainer then crops and flips nothing.
     replaces_augmentation: bool = False
+    #: True for hooks whose ``loss`` needs the model's intermediate maps: the trainer then runs
+    #: the forward through ``model.stage_maps`` (one pass, under the same autocast as the logits)
+    #: and hands them over in ``batch.stages``.
+    wants_stages: bool = False
 
     def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
         """Change a batch after augmentation (training-controlled attacks poison here)."""
         return batch
 
     def loss(self, logits: torch.Tensor, batch: Batch, config: TrainConfig) -> torch.Tensor:
-        """The scalar loss to minimise. Defenses can weight or reshape per-sample losses here."""
+        """The scalar loss to minimise. Defenses can weight or reshape per-sample losses here.
+        ``logits`` (float32) come from the model being trained, in train mode, on ``batch.x``
+        under the precision's autocast; ``batch.stages`` holds that forward's stage maps when
+        ``wants_stages`` is set."""
         return F.cross_entropy(logits, batch.y, label_smoothing=config.label_smoothing)
 
     def on_train_start(self, model: nn.Module) -> None:
@@ -327,7 +337,12 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
                 batch = hooks.transform_batch(Batch(x, labels[idx], idx), gen)
                 with autocast(dev):
-                    logits = net(batch.x)
+                    if hooks.wants_stages:
+                        stages = model.stage_maps(batch.x)
+                        logits = model.classify(next(reversed(stages.values())))
+                        batch = replace(batch, stages=stages)
+                    else:
+                        logits = net(batch.x)
                 loss = hooks.loss(logits.float(), batch, config)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -18,9 +18,9 @@ from bench.core.params import Configurable
 from bench.core.settings import PROJECT_ROOT
 from bench.errors import BenchError, unknown_name_error
 from bench.grid.checks import check_component_class
+from bench.schema import BUILTIN_PACKAGE
 
 GROUPS = {"attack": "bench.attacks", "defense": "bench.defenses"}
-BUILTIN_PACKAGE = "backdoor-leaderboard"
 
 
 @dataclass(frozen=True)

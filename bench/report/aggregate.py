@@ -238,6 +238,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
                 "reconstructed": bool(g["reconstructed"].iloc[0]),
                 Col.defense_package: g[Col.defense_package].iloc[0],
                 Col.defense_version: g[Col.defense_version].iloc[0],
+                Col.defense_reference_name: g[Col.defense_reference_name].iloc[0],
                 Col.model: ", ".join(sorted(g[Col.model].unique())),
                 Col.data_source: "; ".join(sorted(g[Col.data_source].dropna().unique())),
                 Col.device: "; ".join(sorted(g[Col.device].dropna().unique())),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.schema import BUILTIN_PACKAGE
+
 #: Attack families, in the order the report shows them.
 STATIC_POISON_LABEL = "static poison-label"
 CLEAN_LABEL = "clean-label"
@@ -134,6 +136,43 @@ DEFENSES: dict[str, Method] = {
         "https://arxiv.org/abs/2202.03423",
         "https://github.com/SCLBD/DBD",
     ),
+    # The baselines, as BackdoorBench implements them (its code is their reference).
+    "ft": Method(
+        "Fine-tuning on clean data (baseline)",
+        "BackdoorBench, NeurIPS 2022 Datasets and Benchmarks",
+        "https://arxiv.org/abs/2206.12654",
+        "https://github.com/SCLBD/BackdoorBench",
+    ),
+    "fp": Method(
+        "Fine-Pruning: Defending Against Backdooring Attacks on Deep Neural Networks",
+        "Liu et al., RAID 2018",
+        "https://arxiv.org/abs/1805.12185",
+        "https://github.com/SCLBD/BackdoorBench",
+    ),
+    "nad": Method(
+        "Neural Attention Distillation: Erasing Backdoor Triggers from Deep Neural Networks",
+        "Li et al., ICLR 2021",
+        "https://arxiv.org/abs/2101.05930",
+        "https://github.com/bboylyg/NAD",
+    ),
+    "nc": Method(
+        "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks",
+        "Wang et al., IEEE S&P 2019",
+        "https://doi.org/10.1109/SP.2019.00031",
+        "https://github.com/bolunwang/backdoor",
+    ),
+    "anp": Method(
+        "Adversarial Neuron Pruning Purifies Backdoored Deep Models",
+        "Wu & Wang, NeurIPS 2021",
+        "https://arxiv.org/abs/2110.14430",
+        "https://github.com/csdongxian/ANP_backdoor",
+    ),
+    "clp": Method(
+        "Data-free Backdoor Removal based on Channel Lipschitzness",
+        "Zheng et al., ECCV 2022",
+        "https://arxiv.org/abs/2208.03111",
+        "https://github.com/rkteddy/channel-Lipschitzness-based-pruning",
+    ),
 }
 
 #: Family of each built-in attack (spec ``attacks.md`` §1).
@@ -142,7 +181,6 @@ BUILTIN_FAMILY = {
     **dict.fromkeys(("sig", "lc"), CLEAN_LABEL),
     **dict.fromkeys(("wanet", "iad", "bpp"), TRAINING_CONTROLLED),
 }
-BUILTIN_PACKAGE = "backdoor-leaderboard"
 
 
 def family(attack: str, attack_mode: str = "", package: str = "") -> str:

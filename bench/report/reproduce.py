@@ -81,10 +81,12 @@ def compare(df: pd.DataFrame, reference: Reference) -> list[Comparison]:
     if agg.empty:
         return []
     published = reference.table.drop(columns=[Col.model])
-    ours = agg.assign(_ratio=agg[Col.ratio].round(6))
+    # A row meets a published cell under the name its defense declares (reference_name), never
+    # by its bare registry name: a plugin called "nad" is not BackdoorBench's NAD unless it says so.
+    ours = agg.assign(_ratio=agg[Col.ratio].round(6), _published=agg[Col.defense_reference_name])
     matched = ours.merge(
-        published.rename(columns={Col.ratio: "_ratio"}),
-        on=[*(k for k in KEY if k != Col.ratio), "_ratio"],
+        published.rename(columns={Col.ratio: "_ratio", Col.defense: "_published"}),
+        on=[*(k for k in KEY if k not in (Col.ratio, Col.defense)), "_ratio", "_published"],
         how="left",
         suffixes=("", PUB),
         indicator=True,
@@ -92,7 +94,9 @@ def compare(df: pd.DataFrame, reference: Reference) -> list[Comparison]:
     matched["_comparable"] = matched[Col.reference] == reference.name
     out = []
     for (preset, comparable), cells in matched.groupby([Col.preset, "_comparable"], sort=True):
-        found = cells[cells["_merge"] == "both"].drop(columns=["_merge", "_ratio", "_comparable"])
+        found = cells[cells["_merge"] == "both"].drop(
+            columns=["_merge", "_ratio", "_comparable", "_published"]
+        )
         if comparable:
             d_ca = found[Col.ca] - found[Col.ca + PUB]
             d_asr = found[Col.asr] - found[Col.asr + PUB]

@@ -105,6 +105,12 @@ def component_columns(spec: TrialSpec) -> dict[str, Any]:
             continue
         columns[getattr(Col, f"{kind}_package")] = entry.package
         columns[getattr(Col, f"{kind}_version")] = entry.version
+        if kind == Col.defense:  # the registry's kind, named as the column
+            try:
+                reference_name = getattr(entry.load(), "reference_name", None)
+            except Exception:  # a plugin that fails to import: the trial itself says so
+                reference_name = None
+            columns[Col.defense_reference_name] = reference_name or ""
     return columns
 
 

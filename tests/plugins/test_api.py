@@ -261,6 +261,10 @@ def test_every_model_exposes_its_features_and_head(name):
         assert torch.equal(
             model.classify(features), model.head(model.net.pool(features).flatten(1))
         )
+        maps = model.stage_maps(x)  # named stages, in order, at 32, 16, 8 and 4 px
+        assert list(maps) == ["stage1", "stage2", "stage3", "stage4"]
+        assert [m.shape[-1] for m in maps.values()] == [32, 16, 8, 4]
+        assert torch.allclose(maps["stage4"], features) and maps["stage4"].shape == features.shape
 
 
 # --------------------------------------------------------------------------- metrics and budgets

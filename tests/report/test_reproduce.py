@@ -179,3 +179,28 @@ def test_a_missing_reference_is_reported_not_fatal_in_the_leaderboard(paper):
     assert result.comparisons == [] and "someone-elses-table" in result.missing
     text = reproduce.render_markdown(result)
     assert "Reference `someone-elses-table` named by the results is not available" in text
+
+
+def test_a_defense_meets_a_published_cell_only_under_the_name_it_declares():
+    """A plugin that happens to be called "nad" is not BackdoorBench's NAD unless its class
+    declares ``reference_name = "nad"``; the built-in does, and rows from before the column
+    (built-in package) keep their own names."""
+    ours = _cell("nad", "badnets", 0.80, 0.10, preset="quick", reference="")
+    plugin = {**ours, "trial_id": "p", "defense_package": "bench-nad", "defense_version": "0.1"}
+    builtin = {**ours, "defense_reference_name": "nad"}
+    declared = {**plugin, "trial_id": "d", "defense_reference_name": "nad"}
+    reference = references.load(BB)
+
+    def matched(row) -> int:
+        table = upgrade(
+            pd.DataFrame([row, _cell("none", "badnets", 0.8, 0.9, preset="quick", reference="")])
+        )
+        return sum(
+            len(c.cells[c.cells["defense"] == "nad"]) for c in reproduce.compare(table, reference)
+        )
+
+    assert matched(plugin) == 0  # a bare name never matches
+    assert matched(declared) == 1 and matched(builtin) == 1
+    old = {k: v for k, v in builtin.items() if k != "defense_reference_name"}
+    assert upgrade(pd.DataFrame([old]))["defense_reference_name"].tolist() == ["nad"]
+    assert upgrade(pd.DataFrame([plugin]))["defense_reference_name"].tolist() == [""]
