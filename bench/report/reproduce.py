@@ -165,6 +165,15 @@ def _reference_line(c: Comparison) -> str:
     return f"Reference: {c.reference.name}, {c.reference.title}{source}."
 
 
+def _settings_line(c: Comparison) -> str:
+    return (
+        f"Settings: preset {c.preset}'s; `bench run --preset {c.preset} --dry-run` prints where "
+        "each defense's come from (the built-in `paper` preset: the reference's own runs' "
+        "settings where they differ from the official code; `paper-official`: the official "
+        "code's), and DEVIATIONS.md what still differs."
+    )
+
+
 def _numeric(c: Comparison) -> Table:
     cells = c.cells
     counts = cells["verdict"].value_counts()
@@ -174,6 +183,7 @@ def _numeric(c: Comparison) -> Table:
         "their reference), so each cell is compared number for number (ours / published, "
         "difference in points). Reproduced: CA within 2 points and ASR within 5; close: CA "
         "within 5 and ASR within 10; differs: otherwise.",
+        _settings_line(c),
         f"{len(cells)} cells compared: "
         + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS)
         + (f"; {c.unmatched} cells have no published counterpart." if c.unmatched else "."),
@@ -229,6 +239,7 @@ def _agreement(c: Comparison) -> Table:
         "data, budget differ), so only verdicts are compared: a defense succeeds when its ASR "
         f"is below {100 * SUCCESS_ASR:.0f}%; a cell agrees when ours and the published run "
         "both succeed or both fail.",
+        _settings_line(c),
         f"{compared} defended cells compared, {agree} agree{share}"
         + (f"; {c.unmatched} cells have no published counterpart." if c.unmatched else "."),
     ]
