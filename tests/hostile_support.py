@@ -319,6 +319,47 @@ class Parricide(_Hostile):
                     os.kill(pid, signal.SIGKILL)
 
 
+class Peeker(_Hostile):
+    """Looks for the ground truth: in every cached artifact, and in the process's memory."""
+
+    name = "peeker"
+
+    def run(self, ctx):
+        import gc
+        import json
+        from pathlib import Path
+
+        import torch
+
+        from bench.core import settings
+
+        n = len(ctx.train.labels)
+
+        def masks(obj, depth=0):
+            if isinstance(obj, torch.Tensor):
+                if obj.dtype == torch.bool and obj.shape == (n,) and 0 < int(obj.sum()) < n:
+                    yield obj
+            elif isinstance(obj, dict) and depth < 5:
+                for value in obj.values():
+                    yield from masks(value, depth + 1)
+            elif isinstance(obj, (list, tuple)) and depth < 5:
+                for value in obj:
+                    yield from masks(value, depth + 1)
+
+        in_files = []
+        for path in Path(settings.artifacts_dir()).rglob("*.pt"):
+            try:
+                in_files += list(masks(torch.load(path, weights_only=False)))
+            except Exception:
+                pass
+        in_memory = [m for obj in gc.get_objects() for m in masks(obj)]
+        found = in_files + in_memory
+        with open(os.environ["HOSTILE_PEEKED"], "w") as f:
+            json.dump({"in_files": len(in_files), "in_memory": len(in_memory)}, f)
+        flagged = found[0].nonzero().flatten() if found else None
+        return DefenseOutput(model=ctx.make_model(), flagged=flagged)
+
+
 class Vandal(_Hostile):
     name = "vandal"
 
@@ -335,6 +376,7 @@ HOSTILE = {
     "sigkill": "Sigkill",
     "segfault": "Segfault",
     "vandal": "Vandal",
+    "peeker": "Peeker",
     "orphaner": "Orphaner",
     "parricide": "Parricide",
 }

@@ -11,7 +11,7 @@ from torch import nn
 from bench.core.artifacts import ArtifactCache
 from bench.core.seeding import seeded_rng
 from bench.core.train import TrainConfig, Trainer, TrainHooks
-from bench.trial.poisoning import PoisonedTrainSet
+from bench.trial.poisoning import PoisonedData
 from bench.trial.resolved import ResolvedTrial
 
 
@@ -25,7 +25,7 @@ class BackdooredModelLoader:
     def __init__(
         self,
         trial: ResolvedTrial,
-        poisoned: PoisonedTrainSet,
+        poisoned: PoisonedData,
         trainer: Trainer,
         attack_hooks: TrainHooks | None = None,
         attack_config: TrainConfig | None = None,

@@ -23,7 +23,14 @@ from bench.core.seeding import seed_everything
 from bench.core.train import TrainConfig
 from bench.data import Dataset
 from bench.spec import TrialSpec
-from bench.trial.poisoning import PoisonedSets, PoisonedTestSet, PoisonedTrainSet, poisoned_sets
+from bench.trial.poisoning import (
+    GroundTruth,
+    PoisonedData,
+    PoisonedSets,
+    PoisonedTestSet,
+    ground_truth,
+    poisoned_sets,
+)
 from bench.trial.resolved import ResolvedTrial, model_factory
 
 log = logging.getLogger("bench.trial")
@@ -64,6 +71,7 @@ def attack_context(
 class PoisonedCell:
     """The cell a defense runs on, and what preparing it cost."""
 
+    spec: TrialSpec
     data: Dataset
     attack: Attack
     attack_ctx: AttackContext
@@ -72,20 +80,31 @@ class PoisonedCell:
     wait_seconds: float  # blocked on artifacts another process was building (not in seconds)
 
     @property
-    def train(self) -> PoisonedTrainSet:
+    def train(self) -> PoisonedData:
         return self.sets.train
 
     @property
     def test(self) -> PoisonedTestSet:
         return self.sets.test
 
+    def ground_truth(self) -> GroundTruth:
+        """Which samples were poisoned, derived afresh from the seeded draws: the harness asks
+        for it to choose the clean subset and to score the defense, and keeps it nowhere a
+        defense could reach (not in the cell, not in a cached artifact)."""
+        s = self.spec
+        return ground_truth(
+            self.attack, self.data.train_y, s.ratio, s.target, seed=s.seed,
+            exclude_target=s.exclude_target_from_poison,
+        )  # fmt: skip
+
     @property
     def n_poison(self) -> int:
-        return int(self.train.poison_mask.sum())
+        return int(self.ground_truth().poison_mask.sum())
 
     @property
     def n_cross(self) -> int:
-        return 0 if self.train.cross_mask is None else int(self.train.cross_mask.sum())
+        cross = self.ground_truth().cross_mask
+        return 0 if cross is None else int(cross.sum())
 
     def artifact_log(self) -> str:
         """The attack's artifact lookups as JSON: kind, built/hit, seconds."""
@@ -116,7 +135,7 @@ def poison_cell(trial: ResolvedTrial) -> PoisonedCell:
         )
     seed_everything(trial.seed("after_cell"), trial.device)  # cached or built: same RNG after
     seconds = time.perf_counter() - start - waited.seconds
-    cell = PoisonedCell(trial.data, attack, ctx, sets, seconds, waited.seconds)
+    cell = PoisonedCell(spec, trial.data, attack, ctx, sets, seconds, waited.seconds)
     trial.report(
         f"attack {spec.attack}: {cell.n_poison} poisoned samples, "
         f"{cell.n_cross} cross samples ({cell.seconds:.1f}s)"

@@ -44,7 +44,7 @@ def clean_subset_indices(poison_mask: torch.Tensor, fraction: float, seed: int) 
 def clean_subset(trial: ResolvedTrial, cell: PoisonedCell) -> LabelledImages:
     """The clean training images a defense that needs them is assumed to hold."""
     spec = trial.spec
-    idx = clean_subset_indices(cell.train.poison_mask, spec.clean_fraction, spec.seed)
+    idx = clean_subset_indices(cell.ground_truth().poison_mask, spec.clean_fraction, spec.seed)
     if len(idx) == 0:
         raise BenchError(
             f"defense {spec.defense!r} needs a clean subset, but clean_fraction "

@@ -21,7 +21,8 @@ def evaluate(
     cell: PoisonedCell, run: DefenseRun, target: int, device: torch.device, who: str
 ) -> dict[str, Any]:
     """The evaluation columns of a trial's row (``eval_seconds`` excludes detection)."""
-    detection = detection_columns(run.flagged, run.output.scores, cell.train.poison_mask, who)
+    truth = cell.ground_truth()  # derived now, after the defense returned
+    detection = detection_columns(run.flagged, run.output.scores, truth.poison_mask, who)
     start = time.perf_counter()
     data, bd_test, output = cell.data, cell.test, run.output
     transform = output.input_transform

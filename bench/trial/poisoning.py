@@ -28,7 +28,8 @@ from bench.errors import BenchError
 from bench.schema import Col
 from bench.spec import TrialSpec
 
-KIND = "poisoned_sets"
+#: The artifact kind (the name changed when the masks left it: older files are never read).
+KIND = "poisoned_data"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,24 @@ class PoisonedTrainSet:
         if self.cross_mask is not None:
             out[self.cross_mask] = 2
         return out
+
+
+@dataclass(frozen=True)
+class PoisonedData:
+    """The poisoned training split as a defense may see it: images and labels, no ground truth.
+    This is what the cell's artifact caches; the masks are re-derived by the harness
+    (:func:`ground_truth`) before and after the defense, never stored beside it."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Which training samples an attack poisoned (1) or cross-transformed (2)."""
+
+    poison_mask: torch.Tensor
+    cross_mask: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +150,34 @@ def poison_train_set(
 ) -> PoisonedTrainSet:
     """Stamp the chosen training images and relabel them per the attack's label policy; attacks
     with cross samples also perturb a disjoint random draw of other images, labels kept."""
+    truth = ground_truth(attack, labels, ratio, target, seed=seed, exclude_target=exclude_target)
+    idx = torch.nonzero(truth.poison_mask).flatten()
+    poisoned_images = images.clone()
+    poisoned_images[idx] = map_batches(attack.apply, images[idx], device)
+    poisoned_labels = labels.clone()
+    if attack.label_policy == POISON_LABEL:
+        poisoned_labels[idx] = target
+    if truth.cross_mask is not None:
+        cross = torch.nonzero(truth.cross_mask).flatten()
+        cross_gen = seeding.generator(seed, "cross_train", device)
+        poisoned_images[cross] = map_batches(
+            lambda x: attack.apply_cross(x, cross_gen), images[cross], device
+        )
+    return PoisonedTrainSet(poisoned_images, poisoned_labels, truth.poison_mask, truth.cross_mask)
+
+
+def ground_truth(
+    attack: Attack,
+    labels: torch.Tensor,
+    ratio: float,
+    target: int,
+    *,
+    seed: int,
+    exclude_target: bool = True,
+) -> GroundTruth:
+    """The samples :func:`poison_train_set` poisons and cross-transforms, from the seeded draws
+    alone (no image is touched): cheap, so the harness derives it when it scores a defense
+    instead of keeping it where a defense could load it."""
     idx = select_poison_indices(
         labels,
         ratio,
@@ -139,31 +186,22 @@ def poison_train_set(
         seed=seed,
         exclude_target=exclude_target,
     )
-    poisoned_images = images.clone()
-    poisoned_images[idx] = map_batches(attack.apply, images[idx], device)
-    poisoned_labels = labels.clone()
-    if attack.label_policy == POISON_LABEL:
-        poisoned_labels[idx] = target
     mask = torch.zeros(len(labels), dtype=torch.bool)
     mask[idx] = True
-    cross_mask = None
     n_cross = attack.cross_count(len(idx), len(labels))
-    if n_cross > 0:
-        gen = seeding.generator(seed, "cross_draw")  # independent of the poison draw
-        pool = torch.nonzero(~mask).flatten()
-        if n_cross > len(pool):
-            raise BenchError(
-                f"{attack.name}: {n_cross} cross samples do not fit beside {len(idx)} poisoned "
-                f"ones in {len(labels)} images; lower the ratio or the cross ratio"
-            )
-        cross = pool[torch.randperm(len(pool), generator=gen)[:n_cross]].sort().values
-        cross_gen = seeding.generator(seed, "cross_train", device)
-        poisoned_images[cross] = map_batches(
-            lambda x: attack.apply_cross(x, cross_gen), images[cross], device
+    if n_cross <= 0:
+        return GroundTruth(mask)
+    gen = seeding.generator(seed, "cross_draw")  # independent of the poison draw
+    pool = torch.nonzero(~mask).flatten()
+    if n_cross > len(pool):
+        raise BenchError(
+            f"{attack.name}: {n_cross} cross samples do not fit beside {len(idx)} poisoned "
+            f"ones in {len(labels)} images; lower the ratio or the cross ratio"
         )
-        cross_mask = torch.zeros(len(labels), dtype=torch.bool)
-        cross_mask[cross] = True
-    return PoisonedTrainSet(poisoned_images, poisoned_labels, mask, cross_mask)
+    cross = pool[torch.randperm(len(pool), generator=gen)[:n_cross]].sort().values
+    cross_mask = torch.zeros(len(labels), dtype=torch.bool)
+    cross_mask[cross] = True
+    return GroundTruth(mask, cross_mask)
 
 
 def poison_test_set(
@@ -207,7 +245,7 @@ def cell_spec(spec: TrialSpec, data: Dataset) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PoisonedSets:
-    train: PoisonedTrainSet
+    train: PoisonedData
     test: PoisonedTestSet
     cache: str  # "hit" or "built"
 
@@ -239,13 +277,15 @@ def poisoned_sets(
             exclude_target=spec.exclude_target_from_poison,
         )
         test = poison_test_set(attack, data.test_x, data.test_y, spec.target, device, spec.seed)
-        return {"train": _as_dict(train), "test": _as_dict(test)}
+        # No masks: a defense that loads this artifact learns nothing it was not given.
+        seen = {"images": train.images, "labels": train.labels}
+        return {"train": seen, "test": _as_dict(test)}
 
     key = {**cell_key, Col.attack_version: attack_version}
     fetched = ArtifactCache().get_or_build(KIND, key, build)
     value = fetched.value
     return PoisonedSets(
-        PoisonedTrainSet(**value["train"]),
+        PoisonedData(**value["train"]),
         PoisonedTestSet(**value["test"]),
         "hit" if fetched.hit else "built",
     )

@@ -16,6 +16,7 @@ import torch
 from bench.core import lockwait
 from bench.grid.expand import expand_grid
 from bench.grid.presets import load_preset, with_overrides
+from bench.trial import poisoning
 from bench.trial.pipeline import run_trial
 
 CPU = torch.device("cpu")
@@ -64,7 +65,7 @@ def test_lock_wait_is_booked_apart_from_attack_and_defense_time(monkeypatch):
     assert first["backdoored_model_cache"] == "built" and first["wait_seconds"] == 0.0
 
     root = Path(os.environ["BENCH_ARTIFACT_DIR"])
-    [sets] = root.glob("poisoned_sets/*.pt")
+    [sets] = root.glob(f"{poisoning.KIND}/*.pt")
     [model] = root.glob("backdoored_model/*.pt")
     watch = _BlockWatch()
     monkeypatch.setattr(lockwait, "time", watch)

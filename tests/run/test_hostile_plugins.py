@@ -3,12 +3,14 @@ or overwrites the table still ends in a row, and the grid goes on (cases 4, 5 an
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
 from bench.cli import main
@@ -121,6 +123,21 @@ def test_a_plugin_overwriting_the_table_destroys_no_row(hostile_plugins, tmp_pat
     rows = _rows(results)
     assert sorted(rows.index) == ["none", "vandal"] and set(rows["status"]) == {"ok"}
     assert list(results.glob("results.parquet.corrupt-*"))  # the damaged file is kept aside
+
+
+def test_a_peeking_plugin_finds_no_ground_truth(hostile_plugins, tmp_path, monkeypatch):
+    """Before: the cell's cached poisoned-sets artifact held the poison mask, and a defense that
+    torch.loaded it scored detection TPR 1.0 and precision 1.0. The masks now live in no artifact
+    and in no object of the defense's process: the harness derives them after it returns."""
+    results = tmp_path / "results"
+    peeked = tmp_path / "peeked.json"
+    monkeypatch.setenv("HOSTILE_PEEKED", str(peeked))
+    with bounded(180):
+        assert main(_hostile_grid("none,peeker", results, "--executor", "local")) == 0
+    assert json.loads(peeked.read_text()) == {"in_files": 0, "in_memory": 0}
+    row = _rows(results).loc["peeker"]
+    assert row["status"] == "ok" and row["n_flagged"] == -1 and row["n_poison"] > 0
+    assert pd.isna(row["det_tpr"])  # nothing flagged: nothing to score
 
 
 @pytest.mark.parametrize(
