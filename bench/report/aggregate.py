@@ -56,7 +56,11 @@ CELL = [*GROUP, LABEL, Col.attack]
 #: The spec fields that say which defense ran; every other spec field is shared with the
 #: trial's `none` baseline.
 DEFENSE_FIELDS = (Col.defense, Col.defense_params, Col.clean_fraction)
-BASELINE_KEY = [c for c in SPEC_COLUMNS if c not in (*DEFENSE_FIELDS, Col.seed)]
+#: The resolved precision joins the spec: a bf16 trial's baseline is a bf16 `none` trial.
+BASELINE_KEY = [
+    *(c for c in SPEC_COLUMNS if c not in (*DEFENSE_FIELDS, Col.seed)),
+    Col.precision_used,
+]
 DIRTY_SUFFIX = "-dirty"
 METRICS = [Col.ca, Col.asr, Col.ra, DER, D_CA]
 DETECTION = [Col.det_tpr, Col.det_fpr, Col.det_precision, Col.det_f1, Col.det_auroc]
@@ -97,11 +101,15 @@ def _keys(rows: pd.DataFrame, columns: Iterable[str]) -> list[str]:
 
 
 def _versions(rows: pd.DataFrame) -> list[str]:
-    """The row's parameter version: ``config_id``, or for rows written without one (and without
-    a stored spec) a hash of the spec columns without the seed."""
+    """The row's version: its parameter version (``config_id``, or for rows written without
+    one a hash of the spec columns without the seed) and the precision it resolved to, so rows
+    of one spec that ran at bf16 on one machine and fp32 on another are never pooled (`auto`
+    resolves per machine): the latest precision's rows are shown, the others superseded."""
     rest = [c for c in SPEC_COLUMNS if c != Col.seed]
     derived = (hashlib.sha256(k.encode()).hexdigest()[:16] for k in _keys(rows, rest))
-    return [c if c else d for c, d in zip(rows[Col.config_id], derived, strict=True)]
+    config = [c if c else d for c, d in zip(rows[Col.config_id], derived, strict=True)]
+    used = rows[Col.precision_used].fillna("").astype(str)
+    return [f"{c}@{u}" if u else c for c, u in zip(config, used, strict=True)]
 
 
 def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
@@ -246,7 +254,8 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
                 Col.attack_mode: g[Col.attack_mode].iloc[0],
                 Col.attack_package: g[Col.attack_package].iloc[0],
                 Col.attack_version: g[Col.attack_version].iloc[0],
-                Col.config_id: g[VERSION].iloc[0],
+                Col.config_id: g[VERSION].iloc[0].split("@")[0],
+                Col.precision_used: g[Col.precision_used].iloc[0],
                 "n": int(g[Col.seed].nunique()),
                 "seeds": ",".join(str(s) for s in sorted(g[Col.seed].unique())),
             }

@@ -160,3 +160,25 @@ def test_the_comparability_note_follows_the_rows_reference_not_the_preset_name()
     unnamed = _row("none", 0, 0.9, preset="paper", reference="")
     md = render_markdown(upgrade(pd.DataFrame([unnamed])))
     assert "Not comparable with published numbers" in md and "follows the published" not in md
+
+
+def test_rows_of_another_resolved_precision_are_never_pooled():
+    """`auto` resolves per machine (bf16 where native, else fp32): a grid resumed on another
+    machine must not average a cell's bf16 and fp32 seeds, nor score a bf16 trial against an
+    fp32 `none`. The latest precision's rows are shown; the others count as superseded."""
+    rows = [
+        _row("none", 0, 0.90, ca=0.80, precision_used="bf16", finished=1.0),
+        _row("none", 1, 0.95, ca=0.70, precision_used="fp32", finished=2.0),
+        _row("abl", 0, 0.10, ca=0.78, precision_used="bf16", finished=1.5),
+        _row("abl", 1, 0.20, ca=0.60, precision_used="fp32", finished=2.5),
+    ]
+    agg = aggregate(upgrade(pd.DataFrame(rows))).set_index("defense")
+    assert agg.loc["abl", "n"] == 1 and agg.loc["abl", "precision_used"] == "fp32"
+    assert agg.loc["abl", "asr"] == pytest.approx(0.20)  # not the mean of 0.10 and 0.20
+    assert agg.loc["abl", "superseded_versions"] == 1
+    assert agg.loc["abl", "d_ca"] == pytest.approx(0.60 - 0.70)  # the fp32 `none`, same seed
+    # Same seed, both precisions of `none`: the bf16 trial meets the bf16 one, though the fp32
+    # one finished later (without precision in the key it would win as the most recent).
+    later_fp32 = _row("none", 0, 0.95, ca=0.70, precision_used="fp32", finished=3.0)
+    trials = trial_table(upgrade(pd.DataFrame([rows[0], rows[2], later_fp32])))
+    assert trials.set_index("defense").loc["abl", "base_ca"] == pytest.approx(0.80)
