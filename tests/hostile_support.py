@@ -360,6 +360,19 @@ class Peeker(_Hostile):
         return DefenseOutput(model=ctx.make_model(), flagged=flagged)
 
 
+class Regicide(_Hostile):
+    name = "regicide"
+
+    def misbehave(self):
+        pid = os.getpid()
+        while pid > 1:  # up to the `bench run` driving this trial
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"bench.cli" in f.read():
+                    os.kill(pid, signal.SIGKILL)
+
+
 class Vandal(_Hostile):
     name = "vandal"
 
@@ -377,6 +390,7 @@ HOSTILE = {
     "segfault": "Segfault",
     "vandal": "Vandal",
     "peeker": "Peeker",
+    "regicide": "Regicide",
     "orphaner": "Orphaner",
     "parricide": "Parricide",
 }

@@ -25,15 +25,18 @@ from typing import Any
 
 from bench.core import settings
 from bench.errors import BenchError, Terminated
+from bench.run import inflight
 from bench.run.recording import (
     PENDING_DIR,
     format_duration,
     merge_pending,
     pending_rows,
     skipped_row,
+    spec_row,
+    trial_label,
 )
 from bench.run.signals import sigterm_as_interrupt, sigterm_received
-from bench.schema import OK, SKIPPED, Col
+from bench.schema import ERROR, OK, SKIPPED, Col
 from bench.spec import Resources, TrialSpec
 from bench.store import ResultsStore
 
@@ -142,6 +145,38 @@ def run_grid(
 EXECUTORS = ("auto", "ray", "local")
 
 
+def _after_driver_deaths(
+    todo: list[TrialSpec], store: ResultsStore, runs_root: Path, retries: int
+) -> tuple[list[TrialSpec], list[TrialSpec], list[TrialSpec]]:
+    """(trials to run as usual, trials in flight at an earlier driver's death, to run last,
+    trials in flight at more deaths than ``retries`` + 1, which got an ``error`` row instead)."""
+    deaths = inflight.driver_deaths(runs_root)
+    failed = [s for s in todo if deaths[s.trial_id] > retries + 1]
+    if failed:
+        store.upsert(
+            [
+                spec_row(
+                    s,
+                    **{
+                        Col.status: ERROR,
+                        Col.error: inflight.death_message(deaths[s.trial_id], retries),
+                        Col.attempts: deaths[s.trial_id],
+                    },
+                )
+                for s in failed
+            ]
+        )
+        for s in failed:
+            log.error("%s: %s", trial_label(s), inflight.death_message(deaths[s.trial_id], retries))
+    rest = [s for s in todo if s not in failed]
+    suspects = [s for s in rest if deaths[s.trial_id]]
+    for s in suspects:
+        log.warning(
+            "%s was running when an earlier bench run died: it runs last, alone", trial_label(s)
+        )
+    return [s for s in rest if not deaths[s.trial_id]], suspects, failed
+
+
 def choose_executor(requested: str, address: str | None = None) -> str:
     """The executor that runs the grid, "ray" or "local": ``auto`` is Ray where it can be
     imported, else the local executor (said in a warning); ``local`` never imports ray."""
@@ -191,7 +226,13 @@ def _run_grid_locked(
         ) from exc
     done_ids = store.ok_ids()
     todo = run_order([s for s in specs if s.trial_id not in done_ids])
-    skipped = len(specs) - len(todo)
+    todo, suspects, failed = _after_driver_deaths(
+        todo, store, results_dir / "runs", resources.retries
+    )
+    skipped = len(specs) - len(todo) - len(suspects) - len(failed)
+    todo = todo + suspects  # run last (and alone, on the local executor): see inflight
+    if not todo and failed:
+        return GridSummary(len(specs), skipped, 0, len(failed), None, 0.0)
     if not todo:
         log.info("all %d trials already have ok rows in %s; nothing to run", len(specs), store.path)
         return GridSummary(len(specs), skipped, 0, 0, None, 0.0)
@@ -210,7 +251,7 @@ def _run_grid_locked(
 
                 # What a trial started (even in a session of its own) ends with the grid.
                 with reaping():
-                    run_local(todo, store, run_dir, start, resources)
+                    run_local(todo, store, run_dir, start, resources, alone=len(suspects))
             else:
                 from bench.run.ray_executor import run_ray
 
@@ -226,12 +267,13 @@ def _run_grid_locked(
         file_handler.close()
     todo_ids = {s.trial_id for s in todo}
     rows = store.read()
+    errors_before = len(failed)  # error rows written before the run (driver deaths)
     ran = rows[rows[Col.trial_id].isin(todo_ids)]
     waiting = {p.stem for p in pending_rows(results_dir / "runs")} & (
         todo_ids - set(ran[Col.trial_id])
     )
     ok = int((ran[Col.status] == OK).sum())
-    errors = len(ran) - ok
+    errors = len(ran) - ok + errors_before
     not_run = len(todo) - len(ran) - len(waiting)
     seconds = time.time() - start
     log.info(
@@ -247,5 +289,12 @@ def _run_grid_locked(
     if interrupted is not None:
         raise Terminated() if sigterm_received() else interrupted
     return GridSummary(
-        len(todo) + skipped, skipped, ok, errors, run_dir, seconds, not_run, len(waiting)
+        len(todo) + len(failed) + skipped,
+        skipped,
+        ok,
+        errors,
+        run_dir,
+        seconds,
+        not_run,
+        len(waiting),
     )

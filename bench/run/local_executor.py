@@ -18,6 +18,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.run import inflight
 from bench.run.devices import local_cpus
 from bench.run.isolation import IsolatedTrial
 from bench.run.recording import (
@@ -81,11 +82,18 @@ class GpuPool:
 
 
 def run_local(
-    todo: list[TrialSpec], store: ResultsStore, run_dir: Path, start: float, resources: Resources
+    todo: list[TrialSpec],
+    store: ResultsStore,
+    run_dir: Path,
+    start: float,
+    resources: Resources,
+    alone: int = 0,
 ) -> None:
-    """Run ``todo`` in order, several at once, writing each row the moment its trial ends. A
-    Ctrl-C stops the running trials (their processes are killed) and returns: the summary counts
-    what did not run."""
+    """Run ``todo`` in order, several at once, writing each row the moment its trial ends; the
+    last ``alone`` trials (in flight when an earlier driver died) run one at a time, after all
+    the others. Each attempt leaves a marker while it runs (:mod:`bench.run.inflight`). A Ctrl-C
+    stops the running trials (their processes are killed) and returns: the summary counts what
+    did not run."""
     cpus = local_cpus()
     gpus = visible_gpus() if resources.gpus_per_trial > 0 else []
     if resources.gpus_per_trial > len(gpus):
@@ -114,7 +122,9 @@ def run_local(
     progress = Progress(len(todo), start, slots)
     try:
         while queue or running:
-            while queue and len(running) < slots:
+            while queue and (
+                len(running) < slots if len(queue) > alone else not running  # suspects: alone
+            ):
                 devices = pool.acquire(resources.gpus_per_trial)
                 if devices is None:
                     break
@@ -135,6 +145,7 @@ def run_local(
     finally:
         for trial in running:
             trial.stop()
+            inflight.mark_ended(run_dir, trial.spec.trial_id)  # stopped, not a driver death
 
 
 def _start(
@@ -151,6 +162,7 @@ def _start(
         "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)} if devices else {},
     }
     trial = IsolatedTrial(spec, resources.retries, logger.info, options)
+    inflight.mark_started(run_dir, spec.trial_id)
     trial.start()
     return trial
 
@@ -164,5 +176,6 @@ def _finish(
 ) -> None:
     row[Col.run] = run_dir.name  # the results/runs/<run> that ran it
     record_row(row, store.path, run_dir)
+    inflight.forget(run_dir.parent, trial.spec.trial_id)  # a row: earlier deaths are moot
     close_logger(logging.getLogger(f"bench.trial.{trial.spec.trial_id}"))
     progress.trial_done(trial_label(trial.spec), row[Col.status], row[Col.ca], row[Col.asr])

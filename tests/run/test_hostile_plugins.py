@@ -125,6 +125,33 @@ def test_a_plugin_overwriting_the_table_destroys_no_row(hostile_plugins, tmp_pat
     assert list(results.glob("results.parquet.corrupt-*"))  # the damaged file is kept aside
 
 
+@pytest.mark.slow
+def test_a_plugin_that_kills_its_driver_ends_as_an_error_row_and_the_rest_runs(
+    hostile_plugins, tmp_path
+):
+    """Before: a defense that SIGKILLed `bench run` (local executor) left no row, not even for
+    `none`, and every rerun was killed again. Now the attempts in flight leave markers: the next
+    run gives them a second chance last and alone (so `none` gets its row), and once a trial was
+    in flight at more driver deaths than --retries + 1 it becomes an error row saying so."""
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "bench.cli"]
+    command += _hostile_grid("none,regicide", results, "--executor", "local")
+
+    def drive() -> subprocess.CompletedProcess:
+        return subprocess.run(command, capture_output=True, text=True, timeout=240)
+
+    assert drive().returncode == -signal.SIGKILL  # both trials in flight at the death
+    second = drive()  # none alone, then regicide alone, which kills the driver again
+    assert second.returncode == -signal.SIGKILL, second.stdout[-2000:]
+    assert "runs last, alone" in second.stdout
+    assert _rows(results).loc["none", "status"] == "ok"
+    third = drive()
+    assert third.returncode == 3, third.stdout[-2000:]
+    row = _rows(results).loc["regicide"]
+    assert row["status"] == "error" and row["attempts"] == 2
+    assert row["error"].startswith("DriverDied: bench run died 2 times while this trial ran")
+
+
 def test_a_peeking_plugin_finds_no_ground_truth(hostile_plugins, tmp_path, monkeypatch):
     """Before: the cell's cached poisoned-sets artifact held the poison mask, and a defense that
     torch.loaded it scored detection TPR 1.0 and precision 1.0. The masks now live in no artifact
