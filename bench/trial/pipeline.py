@@ -132,7 +132,11 @@ def run_trial_safely(
     t0 = time.perf_counter()
     try:
         with time_limit(time_limit_s):
-            row = {Col.status: OK, **run_trial(spec, device=device, report=report)}
+            row = {
+                **component_columns(spec),
+                Col.status: OK,
+                **run_trial(spec, device=device, report=report),
+            }
     except TrialTimeout as exc:
         report(f"trial stopped: {exc}")
         row = {
