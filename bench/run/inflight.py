@@ -24,7 +24,8 @@ INFLIGHT = "inflight"
 def mark_started(run_dir: Path, trial_id: str) -> None:
     folder = run_dir / INFLIGHT
     folder.mkdir(exist_ok=True)
-    (folder / f"{trial_id}.json").write_text(json.dumps({"pid": os.getpid(), "at": time.time()}))
+    marker = {"driver_pid": os.getpid(), "at": time.time()}
+    (folder / f"{trial_id}.json").write_text(json.dumps(marker))
 
 
 def mark_ended(run_dir: Path, trial_id: str) -> None:
