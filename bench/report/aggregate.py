@@ -20,6 +20,7 @@ Everything here is computed from the results table alone, so any tool can recomp
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ BASELINE_OTHER_REV = "baseline_other_rev"
 DIRTY = "dirty"
 NO_BASELINE = "no_baseline"
 FLAGS = (BASELINE_OTHER_REV, DIRTY, NO_BASELINE)
+#: Per cell: each seed's (ASR, CA change, baseline ASR), as JSON, so a ranking's bootstrap can
+#: resample seeds from the aggregated table alone.
+SEED_VALUES = "seed_values"
 #: Per cell: older parameter versions left out, and their trials.
 SUPERSEDED_VERSIONS = "superseded_versions"
 SUPERSEDED_TRIALS = "superseded_trials"
@@ -216,6 +220,23 @@ def _cost(row: pd.Series, ref: pd.Series) -> float:
     return float(row[Col.train_seconds]) / float(base)
 
 
+def seed_values(trials: pd.DataFrame) -> str:
+    """One cell's per-seed ASR, CA change and baseline ASR: ``{"seed": [asr, d_ca, base_asr]}``
+    (JSON; a missing value is null)."""
+
+    def num(x: object) -> float | None:
+        x = float(x)  # type: ignore[arg-type]
+        return None if math.isnan(x) else round(x, 6)
+
+    return json.dumps(
+        {
+            str(r[Col.seed]): [num(r[Col.asr]), num(r[D_CA]), num(r[BASE_ASR])]
+            for _, r in trials.sort_values(Col.seed).iterrows()
+        },
+        sort_keys=True,
+    )
+
+
 def trial_table(df: pd.DataFrame) -> pd.DataFrame:
     """The trials the leaderboard shows (latest parameter version per cell, one per seed) with
     labels, DER, cost relative to `none` and flags: one row per trial."""
@@ -265,6 +286,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
             row[m], row[f"{m}_ci"] = mean_ci95(values)
         for col in [*DETECTION, *COST, COST_VS_NONE, *BASELINE]:
             row[col] = g[col].astype(float).mean()
+        row[SEED_VALUES] = seed_values(g)
         row[Col.versions] = g[Col.versions].iloc[-1]
         row[Col.git_rev] = ", ".join(sorted(g[Col.git_rev].unique()))
         row[BASELINE_GIT_REV] = ", ".join(sorted(set(defended[BASELINE_GIT_REV]) - {""}))
@@ -300,54 +322,10 @@ def skipped_cells(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop_duplicates(keys).sort_values(keys).reset_index(drop=True)
 
 
-#: Ranking columns beyond the means: the worst case over a table's attacks, cost, seeds.
+#: Ranking columns beyond the means: the worst case over a table's attacks, cost, seeds (the
+#: ranking itself is :func:`bench.report.ranks.ranking`).
 WORST_ASR = "worst_asr"
 WORST_ATTACK = "worst_attack"
 WORST_D_CA = "worst_d_ca"
 MINUTES = "minutes"
 RANK = "rank"
-
-
-def ranking(agg: pd.DataFrame) -> pd.DataFrame:
-    """Per table: the defenses (the `none` baseline is not ranked) by mean DER over attacks,
-    ties broken by mean CA, with what a mean hides: the worst-case ASR (and its attack), the
-    mean and worst change in CA against `none`, and the cost in minutes to a defended model."""
-    if agg.empty:
-        return pd.DataFrame()
-    defended = agg[agg[Col.defense] != NONE].copy()
-    if defended.empty:
-        return pd.DataFrame()
-    defended["_minutes"] = defended[Col.train_seconds].astype(float) / 60
-    # The worst attack of each defense: the highest ASR (first by name on ties).
-    worst = (
-        defended.sort_values([Col.asr, Col.attack], ascending=[False, True], na_position="last")
-        .groupby([*GROUP, LABEL], sort=False)
-        .head(1)
-        .set_index([*GROUP, LABEL])
-    )
-    summary = (
-        defended.groupby([*GROUP, LABEL], sort=False)
-        .agg(
-            der=(DER, "mean"),
-            ca=(Col.ca, "mean"),
-            asr=(Col.asr, "mean"),
-            ra=(Col.ra, "mean"),
-            d_ca=(D_CA, "mean"),
-            worst_d_ca=(D_CA, "min"),
-            attacks=(Col.attack, "nunique"),
-            minutes=("_minutes", "mean"),
-            cost_vs_none=(COST_VS_NONE, "mean"),
-            n_min=("n", "min"),
-            n_max=("n", "max"),
-            **{flag: (flag, "any") for flag in FLAGS},
-        )
-        .reset_index()
-    )
-    key = pd.MultiIndex.from_frame(summary[[*GROUP, LABEL]])
-    summary[WORST_ASR] = worst[Col.asr].reindex(key).to_numpy()
-    summary[WORST_ATTACK] = worst[Col.attack].reindex(key).to_numpy()
-    summary = summary.sort_values(
-        [*GROUP, DER, Col.ca], ascending=[True] * len(GROUP) + [False, False], na_position="last"
-    )
-    summary[RANK] = summary.groupby(GROUP).cumcount() + 1
-    return summary.reset_index(drop=True)

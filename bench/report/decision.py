@@ -22,11 +22,13 @@ import pandas as pd
 
 from bench.report import catalog
 from bench.report.aggregate import D_CA, DER, LABEL, NONE
+from bench.report.verdict import DEFAULT_MAX_DROP
+from bench.report.verdict import within as _within_bound
 from bench.schema import Col
 
-#: The default bound on the CA drop against `none` (a fraction: 0.05 is 5 points).
-DEFAULT_MAX_DROP = 0.05
-_EPS = 1e-9
+__all__ = ["DEFAULT_MAX_DROP", "best", "boards", "family_best", "ties", "within"]
+#: Two picks with one seed (no interval) closer than this in ASR are not told apart.
+ONE_SEED_RESOLUTION = 0.02
 
 
 def _num(x: Any) -> float | None:
@@ -44,6 +46,7 @@ def _option(r: pd.Series) -> dict[str, Any]:
         Col.defense: str(r[Col.defense]),
         Col.ca: _num(r[Col.ca]),
         Col.asr: _num(r[Col.asr]),
+        "asr_ci": _num(r["asr_ci"]),
         Col.ra: _num(r[Col.ra]),
         "d_ca": _num(r[D_CA]),
         "der": _num(r[DER]),
@@ -116,7 +119,30 @@ def boards(agg: pd.DataFrame) -> list[dict[str, Any]]:
 
 def within(option: dict[str, Any], max_drop: float) -> bool:
     """Whether an option's CA drop against `none` is within the bound (unknown: not within)."""
-    return option["d_ca"] is not None and -option["d_ca"] <= max_drop + _EPS
+    return _within_bound(option["d_ca"], max_drop)
+
+
+def separated(asr: float, ci: float | None, other: float, other_ci: float | None) -> bool:
+    """Whether two ASRs are told apart: their 95% intervals do not overlap, or, where either has
+    one seed (no interval), they differ by more than :data:`ONE_SEED_RESOLUTION`."""
+    if ci is None or other_ci is None:
+        return abs(asr - other) > ONE_SEED_RESOLUTION + 1e-12
+    return abs(asr - other) > ci + other_ci + 1e-12
+
+
+def ties(attack: dict[str, Any], max_drop: float = DEFAULT_MAX_DROP) -> list[dict[str, Any]]:
+    """The options within the bound that the best one is not told apart from (best excluded)."""
+    top = best(attack, max_drop)
+    if top is None:
+        return []
+    return [
+        o
+        for o in attack["options"]
+        if o is not top
+        and within(o, max_drop)
+        and o[Col.asr] is not None
+        and not separated(o[Col.asr], o["asr_ci"], top[Col.asr], top["asr_ci"])
+    ]
 
 
 def best(attack: dict[str, Any], max_drop: float = DEFAULT_MAX_DROP) -> dict[str, Any] | None:
@@ -140,10 +166,12 @@ def family_best(group: dict[str, Any], max_drop: float = DEFAULT_MAX_DROP) -> di
             continue
         worst_attack, worst = max(got, key=lambda ao: (ao[1][Col.asr], ao[0]))
         minutes = [o["minutes"] for _, o in got if o["minutes"] is not None]
+        cis = [o["asr_ci"] for _, o in got]
         found.append(
             {
                 "label": label,
                 "mean_asr": sum(o[Col.asr] for _, o in got) / len(got),
+                "asr_ci": None if None in cis else sum(cis) / len(cis),
                 "worst_asr": worst[Col.asr],
                 "worst_attack": worst_attack,
                 "mean_d_ca": sum(o["d_ca"] for _, o in got) / len(got),
@@ -151,4 +179,12 @@ def family_best(group: dict[str, Any], max_drop: float = DEFAULT_MAX_DROP) -> di
             }
         )
     found.sort(key=lambda f: (f["mean_asr"], -f["mean_d_ca"], f["label"]))
-    return found[0] if found else None
+    if not found:
+        return None
+    top = found[0]
+    top["ties"] = [
+        f["label"]
+        for f in found[1:]
+        if not separated(f["mean_asr"], f["asr_ci"], top["mean_asr"], top["asr_ci"])
+    ]
+    return top

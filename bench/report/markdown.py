@@ -26,7 +26,6 @@ from bench.report.aggregate import (
     aggregate,
     in_table,
     ordered_defenses,
-    ranking,
     skipped_cells,
     trial_table,
 )
@@ -34,6 +33,7 @@ from bench.report.details import points
 from bench.report.naming import dataset_name, holds, seeds_text
 from bench.report.protocol import protocol
 from bench.report.ranking_table import MARKS, marks
+from bench.report.ranks import ranking
 from bench.report.text import md_code, md_escape, md_table, pct
 from bench.schema import ERROR, TIMEOUT, Col
 
@@ -259,6 +259,10 @@ def _section(
     return out
 
 
+def _tied(labels: list[str]) -> str:
+    return f" (tied: {', '.join(labels)})" if labels else ""
+
+
 def decision_section(agg: pd.DataFrame, max_drop: float = decision.DEFAULT_MAX_DROP) -> list[str]:
     """'Which defense?': per dataset and preset, the best defense per attack and per family
     under the CA-drop bound (:mod:`bench.report.decision`)."""
@@ -269,7 +273,9 @@ def decision_section(agg: pd.DataFrame, max_drop: float = decision.DEFAULT_MAX_D
         f"Per attack, the defense with the lowest ASR among those losing at most {bound} points "
         "of clean accuracy against `none` of the same seed (ties: the smaller loss, then the "
         "faster); per family (`all`), the defense within the bound on every attack of the "
-        "family with the lowest mean ASR, and its worst attack. The page (`index.html`) lets "
+        "family with the lowest mean ASR, and its worst attack. Tied: defenses the pick is not "
+        "told apart from (95% intervals overlap; with one seed, ASR within "
+        f"{100 * decision.ONE_SEED_RESOLUTION:g} points). The page (`index.html`) lets "
         "you change the bound.",
         "",
     ]
@@ -294,7 +300,7 @@ def decision_section(agg: pd.DataFrame, max_drop: float = decision.DEFAULT_MAX_D
                     [group, f"all {len(g['attacks'])}"]
                     + (
                         [
-                            f["label"],
+                            f["label"] + _tied(f["ties"]),
                             f"{pct(f['mean_asr'])} (worst {pct(f['worst_asr'])}, "
                             f"{f['worst_attack']})",
                             points(f["mean_d_ca"]),
@@ -312,7 +318,7 @@ def decision_section(agg: pd.DataFrame, max_drop: float = decision.DEFAULT_MAX_D
                 none = f"{pct(base[Col.ca])} / {pct(base[Col.asr])}" if base else "–"
                 if o:
                     cells_ = [
-                        o["label"],
+                        o["label"] + _tied([t["label"] for t in decision.ties(a, max_drop)]),
                         pct(o[Col.asr]),
                         points(o["d_ca"]),
                         pct(o[Col.ra]),

@@ -49,6 +49,7 @@ from bench.report.details import (
     log_path,
     meanings,
     minutes,
+    points,
 )
 from bench.report.naming import (
     DATASET_NAMES,
@@ -63,8 +64,9 @@ from bench.report.page_assets import CSS, JS
 from bench.report.plots import Figure, Style, rank_order
 from bench.report.protocol import protocol
 from bench.report.ranking_table import MARKS
-from bench.report.reproduce import COLLAPSED_CA, PUB, SUCCESS_ASR, Reproduction, render_html
+from bench.report.reproduce import COLLAPSED_CA, PUB, Reproduction, render_html
 from bench.report.text import pct
+from bench.report.verdict import SUCCESS_ASR
 from bench.schema import ERROR, TIMEOUT, Col
 
 esc = html.escape
@@ -124,11 +126,14 @@ def _marks(row: pd.Series) -> str:
     return f'<sup class="mark">{found}</sup>' if found else ""
 
 
-def _th(text: str, key: str, kind: str, title: str = "", order: str = "none") -> str:
-    """A sortable header: a button (keyboard-operable) inside a th with aria-sort."""
+def _th(text: str, key: str, kind: str, title: str = "", order: str = "none", cls: str = "") -> str:
+    """A sortable header: a button (keyboard-operable) inside a th with aria-sort (``cls``
+    "name": the header of the sticky name column)."""
     tip = f' title="{esc(title)}"' if title else ""
+    klass = f' class="{cls}"' if cls else ""
     return (
-        f'<th scope="col" aria-sort="{order}" data-key="{esc(key)}" data-sort="{kind}"{tip}>'
+        f'<th scope="col"{klass} aria-sort="{order}" data-key="{esc(key)}" '
+        f'data-sort="{kind}"{tip}>'
         f'<button type="button" class="sort">{text}</button></th>'
     )
 
@@ -173,7 +178,8 @@ def _ranking_table(tid: str, group: pd.DataFrame, ranks: pd.DataFrame, ctx: _Ctx
     same declaration), with sort values, glyphs and plugin badges."""
     head = "".join(
         _th(c.label, c.key, "num" if c.numeric else "text", c.help,
-            order="ascending" if c.key == RANK else "none")
+            order="ascending" if c.key == RANK else "none",
+            cls="name" if c.key == ranking_table.NAME else "")
         for c in ranking_table.COLUMNS
     )  # fmt: skip
     rows = []
@@ -185,6 +191,11 @@ def _ranking_table(tid: str, group: pd.DataFrame, ranks: pd.DataFrame, ctx: _Ctx
         for c in ranking_table.COLUMNS:
             if c.key == ranking_table.NAME:
                 extra = ' <span class="muted">(no defense)</span>' if baseline else ""
+                if not baseline and int(r[ranking_table.OUTSIDE]):
+                    extra += (
+                        f' <span class="badge lost" title="{esc(ranking_table.bound_text(r))} '
+                        f'attacks">loses CA</span>'
+                    )
                 cells.append(
                     f'<th scope="row" class="name" data-v="{esc(label.lower())}">'
                     f"{_glyph(label, ctx.style)}{esc(label)}{_marks(r)}{extra} "
@@ -213,11 +224,13 @@ def _minutes(seconds: Any) -> str:
     return minutes(seconds).removesuffix(" min")
 
 
-def _matrix_table(tid: str, key: tuple, group: pd.DataFrame, order: list[str], ctx: _Ctx) -> str:
+def _matrix_table(
+    tid: str, key: tuple, group: pd.DataFrame, order: list[str], ranks: pd.DataFrame, ctx: _Ctx
+) -> str:
     attacks = sorted(group[Col.attack].unique())
-    defended = set(group.loc[group[Col.defense] != NONE, LABEL])
-    rank_of = {lb: i + 1 for i, lb in enumerate(lb for lb in order if lb in defended)}
-    head = _th("rank", RANK, "num", order="ascending") + _th(Col.defense, Col.defense, "text")
+    rank_of = ranking_table.rank_texts(ranks)
+    head = _th("rank", RANK, "num", order="ascending")
+    head += _th(Col.defense, Col.defense, "text", cls="name")
     head += "".join(_th(esc(a), f"asr:{a}", "num", f"sort by ASR against {a}") for a in attacks)
     head += _th("mean", "mean", "num", "mean over attacks (sorts by mean ASR)")
     rows = []
@@ -226,9 +239,10 @@ def _matrix_table(tid: str, key: tuple, group: pd.DataFrame, order: list[str], c
         by_attack = {r[Col.attack]: r for _, r in cells.iterrows()}
         first = cells.iloc[0]
         pinned = first[Col.defense] == NONE
-        rank = "–" if pinned else str(rank_of[label])
+        rank = "–" if pinned else rank_of.get(label, "–")
+        value = "" if pinned else rank.rstrip("=").replace("–", "")
         tds = [
-            f'<td data-v="{"" if pinned else rank}">{rank}</td>',
+            f'<td data-v="{value}">{rank}</td>',
             f'<th scope="row" class="name" data-v="{esc(label.lower())}">'
             f"{_glyph(label, ctx.style)}{esc(label)} {_badges(first)}</th>",
         ]
@@ -366,7 +380,7 @@ def _section(
         )
     else:
         parts.append(_ranking_table(f"rk{i}", group, ranks, ctx))
-    parts.append(_matrix_table(f"mx{i}", key, group, order, ctx))
+    parts.append(_matrix_table(f"mx{i}", key, group, order, in_table(ranks, key), ctx))
     notes = _notes(group, skipped)
     if notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{n}</li>" for n in notes) + "</ul>")
@@ -427,7 +441,8 @@ def _decision(agg: pd.DataFrame, ctx: _Ctx) -> tuple[str, list[dict]]:
                 '<th scope="col">attack</th><th scope="col">best defense</th>'
                 '<th scope="col">ASR</th><th scope="col">CA change</th><th scope="col">RA</th>'
                 '<th scope="col">minutes</th><th scope="col">no defense: CA / ASR</th>'
-                "</tr></thead><tbody></tbody></table></div>"
+                f"</tr></thead><tbody>{_decision_body(b, decision.DEFAULT_MAX_DROP, ctx)}"
+                "</tbody></table></div>"
                 if b["defended"]
                 else '<p class="warn">No defense ran here (only <code>none</code>): nothing '
                 "to choose from.</p>"
@@ -435,6 +450,109 @@ def _decision(agg: pd.DataFrame, ctx: _Ctx) -> tuple[str, list[dict]]:
             + "</div>"
         )
     return "".join(out), boards
+
+
+def _works_td(asr: float | None, extra: str = "") -> str:
+    """An ASR cell, orange where the backdoor survives (as the script's ``asrCell``)."""
+    if asr is not None and asr >= SUCCESS_ASR:
+        tip = f"the backdoor still works: ASR of {round(100 * SUCCESS_ASR)}% or more"
+        return f'<td class="works" title="{esc(tip)}">{pct(asr)}{extra}</td>'
+    return f"<td>{pct(asr)}{extra}</td>"
+
+
+def _pick(label: str, cell: str | None, ctx: _Ctx) -> str:
+    """A chosen defense's name (a button opening its cell where it has one)."""
+    st = ctx.style.get(label)
+    glyph = (
+        f'<span class="glyph" aria-hidden="true" style="color:{esc(st.colour)}">'
+        f"{GLYPHS.get(st.marker, '●')}</span>"
+        if st
+        else ""
+    )
+    if cell:
+        return (
+            f'<button type="button" class="open" data-cell="{esc(cell)}" '
+            f'data-label="{esc(label)}">{glyph}{esc(label)}</button>'
+        )
+    return f'<span data-label="{esc(label)}">{glyph}{esc(label)}</span>'
+
+
+def _tied_note(labels: list[str]) -> str:
+    return f'<span class="tied">tied: {esc(", ".join(labels))}</span>' if labels else ""
+
+
+def _decision_body(board: dict, max_drop: float, ctx: _Ctx) -> str:
+    """The decision table's rows at the default bound, in the HTML itself (readable without
+    JavaScript; the script redraws the same rows when the bound or the filters change)."""
+    bound = f"{100 * max_drop:g}"
+    rows = []
+    for g in board["groups"]:
+        ratio = f"{round(g[Col.ratio] * 10000) / 100:g}%"
+        rows.append(
+            f'<tr class="family"><th colspan="7" scope="colgroup" '
+            f'title="{esc(catalog.FAMILY_MEANING.get(g["family"], ""))}">'
+            f'<span class="fam">{esc(g["family"])} attacks</span>'
+            f'<span class="muted"> · {esc(ratio)} poison</span></th></tr>'
+        )
+        if len(g["attacks"]) > 1:
+            f = decision.family_best(g, max_drop)
+            head = (
+                f'<th scope="row" title="the best defense against every attack of the family '
+                f'(means)">all {len(g["attacks"])} (mean)</th>'
+            )
+            if f:
+                worst = f"worst {pct(f['worst_asr'])} {f['worst_attack']}"
+                body = (
+                    f'<td class="best">{_pick(f["label"], None, ctx)}{_tied_note(f["ties"])}</td>'
+                    + _works_td(f["mean_asr"], f'<span class="worst">{esc(worst)}</span>')
+                    + f"<td>{points(f['mean_d_ca'])}</td><td></td>"
+                    + f"<td>{_minutes_text(f['minutes'])}</td>"
+                )
+            else:
+                body = (
+                    f'<td class="best" colspan="5"><span class="muted">none within {bound} '
+                    "points on every attack</span></td>"
+                )
+            rows.append(f'<tr class="summary">{head}{body}<td></td></tr>')
+        for a in g["attacks"]:
+            o = decision.best(a, max_drop)
+            if o:
+                tied = [t["label"] for t in decision.ties(a, max_drop)]
+                minutes_tip = "" if board[Col.device] else f' title="{esc(o[Col.device])}"'
+                body = (
+                    f'<td class="best">{_pick(o["label"], o.get("cell"), ctx)}'
+                    f"{_tied_note(tied)}</td>"
+                    + _works_td(o[Col.asr])
+                    + f"<td>{points(o['d_ca'])}</td><td>{pct(o[Col.ra])}</td>"
+                    + f"<td{minutes_tip}>{_minutes_text(o['minutes'])}</td>"
+                )
+            else:
+                low = a["options"][0] if a["options"] else None
+                lowest = (
+                    '<span class="muted"> (lowest ASR: </span>'
+                    f"{_pick(low['label'], low.get('cell'), ctx)}"
+                    f'<span class="muted"> {pct(low[Col.asr])}, CA {points(low["d_ca"])})</span>'
+                    if low
+                    else ""
+                )
+                body = (
+                    f'<td class="best" colspan="5"><span class="muted">none within {bound} '
+                    f"points</span>{lowest}</td>"
+                )
+            none = a[NONE]
+            base = f"{pct(none[Col.ca])} / {pct(none[Col.asr])}" if none else "–"
+            rows.append(
+                f'<tr><th scope="row">{esc(a[Col.attack])}</th>{body}'
+                f'<td class="base">{base}</td></tr>'
+            )
+    return "".join(rows)
+
+
+def _minutes_text(m: float | None) -> str:
+    """Minutes as the script's ``mins`` writes them."""
+    if m is None:
+        return "–"
+    return f"{m:.1f}" if m < 100 else str(round(m))
 
 
 def _family_legend(agg: pd.DataFrame) -> str:
@@ -462,7 +580,7 @@ def _failed(df: pd.DataFrame) -> str:
         error = str(r[Col.error]).strip()
         last = (error.splitlines() or [""])[-1]
         rows.append(
-            f"<tr><td><code>{esc(str(r[Col.trial_id]))}</code></td>"
+            f'<tr><th scope="row"><code>{esc(str(r[Col.trial_id]))}</code></th>'
             f"<td>{esc(dataset_name(str(r[Col.dataset])))} · {esc(str(r[Col.preset]))} · "
             f"{_pct_ratio(r[Col.ratio])}</td><td>{esc(str(r[Col.attack]))}</td>"
             f"<td>{esc(str(r[Col.defense]))}</td><td>{esc(str(r[Col.status]))}</td>"
@@ -638,6 +756,7 @@ def render_page(
         "meanings": meanings(ctx.recorded),
         "boards": boards,
         "drop": 100 * decision.DEFAULT_MAX_DROP,
+        "resolution": decision.ONE_SEED_RESOLUTION,
         "works": SUCCESS_ASR,
         "families": catalog.FAMILY_MEANING,
         "styles": {k: [v.colour, GLYPHS.get(v.marker, "●")] for k, v in style.items()},
@@ -694,8 +813,6 @@ attack beside the mean. An ASR in <b class="works">orange</b> is {SUCCESS_ASR * 
 the backdoor survives even the best choice. Open a defense for its details.</p>
 {decide_html or "<p>No successful trials yet.</p>"}
 {_family_legend(agg)}
-<noscript><p class="warn">The decision view needs JavaScript; the tables below do not.</p>
-</noscript>
 </section>
 {"".join(sections)}
 {('<section id="sweeps"><h2>Poison-ratio sweeps</h2>' + sweeps + "</section>") if sweeps else ""}

@@ -29,7 +29,8 @@ padding:8px 12px;background:#fff;border:1px solid #dde1e7;border-radius:6px}
 details.glossary{margin:0 0 4px;max-width:80em;color:#545b69}details.glossary p{margin:4px 0}
 .controls input[type=number]{width:4.5em}.controls input[type=search]{width:11em}
 select,input{font:inherit;padding:2px 4px}
-@media (min-width:800px){.controls{position:sticky;top:0;z-index:5;box-shadow:0 2px 6px #0001}}
+@media (min-width:800px){.controls{position:sticky;top:0;z-index:5;box-shadow:0 2px 6px #0001}
+[id]{scroll-margin-top:5rem}}
 .scroll{overflow-x:auto;max-width:100%;margin:6px 0 4px;-webkit-overflow-scrolling:touch}
 table.lb{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px #0002}
 table.lb caption{caption-side:top;text-align:left;color:#545b69;padding:2px 0 6px;
@@ -45,11 +46,14 @@ button.sort{all:unset;cursor:pointer;display:block;width:100%}
 th[aria-sort=ascending] button.sort:after{content:" ▲";font-size:80%}
 th[aria-sort=descending] button.sort:after{content:" ▼";font-size:80%}
 button.open{all:unset;cursor:pointer;border-radius:3px;padding:0 2px}
+button.sort:focus-visible,button.zoom:focus-visible{outline:3px solid #0072B2;
+outline-offset:-3px}
 button.open:hover{background:#fff4d6}button.open:focus-visible{outline:3px solid #0072B2}
 .ci{color:#545b69;font-size:85%}sup.mark{color:#b3541e;font-weight:bold;margin-left:2px}
 .glyph{display:inline-block;width:1.2em;text-align:center;margin-right:3px}
 .badge{font-size:11px;padding:1px 6px;border-radius:8px;margin-left:4px;white-space:nowrap}
-.plugin{background:#e3ecff;color:#1a3f8f}.recon{background:#ffe9d6;color:#8a4300}
+.plugin{background:#e3ecff;color:#1a3f8f}.badge.lost{background:#ffe0e0;color:#9b1c1c}
+.tied{display:block;font-size:12px;color:#545b69;white-space:normal;max-width:14em}.recon{background:#ffe9d6;color:#8a4300}
 .lb.plain th,.lb.plain td{text-align:left;white-space:normal;min-width:6em}
 .lb.methods{margin-bottom:12px}.lb.methods th[scope=row]{font-weight:600}
 .lb.methods td{max-width:60em;overflow-wrap:break-word}
@@ -64,6 +68,9 @@ font-weight:normal}
 table.decision tr.family .fam{font-weight:600}
 table.decision tr.summary td,table.decision tr.summary th{background:#f7f9fc;font-weight:600}
 table.decision th[scope=row]{text-align:left;font-weight:normal}
+.lb tbody th[scope=row]{position:sticky;left:0;background:#fff;z-index:1}
+.lb thead th.name,.lb:not(.rank):not(.matrix) thead th:first-child{position:sticky;left:0;
+z-index:2}
 table.decision td.best{text-align:left}
 .decide{margin:10px 0 18px}
 details.protocol,details.detection{margin:6px 0 10px;max-width:80em}
@@ -230,6 +237,20 @@ JS = r"""
   // ------------------------------------------------------------------ decision view
   const within = (o, drop) => !missing(o.d_ca) && -o.d_ca <= drop / 100 + 1e-9;
   const best = (a, drop) => a.options.find(o => within(o, drop)) || null;
+  // As decision.separated: 95% intervals that do not overlap, or with one seed a gap wider
+  // than the page's resolution.
+  function separated(x, xci, y, yci) {
+    if (missing(xci) || missing(yci)) return Math.abs(x - y) > data.resolution + 1e-12;
+    return Math.abs(x - y) > xci + yci + 1e-12;
+  }
+  function ties(a, drop, top) {
+    return a.options.filter(o => o !== top && within(o, drop) && !missing(o.asr)
+                            && !separated(o.asr, o.asr_ci, top.asr, top.asr_ci))
+                    .map(o => o.label);
+  }
+  function tiedNote(labels) {
+    return labels.length ? el('span', 'tied: ' + labels.join(', '), 'tied') : null;
+  }
   function familyBest(g, drop) {
     const per = {};
     g.attacks.forEach(a => a.options.forEach(o => {
@@ -245,14 +266,20 @@ JS = r"""
         if (o.asr > worst[1].asr || (o.asr === worst[1].asr && attack > worst[0])) worst = ao;
       });
       const m = got.map(([, o]) => o.minutes).filter(x => !missing(x));
+      const cis = got.map(([, o]) => o.asr_ci);
       found.push({label: label, mean_asr: got.reduce((s, [, o]) => s + o.asr, 0) / got.length,
+                  asr_ci: cis.some(missing) ? null : cis.reduce((s, x) => s + x, 0) / cis.length,
                   worst_asr: worst[1].asr, worst_attack: worst[0],
                   mean_d_ca: got.reduce((s, [, o]) => s + o.d_ca, 0) / got.length,
                   minutes: m.length ? m.reduce((s, x) => s + x, 0) / m.length : null});
     }
     found.sort((x, y) => x.mean_asr - y.mean_asr || y.mean_d_ca - x.mean_d_ca
                          || (x.label < y.label ? -1 : x.label > y.label ? 1 : 0));
-    return found.length ? found[0] : null;
+    if (!found.length) return null;
+    const top = found[0];
+    top.ties = found.slice(1).filter(f => !separated(f.mean_asr, f.asr_ci, top.mean_asr,
+                                                     top.asr_ci)).map(f => f.label);
+    return top;
   }
   function nameNode(label, cell) {
     const wrap = cell ? el('button', null, 'open') : el('span');
@@ -299,6 +326,8 @@ JS = r"""
           tr.appendChild(cell);
           if (f) {
             cell.appendChild(nameNode(f.label, null));
+            const tf = tiedNote(f.ties);
+            if (tf) cell.appendChild(tf);
             const asr = asrCell(f.mean_asr);
             const worst = 'worst ' + pct(f.worst_asr) + ' ' + f.worst_attack;
             asr.appendChild(el('span', worst, 'worst'));
@@ -324,6 +353,8 @@ JS = r"""
           tr.appendChild(cell);
           if (o) {
             cell.appendChild(nameNode(o.label, o.cell));
+            const to = tiedNote(ties(a, drop, o));
+            if (to) cell.appendChild(to);
             tr.appendChild(asrCell(o.asr));
             tr.appendChild(td(pts(o.d_ca)));
             tr.appendChild(td(pct(o.ra)));

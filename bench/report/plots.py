@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.collections import LineCollection
 
-from bench.report.aggregate import D_CA, DER, GROUP, LABEL, NONE, RANK, ranking
+from bench.report.aggregate import D_CA, DER, GROUP, LABEL, NONE, RANK
+from bench.report.ranks import ranking
 from bench.schema import Col
 
 #: Okabe & Ito's colour-blind-safe palette (without its yellow, too pale on white, kept last).

@@ -31,7 +31,9 @@ from bench.report.aggregate import (
 )
 from bench.report.details import is_missing, points
 from bench.report.naming import seeds_text
+from bench.report.ranks import OUTSIDE, SCORE, SCORE_HI, SCORE_LO, TIED
 from bench.report.text import pct
+from bench.report.verdict import DEFAULT_MAX_DROP
 from bench.schema import Col
 
 #: Footnote markers of a flagged cell or ranking row (explained under each table).
@@ -64,14 +66,45 @@ def _cost(row: pd.Series) -> str:
 
 
 def _rank(row: pd.Series) -> str:
-    return "–" if row.get(IS_BASELINE, False) else str(int(row[RANK]))
+    if row.get(IS_BASELINE, False):
+        return "–"
+    return f"{int(row[RANK])}=" if bool(row.get(TIED, False)) else str(int(row[RANK]))
 
+
+def _score(row: pd.Series) -> str:
+    if is_missing(row[SCORE]):
+        return "–"
+    if is_missing(row.get(SCORE_LO)) or row.get(IS_BASELINE, False):
+        return pct(row[SCORE])
+    return f"{pct(row[SCORE])} [{pct(row[SCORE_LO])}, {pct(row[SCORE_HI])}]"
+
+
+def bound_text(row: pd.Series) -> str:
+    if row.get(IS_BASELINE, False):
+        return "–"
+    lost, of = int(row[OUTSIDE]), int(row["attacks"])
+    return f"kept on {of}/{of}" if not lost else f"lost on {lost}/{of}"
+
+
+BOUND_POINTS = f"{100 * DEFAULT_MAX_DROP:g}"
 
 COLUMNS: tuple[RankColumn, ...] = (
-    RankColumn("rank", RANK, "", True, _rank),
+    RankColumn("rank", RANK, "=: shares the rank, not separated by the bootstrap", True, _rank),
     RankColumn(Col.defense, NAME, "", False, lambda r: str(r[LABEL])),
     RankColumn(
-        "mean DER", DER, "defense effectiveness rating, 50 = no change", True, lambda r: pct(r[DER])
+        "CA-bounded ASR",
+        SCORE,
+        f"mean over attacks of the ASR, counted as the undefended model's where more than "
+        f"{BOUND_POINTS} points of CA are lost; [95% bootstrap interval]",
+        True,
+        _score,
+    ),
+    RankColumn(
+        "CA bound",
+        OUTSIDE,
+        f"attacks on which clean accuracy stays within {BOUND_POINTS} points of none's",
+        True,
+        bound_text,
     ),
     RankColumn(
         "worst-case ASR",
@@ -90,15 +123,22 @@ COLUMNS: tuple[RankColumn, ...] = (
         lambda r: points(r[D_CA]),
     ),
     RankColumn("worst CA change", WORST_D_CA, "", True, lambda r: points(r[WORST_D_CA])),
+    RankColumn(
+        "mean DER", DER, "defense effectiveness rating, 50 = no change", True, lambda r: pct(r[DER])
+    ),
     RankColumn("minutes", MINUTES, "to a defended model, mean per attack", True, _minutes),
     RankColumn("× none", COST_VS_NONE, "time relative to training without a defense", True, _cost),
     RankColumn("seeds", "n_min", "", True, lambda r: seeds_text([r["n_min"], r["n_max"]])),
 )
 
 INTRO = (
-    "Defenses by mean DER over this table's attacks (ties: higher mean CA), with what a mean "
-    "hides: the worst-case ASR, the clean accuracy lost against no defense (points) and the "
-    "minutes to a defended model. The undefended baseline (none) is pinned first, unranked."
+    f"A defense that loses more than {BOUND_POINTS} points of clean accuracy against no defense "
+    "(same seed) on an attack does not work there: its ASR counts as the undefended model's "
+    "(the CA-bounded ASR). Defenses that keep clean accuracy on every attack rank first, by "
+    "mean CA-bounded ASR over this table's attacks; those that lose it somewhere follow, marked "
+    "in the CA bound column. A rank with = is shared: a paired bootstrap over attacks and seeds "
+    "does not separate that defense from the first of its group. The undefended baseline (none) "
+    "is pinned first, unranked."
 )
 
 
@@ -115,6 +155,8 @@ def baseline_rows(group: pd.DataFrame) -> pd.DataFrame:
                 LABEL: label,
                 IS_BASELINE: True,
                 RANK: float("nan"),
+                SCORE: float("nan"),
+                OUTSIDE: float("nan"),
                 DER: float("nan"),
                 WORST_ASR: worst[Col.asr],
                 WORST_ATTACK: worst[Col.attack],
@@ -134,6 +176,11 @@ def table_rows(group: pd.DataFrame, ranks: pd.DataFrame) -> list[pd.Series]:
     """The ranking's rows for one table: the baseline first, then the defenses by rank."""
     ranked = ranks.assign(**{IS_BASELINE: False})
     return [r for _, r in baseline_rows(group).iterrows()] + [r for _, r in ranked.iterrows()]
+
+
+def rank_texts(ranks: pd.DataFrame) -> dict[str, str]:
+    """Each ranked label's rank as the tables show it ("2=" where shared)."""
+    return {str(r[LABEL]): _rank(r) for _, r in ranks.iterrows()}
 
 
 def marks(row: pd.Series) -> str:

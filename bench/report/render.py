@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report import markdown, page, plots, reproduce, timing
-from bench.report.aggregate import LABEL, REASON, aggregate, ranking, skipped_cells
+from bench.report.aggregate import LABEL, REASON, aggregate, skipped_cells
+from bench.report.ranks import ranking
 from bench.report.text import write_text_atomic
 from bench.schema import Col
 

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 
 from bench.report import catalog, decision, plots
-from bench.report.aggregate import aggregate, ranking, trial_table
+from bench.report.aggregate import aggregate, trial_table
 from bench.report.details import cell_details
 from bench.report.markdown import render_markdown
 from bench.report.naming import table_title
 from bench.report.protocol import protocol, recipe
+from bench.report.ranks import ranking
 from bench.report.render import render
 from bench.schema import upgrade
 

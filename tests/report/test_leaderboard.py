@@ -15,13 +15,15 @@ import torch
 
 from bench.core import metrics
 from bench.report import stats
-from bench.report.aggregate import aggregate, ranking, trial_table
+from bench.report.aggregate import aggregate, trial_table
 from bench.report.markdown import cell_text
 from bench.report.page import render_page
+from bench.report.ranks import ranking
 from bench.report.render import render
 from bench.schema import upgrade
 
 EVIL = "<script>window.__pwned=1</script>"
+EVIL_LABEL = f"{EVIL} [plugin: evil<pkg>&co 1.0]"
 
 
 # --------------------------------------------------------------------------- metric functions
@@ -152,7 +154,8 @@ def table() -> pd.DataFrame:
             det_auroc=float("nan"),
         ),
         _row("abl", "blended", 0, 0.79, 0.40, 0.50, train=150.0),
-        _row("dlp", "badnets", 0, 0.70, 0.05, 0.60, train=300.0),
+        # The lowest ASR of all, bought with 30 points of clean accuracy.
+        _row("dlp", "badnets", 0, 0.50, 0.05, 0.60, train=300.0),
         _row(EVIL, "badnets", 0, 0.81, 0.95, 0.04, package="evil<pkg>&co"),
         _row("none", "badnets", 0, 0.83, 0.70, 0.20, ratio=0.05),
         _row("abl", "badnets", 0, 0.80, 0.30, 0.55, ratio=0.05),
@@ -184,10 +187,16 @@ def test_aggregate_der_ci_and_ranking(table):
     assert abl["d_ca"] == pytest.approx(-0.04) and abl["base_ca"] == pytest.approx(0.81)
     ranks = ranking(aggregate(table))
     top = ranks[ranks["ratio"] == 0.1].sort_values("rank")
-    # `none` is the baseline, not a contender: three defenses ranked.
-    assert list(top["defense_label"])[:2] == ["dlp (reconstructed)", "abl"]
+    # `none` is the baseline, not a contender: three defenses ranked. DLP has the lowest ASR
+    # (5%) but loses 30 points of CA: it ranks last, outside the bound, its ASR counted as the
+    # undefended model's (90%). ABL (4 points lost) ranks first.
+    assert list(top["defense_label"]) == ["abl", EVIL_LABEL, "dlp (reconstructed)"]
     assert top["rank"].tolist() == [1, 2, 3] and "none" not in set(top["defense_label"])
+    dlp = top.set_index("defense_label").loc["dlp (reconstructed)"]
+    assert dlp["outside_bound"] == 1 and dlp["bounded_asr"] == pytest.approx(0.90)
+    assert dlp["asr"] == pytest.approx(0.05)
     abl_rank = top.set_index("defense_label").loc["abl"]
+    assert abl_rank["outside_bound"] == 0 and abl_rank["bounded_asr"] == pytest.approx(0.24)
     # What the mean hides: ABL's worst attack is blended (40% ASR), and its time in minutes.
     assert abl_rank["worst_asr"] == pytest.approx(0.40) and abl_rank["worst_attack"] == "blended"
     assert abl_rank["d_ca"] == pytest.approx((-0.04 + -0.02) / 2)
@@ -256,7 +265,7 @@ def test_page_and_markdown_render_one_ranking_declaration(table, tmp_path):
     md_head, md_rows = _markdown_ranking(out.markdown.read_text())
     page_head, page_rows = _page_ranking(out.page.read_text())
     labels = [c.label for c in ranking_table.COLUMNS]
-    assert md_head == page_head == labels and len(labels) == 10
+    assert md_head == page_head == labels and len(labels) == 12
     names = [r[1].split()[0] for r in md_rows]
     assert [n in r[1].split() for n, r in zip(names, page_rows, strict=True)] == [True] * len(names)
     assert md_rows[0][0] == page_rows[0][0] == "–" and md_rows[0][1].startswith("none")
@@ -306,7 +315,7 @@ def _nonce(page: str) -> str:
 # --------------------------------------------------------------------------- real browser
 
 
-def _browser(tmp_path):
+def _browser(tmp_path, javascript: bool = True):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_bin = shutil.which("chromedriver")
     if not chromium or not driver_bin:
@@ -334,6 +343,10 @@ def _browser(tmp_path):
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    if not javascript:  # the page's own scripts off; the driver's still run
+        options.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2}
+        )
     return webdriver.Chrome(service=Service(driver_bin), options=options)
 
 
@@ -396,11 +409,19 @@ def test_page_in_a_headless_browser(table, tmp_path):
 
         # Rank order by default: the ranking and every cell, `none` pinned on top.
         ranking_id, matrix_id = _table_id(driver, "rank", "0.1"), _table_id(driver, "matrix", "0.1")
-        ranked = ["dlp (reconstructed)", "abl"]
-        assert _names(driver, ranking_id)[1:3] == ranked
-        assert _names(driver, ranking_id)[0].startswith("none")
+        # DLP has the lowest ASR but loses 30 points of CA: ranked last, and marked.
+        names = _names(driver, ranking_id)
+        assert names[0].startswith("none") and names[1] == "abl" and EVIL in names[2], names
+        assert names[3].startswith("dlp (reconstructed)") and "loses CA" in names[3], names
+        lost = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#' + arguments[0] + ' .badge.lost'))"
+            ".map(b => b.closest('tr').dataset.defense);",
+            ranking_id,
+        )
+        assert lost == ["dlp (reconstructed)"], lost
         matrix = _names(driver, matrix_id)
-        assert matrix[:3] == ["none", *ranked] and EVIL in matrix[3], matrix
+        assert matrix[:2] == ["none", "abl"] and EVIL in matrix[2], matrix
+        assert matrix[3].startswith("dlp (reconstructed)"), matrix
         ranks = driver.execute_script(
             "return Array.from(document.getElementById(arguments[0]).tBodies[0].rows)"
             ".map(r => r.cells[0].textContent);",
@@ -408,15 +429,15 @@ def test_page_in_a_headless_browser(table, tmp_path):
         )
         assert ranks[:4] == ["–", "1", "2", "3"]
 
-        # The decision view: DLP has the lowest ASR on badnets but costs 10 points of CA, so
-        # under the default 5-point bound ABL (4 points) is the best; with 15 points, DLP.
+        # The decision view: DLP has the lowest ASR on badnets but costs 30 points of CA, so
+        # under the default 5-point bound ABL (4 points) is the best; with 35 points, DLP.
         assert _decision(driver)["badnets"] == "abl"
         assert _decision(driver)["all 2 (mean)"] == "abl"  # the only one run on both attacks
         drop = driver.find_element(By.ID, "f-drop")
         drop.clear()
-        drop.send_keys("15")
+        drop.send_keys("35")
         assert _decision(driver)["badnets"] == "dlp (reconstructed)"
-        assert "drop=15" in driver.current_url
+        assert "drop=35" in driver.current_url
 
         # Keyboard sorting: Enter on the badnets header of every cell, twice.
         header = driver.find_element(
@@ -425,6 +446,14 @@ def test_page_in_a_headless_browser(table, tmp_path):
         header.send_keys(Keys.ENTER)
         th = driver.find_element(By.CSS_SELECTOR, f'#{matrix_id} th[data-key="asr:badnets"]')
         assert th.get_attribute("aria-sort") == "ascending"
+        # The focused sort button shows a focus ring (it had none: `all: unset`).
+        assert driver.switch_to.active_element == header
+        ring = driver.execute_script(
+            "const s = getComputedStyle(document.activeElement);"
+            "return [document.activeElement.matches(':focus-visible'), s.outlineStyle,"
+            " parseFloat(s.outlineWidth)];"
+        )
+        assert ring[0] and ring[1] != "none" and ring[2] >= 2, ring
         assert _names(driver, matrix_id)[:2] == ["none", "dlp (reconstructed)"]
         header.send_keys(Keys.ENTER)
         assert th.get_attribute("aria-sort") == "descending"
@@ -472,12 +501,12 @@ def test_page_in_a_headless_browser(table, tmp_path):
 
         # The URL holds filters, sorts and the bound: a fresh load restores them.
         url = driver.current_url
-        for part in ("q=abl", "ratio=0.1", "drop=15", f"sort.{matrix_id}=asr%3Abadnets.desc"):
+        for part in ("q=abl", "ratio=0.1", "drop=35", f"sort.{matrix_id}=asr%3Abadnets.desc"):
             assert part in url, url
         driver.get("about:blank")
         driver.get(url)
         assert driver.find_element(By.ID, "f-text").get_attribute("value") == "abl"
-        assert driver.find_element(By.ID, "f-drop").get_attribute("value") == "15"
+        assert driver.find_element(By.ID, "f-drop").get_attribute("value") == "35"
         assert not driver.find_element(
             By.CSS_SELECTOR, 'section.board[data-ratio="0.05"]'
         ).is_displayed()
@@ -505,11 +534,139 @@ def test_page_in_a_headless_browser(table, tmp_path):
         left, right, bottom, top, height = box
         assert left == 0 and right <= 390 and abs(bottom - height) < 1 and top > 0, box
         assert driver.execute_script("return document.documentElement.scrollWidth") <= 390
+        driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        # Every wide table scrolls in its own box and keeps its names in view: scrolled to
+        # the right, each row's name (and the name column's header) is sticky and not left of
+        # the box.
+        _names_stay_in_view(driver)
 
         assert driver.execute_script("return window.__pwned") is None
         assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         driver.quit()
+
+
+def _names_stay_in_view(driver) -> None:
+    report = driver.execute_script(
+        """
+        const out = [];
+        document.querySelectorAll('div.scroll').forEach(box => {
+          const table = box.querySelector('table');
+          if (!table || box.offsetParent === null || box.scrollWidth <= box.clientWidth + 1)
+            return;
+          box.scrollLeft = box.scrollWidth;
+          const left = box.getBoundingClientRect().left;
+          const names = Array.from(table.querySelectorAll(
+            'tbody th[scope=row], thead th.name')).filter(n => n.offsetParent !== null);
+          const off = names.filter(n => n.getBoundingClientRect().left < left - 1.5
+                                        || getComputedStyle(n).position !== 'sticky');
+          out.push([table.className + '#' + table.id, names.length, off.length]);
+          box.scrollLeft = 0;
+        });
+        return out;
+        """
+    )
+    wide = {name.split("#")[0] for name, *_ in report}
+    assert {"lb decision", "lb rank", "lb matrix"} <= wide, report
+    for name, found, off in report:
+        assert found and not off, (name, found, off)
+
+
+def _ties_table() -> pd.DataFrame:
+    """Three seeds on three attacks: `fa` and `fb` with equal means (a tie), `fc`
+    clearly worse, `wreck` the lowest ASR of all at 30 points of clean accuracy."""
+    rows = []
+    for attack in ("badnets", "blended", "sig"):
+        for seed in range(3):
+            rows.append(_row("none", attack, seed, 0.80, 0.95, 0.05))
+            # fa's and fb's ASRs are one set in two orders (binary fractions: equal means).
+            rows.append(_row("fa", attack, seed, 0.79, 0.125 + 0.0625 * seed, 0.7))
+            rows.append(_row("fb", attack, seed, 0.79, 0.25 - 0.0625 * seed, 0.7))
+            rows.append(_row("fc", attack, seed, 0.79, 0.60 + 0.01 * seed, 0.3))
+            rows.append(_row("wreck", attack, seed, 0.50, 0.01, 0.1))
+    return upgrade(pd.DataFrame(rows))
+
+
+def test_ranks_count_clean_accuracy_and_share_ties(tmp_path):
+    """The CA-aware ranking, in the table and on the page: tied defenses share a rank, the
+    defense with the lowest ASR but 30 points of CA lost ranks after every one that keeps it,
+    marked; the bootstrap is reproducible (a fixed generator)."""
+    table = _ties_table()
+    agg = aggregate(table)
+    ranks = ranking(agg).set_index("defense_label")
+    assert ranks["rank"].to_dict() == {"fa": 1, "fb": 1, "fc": 3, "wreck": 4}
+    assert ranks["tied"].to_dict() == {"fa": True, "fb": True, "fc": False, "wreck": False}
+    assert ranks.loc["wreck", "outside_bound"] == 3
+    assert ranks.loc["wreck", "bounded_asr"] == pytest.approx(0.95)
+    lo, hi = ranks.loc["fa", ["bounded_asr_lo", "bounded_asr_hi"]]
+    assert lo <= ranks.loc["fa", "bounded_asr"] <= hi and hi - lo > 0
+    again = ranking(aggregate(table)).set_index("defense_label")
+    assert again[["bounded_asr_lo", "bounded_asr_hi"]].equals(
+        ranks[["bounded_asr_lo", "bounded_asr_hi"]]
+    )
+    page = tmp_path / "ties.html"
+    page.write_text(render_page(table, agg, ranking(agg), []))
+    md = render(table, tmp_path / "out").markdown.read_text()
+    assert "| 1= | fa |" in md and "| 1= | fb |" in md and "| 4 | wreck |" in md
+    assert "(tied: fb)" in md  # the decision section names the tie
+    driver = _browser(tmp_path)
+    try:
+        driver.get(page.as_uri())
+        rows = driver.execute_script(
+            "return Array.from(document.querySelector('table.rank').tBodies[0].rows)"
+            ".filter(r => r.dataset.defense !== undefined)"
+            ".map(r => [r.cells[0].textContent, r.dataset.defense,"
+            " !!r.querySelector('.badge.lost')]);"
+        )
+        assert rows == [
+            ["–", "none", False],
+            ["1=", "fa", False],
+            ["1=", "fb", False],
+            ["3", "fc", False],
+            ["4", "wreck", True],
+        ], rows
+        tied = driver.execute_script(
+            "return Array.from(document.querySelectorAll('table.decision .tied'))"
+            ".map(t => t.textContent);"
+        )
+        assert tied and set(tied) == {"tied: fb"}, tied
+    finally:
+        driver.quit()
+
+
+def test_decision_view_and_ranking_are_in_the_page_without_javascript(table, tmp_path):
+    """With the page's scripts off, the decision view and the ranking are there, with the same
+    picks the script draws."""
+    page = render(table, tmp_path / "out").page
+    driver = _browser(tmp_path, javascript=False)
+    try:
+        driver.get(page.as_uri())
+        assert driver.execute_script("return window.__pwned") is None
+        assert _decision(driver)["badnets"] == "abl"
+        assert _decision(driver)["all 2 (mean)"] == "abl"
+        ranking_id = _table_id(driver, "rank", "0.1")
+        assert _names(driver, ranking_id)[1] == "abl"
+        static = driver.execute_script(
+            "return document.querySelector('table.decision tbody').innerHTML;"
+        )
+    finally:
+        driver.quit()
+    driver = _browser(tmp_path / "js")
+    try:  # the script redraws the same rows at the default bound
+        driver.get(page.as_uri())
+        drawn = driver.execute_script(
+            "return document.querySelector('table.decision tbody').innerHTML;"
+        )
+    finally:
+        driver.quit()
+    assert _visible_text(static) == _visible_text(drawn)
+
+
+def _visible_text(markup: str) -> list[str]:
+    return [
+        " ".join(re.sub(r"<[^>]+>", " ", html.unescape(tr)).split())
+        for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", markup, re.S)
+    ]
 
 
 # --------------------------------------------------------------------------- hostile plugin strings
