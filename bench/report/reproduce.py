@@ -12,6 +12,14 @@ A cell (dataset, attack, defense, ratio) is compared two ways, depending on whet
   work at all), since a defense's verdict is what is being compared. A cell where either model's
   clean accuracy is below :data:`COLLAPSED_CA` is shown but left out of the count: that model is
   no classifier, so its ASR says nothing about the backdoor.
+
+  Beside that ASR-only verdict, a **CA-aware** one (:func:`bench.report.verdict.works`): a
+  defense works when its ASR is below :data:`SUCCESS_ASR` *and* it loses at most
+  :data:`~bench.report.verdict.REPRODUCE_MAX_DROP` of clean accuracy against no defense, ours
+  against our `none` of the same seeds, the published run against the published no-defense run.
+  A defense that removes the backdoor by wrecking the model does not work under it, so a
+  collapsed cell needs no exclusion there; a cell whose published no-defense run is missing is
+  left out of that count.
 """
 
 from __future__ import annotations
@@ -24,16 +32,15 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.report import references
-from bench.report.aggregate import LABEL, aggregate
+from bench.report.aggregate import D_CA, LABEL, NONE, aggregate
 from bench.report.references import KEY, Reference
 from bench.report.text import md_code, md_escape, md_table, pct
+from bench.report.verdict import REPRODUCE_MAX_DROP, SUCCESS_ASR, works
 from bench.schema import OK, Col
 
 #: (|dCA|, |dASR|) bounds, in fractions, of a reproduced and of a close cell.
 REPRODUCED = (0.02, 0.05)
 CLOSE = (0.05, 0.10)
-#: A defense succeeds (the backdoor is removed) when the ASR is below this.
-SUCCESS_ASR = 0.20
 #: A defended model below this clean accuracy has collapsed (CIFAR-10's chance is 10%): its ASR
 #: says nothing about the backdoor (BackdoorBench's ABL on TrojanNN at 10%: CA 11.1% and ASR 100%,
 #: every input labelled the target), so its cell is left out of verdict agreement.
@@ -63,7 +70,9 @@ class Comparison:
     comparable: bool
     #: Matched cells: our aggregated columns, the published ones (suffix ``_pub``), and
     #: ``verdict`` (comparable) or ``ours_succeeds`` / ``published_succeeds`` / ``collapsed`` /
-    #: ``agrees`` (False where ``collapsed``: such a cell is no verdict, counted apart).
+    #: ``agrees`` (False where ``collapsed``: such a cell is no verdict, counted apart), and the
+    #: CA-aware ``ours_works`` / ``published_works`` / ``ca_known`` / ``agrees_ca`` (False
+    #: where not ``ca_known``: the published no-defense run is missing).
     cells: pd.DataFrame
     unmatched: int  # our cells with no published counterpart
 
@@ -81,6 +90,13 @@ def compare(df: pd.DataFrame, reference: Reference) -> list[Comparison]:
     if agg.empty:
         return []
     published = reference.table.drop(columns=[Col.model])
+    published_none = (
+        published[published[Col.defense] == NONE]
+        .assign(_ratio=lambda t: t[Col.ratio].round(6))
+        .rename(columns={Col.ca: "_none_ca_pub"})
+        .loc[:, [Col.dataset, Col.attack, "_ratio", "_none_ca_pub"]]
+        .drop_duplicates([Col.dataset, Col.attack, "_ratio"])
+    )
     # A row meets a published cell under the name its defense declares (reference_name), never
     # by its bare registry name: a plugin called "nad" is not BackdoorBench's NAD unless it says so.
     ours = agg.assign(_ratio=agg[Col.ratio].round(6), _published=agg[Col.defense_reference_name])
@@ -91,6 +107,7 @@ def compare(df: pd.DataFrame, reference: Reference) -> list[Comparison]:
         suffixes=("", PUB),
         indicator=True,
     )
+    matched = matched.merge(published_none, on=[Col.dataset, Col.attack, "_ratio"], how="left")
     matched["_comparable"] = matched[Col.reference] == reference.name
     out = []
     for (preset, comparable), cells in matched.groupby([Col.preset, "_comparable"], sort=True):
@@ -114,13 +131,36 @@ def compare(df: pd.DataFrame, reference: Reference) -> list[Comparison]:
             found = found.assign(
                 collapsed=collapsed,
                 agrees=(found["ours_succeeds"] == found["published_succeeds"]) & ~collapsed,
+                **_ca_aware(found),
             )
+        found = found.drop(columns=["_none_ca_pub"])
         order = [Col.dataset, Col.ratio, Col.attack, Col.defense, LABEL]
         found = found.sort_values(order).reset_index(drop=True)
         out.append(
             Comparison(reference, str(preset), bool(comparable), found, len(cells) - len(found))
         )
     return out
+
+
+def _ca_aware(found: pd.DataFrame) -> dict[str, pd.Series]:
+    """The CA-aware verdict's columns: each side's CA change against its own no-defense run."""
+    d_ca_pub = found[Col.ca + PUB] - found["_none_ca_pub"]
+    ours = [
+        works(a, d, REPRODUCE_MAX_DROP) for a, d in zip(found[Col.asr], found[D_CA], strict=True)
+    ]
+    theirs = [
+        works(a, d, REPRODUCE_MAX_DROP) for a, d in zip(found[Col.asr + PUB], d_ca_pub, strict=True)
+    ]
+    known = found[D_CA].notna() & d_ca_pub.notna()
+    ours_s = pd.Series(ours, index=found.index, dtype=bool)
+    theirs_s = pd.Series(theirs, index=found.index, dtype=bool)
+    return {
+        "d_ca_pub": d_ca_pub,
+        "ours_works": ours_s,
+        "published_works": theirs_s,
+        "ca_known": known,
+        "agrees_ca": (ours_s == theirs_s) & known,
+    }
 
 
 def default_reproduction(df: pd.DataFrame, user_dir: Path | None) -> Reproduction:
@@ -249,14 +289,32 @@ def _agreement(c: Comparison) -> Table:
             f"{100 * COLLAPSED_CA:.0f}% (ours / published), a collapsed model whose ASR says "
             f"nothing about the backdoor: {left_out}."
         )
+    known = defended[defended["ca_known"]]
+    agree_ca = int(known["agrees_ca"].sum())
+    share_ca = f" ({100 * agree_ca / len(known):.0f}%)" if len(known) else ""
+    lines.append(
+        f"CA-aware: a defense works when its ASR is below {100 * SUCCESS_ASR:.0f}% and it "
+        f"loses at most {100 * REPRODUCE_MAX_DROP:g} points of clean accuracy against no "
+        "defense (ours against our none, published against published); "
+        f"{len(known)} defended cells compared, {agree_ca} agree{share_ca}"
+        + (
+            f"; {len(defended) - len(known)} left out (no no-defense run on one side)."
+            if len(known) < len(defended)
+            else "."
+        )
+    )
+    by_defense = _by_defense(defended)
+    if by_defense:
+        lines.append("Agreement by defense (ASR-only; CA-aware): " + by_defense + ".")
     if len(base):
-        works = int((~base["ours_succeeds"]).sum())
+        works_here = int((~base["ours_succeeds"]).sum())
         published = int((~base["published_succeeds"]).sum())
         lines.append(
             f"Without a defense the attack works (ASR at least {100 * SUCCESS_ASR:.0f}%) in "
-            f"{works} of {len(base)} cells here and in {published} of them published."
+            f"{works_here} of {len(base)} cells here and in {published} of them published."
         )
     yes = {True: "succeeds", False: "fails"}
+    ok = {True: "works", False: "fails"}
     rows = [
         [
             r[Col.dataset],
@@ -267,6 +325,10 @@ def _agreement(c: Comparison) -> Table:
             yes[bool(r["ours_succeeds"])],
             yes[bool(r["published_succeeds"])],
             "left out (collapsed)" if r["collapsed"] else "yes" if r["agrees"] else "no",
+            f"{_points(r[D_CA])} / {_points(r['d_ca_pub'])}",
+            ok[bool(r["ours_works"])],
+            ok[bool(r["published_works"])],
+            ("yes" if r["agrees_ca"] else "no") if r["ca_known"] else "left out (no none)",
         ]
         for _, r in defended.iterrows()
     ]
@@ -279,9 +341,30 @@ def _agreement(c: Comparison) -> Table:
         "ours",
         "published",
         "agree",
+        "CA change ours / published",
+        "ours (CA-aware)",
+        "published (CA-aware)",
+        "agree (CA-aware)",
     ]
     title = f"Preset {c.preset} against {c.reference.name}: verdict agreement"
     return Table(title, lines, header, rows)
+
+
+def _points(x: float) -> str:
+    return "–" if pd.isna(x) else _delta(x)
+
+
+def _by_defense(defended: pd.DataFrame) -> str:
+    """Each defense's agreement under both verdicts, e.g. ``abl 3/5; 2/6``."""
+    parts = []
+    for label, g in defended.groupby(LABEL, sort=True):
+        counted = g[~g["collapsed"]]
+        known = g[g["ca_known"]]
+        parts.append(
+            f"{label} {int(counted['agrees'].sum())}/{len(counted)}; "
+            f"{int(known['agrees_ca'].sum())}/{len(known)}"
+        )
+    return ", ".join(parts)
 
 
 def tables(reproduction: Reproduction) -> list[Table]:
@@ -289,6 +372,26 @@ def tables(reproduction: Reproduction) -> list[Table]:
 
 
 HEADING = "Reproduction against published numbers"
+
+
+def _html_table(t: Table) -> str:
+    """A comparison table whose first column, sticky on a phone, names the cell (defense and
+    attack); the other columns follow as the markdown has them."""
+    esc = html.escape
+    named = [t.header.index(Col.defense), t.header.index(Col.attack)]
+    rest = [i for i in range(len(t.header)) if i not in named]
+    head = '<th scope="col" class="name">defense · attack</th>' + "".join(
+        f'<th scope="col">{esc(t.header[i])}</th>' for i in rest
+    )
+    body = "".join(
+        f'<tr><th scope="row" class="name">{esc(str(r[named[0]]))} · {esc(str(r[named[1]]))}'
+        "</th>" + "".join(f"<td>{esc(str(r[i]))}</td>" for i in rest) + "</tr>"
+        for r in t.rows
+    )
+    return (
+        f'<div class="scroll"><table class="lb repro"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def render_markdown(reproduction: Reproduction) -> str:
@@ -322,13 +425,6 @@ def render_html(reproduction: Reproduction) -> str:
         parts.append(f"<h3>{esc(t.title)}</h3>")
         parts += [f'<p class="note">{esc(line)}</p>' for line in t.lines]
         if t.rows:
-            head = "".join(f"<th>{esc(h)}</th>" for h in t.header)
-            body = "".join(
-                "<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in r) + "</tr>" for r in t.rows
-            )
-            parts.append(
-                f'<div class="scroll"><table class="lb repro"><thead><tr>{head}</tr></thead>'
-                f"<tbody>{body}</tbody></table></div>"
-            )
+            parts.append(_html_table(t))
     parts.append("</section>")
     return "".join(parts)

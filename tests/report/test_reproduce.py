@@ -150,6 +150,7 @@ def test_a_preset_of_its_own_protocol_gets_verdict_agreement(tmp_path, capsys):
         _cell("dbd", "wanet", 0.46, 0.50, preset="quick", reference=""),  # published succeeds
         _cell("nab", "wanet", 0.67, 0.45, preset="quick", reference=""),  # not published
         _cell("abl", "trojannn", 0.53, 0.00, preset="quick", reference=""),  # published CA 11.1
+        _cell("none", "trojannn", 0.70, 1.00, preset="quick", reference=""),
     ]
     df = upgrade(pd.DataFrame(rows))
     df.to_parquet(tmp_path / "results.parquet", index=False)
@@ -163,7 +164,26 @@ def test_a_preset_of_its_own_protocol_gets_verdict_agreement(tmp_path, capsys):
     assert "Left out: 1 cell(s) where a model's clean accuracy is below 20%" in out
     assert "abl on cifar10 trojannn at 0.1: CA 53.0 / 11.1" in out
     assert "| trojannn | abl | 0.0 / 100.0 | succeeds | fails | left out (collapsed) |" in out
-    assert "the attack works (ASR at least 20%) in 1 of 1 cells here and in 1 of them" in out
+    assert "the attack works (ASR at least 20%) in 2 of 2 cells here and in 2 of them" in out
+    # CA-aware: ABL on TrojanNN loses 17 points here and 82 published: it fails on both sides,
+    # so the cell agrees (ASR-only, it was left out). Where our none is missing: left out.
+    assert (
+        "CA-aware: a defense works when its ASR is below 20% and it loses at most 10 points "
+        "of clean accuracy against no defense (ours against our none, published against "
+        "published); 2 defended cells compared, 2 agree (100%); 2 left out" in out
+    )
+    assert (
+        "| succeeds | fails | left out (collapsed) | -17.0 / -82.3 | fails | fails | yes |" in out
+    )
+    assert "| succeeds | succeeds | yes | -6.0 / -8.0 | works | works | yes |" in out
+    assert (
+        "| 0.0 / 50.5 | succeeds | fails | no | – / -6.5 | fails | fails | left out (no none) |"
+        in out
+    )
+    assert (
+        "Agreement by defense (ASR-only; CA-aware): abl 1/1; 2/2, dbd 0/1; 0/0, ibau 0/1; 0/0."
+        in out
+    )
     assert "| cifar10 | 0.1 | blended | ibau | 0.0 / 50.5 | succeeds | fails | no |" in out
     assert "| cifar10 | 0.1 | badnets | abl | 5.0 / 0.0 | succeeds | succeeds | yes |" in out
     assert "reproduced" not in out and "dCA" not in out  # no numeric comparison
