@@ -24,7 +24,8 @@ import pandas as pd
 from matplotlib.collections import LineCollection
 
 from bench.report.aggregate import D_CA, DER, GROUP, LABEL, NONE, RANK
-from bench.report.ranks import ranking
+from bench.report.ranks import OUTSIDE, SCORE, TIED, ranking
+from bench.report.verdict import DEFAULT_MAX_DROP
 from bench.schema import Col
 
 #: Okabe & Ito's colour-blind-safe palette (without its yellow, too pale on white, kept last).
@@ -116,10 +117,14 @@ def rank_order(group: pd.DataFrame) -> list[str]:
 
 
 def _row_names(group: pd.DataFrame, order: list[str]) -> list[str]:
-    """Axis labels: the baseline as is, the defenses with their rank."""
-    base = set(group.loc[group[Col.defense] == NONE, LABEL])
-    ranked = [lb for lb in order if lb not in base]
-    return [_short(lb) if lb in base else f"{ranked.index(lb) + 1}. {_short(lb)}" for lb in order]
+    """Axis labels: the baseline as is, the defenses with their rank ("2=." where shared)."""
+    ranks = ranking(group)
+    text = (
+        {r[LABEL]: f"{int(r[RANK])}{'=' if r[TIED] else ''}. " for _, r in ranks.iterrows()}
+        if len(ranks)
+        else {}
+    )
+    return [f"{text.get(lb, '')}{_short(lb)}" for lb in order]
 
 
 def heatmaps(group: pd.DataFrame, title: str, path: Path) -> Path:
@@ -305,47 +310,105 @@ def der_strip(group: pd.DataFrame, title: str, path: Path, style: dict[str, Styl
     return _save(fig, path)
 
 
-def cost_vs_der(group: pd.DataFrame, title: str, path: Path, style: dict[str, Style]) -> Path:
-    """Mean DER against minutes to a defended model; `none`'s training time as a dashed line."""
+def cost_vs_asr(group: pd.DataFrame, title: str, path: Path, style: dict[str, Style]) -> Path:
+    return _save(cost_figure(group, title, style), path)
+
+
+def cost_figure(group: pd.DataFrame, title: str, style: dict[str, Style]):
+    """The ranking's score (mean CA-bounded ASR) against minutes to a defended model, `none`'s
+    training time as a dashed line; a hollow marker is a defense that loses the model (more CA
+    than the bound) on some attack. Labels are placed where they cover no marker or label."""
+    ranks = ranking(group)
     minutes = group.assign(_min=group[Col.train_seconds].astype(float) / 60)
-    summary = minutes.groupby(LABEL).agg(der=(DER, "mean"), minutes=("_min", "mean"))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     base = minutes[minutes[Col.defense] == NONE]["_min"].mean()
     if not math.isnan(base):
         ax.axvline(base, color=NONE_COLOUR, lw=1, ls="--")
         ax.annotate(
             "none (training alone)",
-            (base, 3),
+            (base, 1),
             fontsize=8,
             color="#555555",
             xytext=(3, 0),
             textcoords="offset points",
         )
-    base_labels = set(group.loc[group[Col.defense] == NONE, LABEL])
-    points = summary[~summary.index.isin(base_labels)].dropna().sort_values("der")
-    span = max(points["minutes"].max(), base if not math.isnan(base) else 0.0, 1e-9)
-    placed: list[tuple[float, float]] = []
-    for label, r in points.iterrows():
-        x, y = r["minutes"], 100 * r["der"]
-        s = style[label]
-        ax.scatter(x, y, color=s.colour, marker=s.marker, s=60, zorder=3)
-        # A label that would sit on an earlier one goes below its marker instead.
-        crowded = any(abs(x - px) < 0.2 * span and abs(y - py) < 5 for px, py in placed)
+    points = ranks.dropna(subset=[SCORE, "minutes"]) if len(ranks) else ranks
+    xy = []
+    for _, r in points.iterrows():
+        x, y, s = r["minutes"], 100 * r[SCORE], style[r[LABEL]]
+        lost = int(r[OUTSIDE]) > 0
+        ax.scatter(
+            x,
+            y,
+            s=60,
+            zorder=3,
+            marker=s.marker,
+            edgecolors=s.colour,
+            facecolors="none" if lost else s.colour,
+            linewidths=1.5,
+        )
+        xy.append((x, y, _short(r[LABEL]) + (" (loses CA)" if lost else "")))
+    span = max([p[0] for p in xy] + [base if not math.isnan(base) else 0.0, 1e-9])
+    ax.set_xlim(0, 1.25 * span)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("minutes to a defended model (mean per attack)")
+    ax.set_ylabel("mean CA-bounded ASR (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Cost vs CA-bounded ASR · {title}", fontsize=11)
+    with warnings.catch_warnings():  # the layout first: labels are placed in its pixels
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+    _place_labels(ax, xy)
+    return fig
+
+
+#: Where a label may go around its marker, in points: right, left, above, below, diagonals.
+_SPOTS = ((7, -3), (-7, -3), (0, 8), (0, -14), (7, 7), (-7, 7), (7, -13), (-7, -13))
+
+
+def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
+    """Annotate each point at the first spot whose text box covers no marker and no label
+    already placed (estimated in display pixels); else the least covered spot."""
+    fig = ax.figure
+    to_px = ax.transData.transform
+    scale = fig.dpi / 72
+    markers = [to_px((x, y)) for x, y, _ in points]
+    taken: list[tuple[float, float, float, float]] = [
+        (mx - 6 * scale, my - 6 * scale, mx + 6 * scale, my + 6 * scale) for mx, my in markers
+    ]
+    renderer = fig.canvas.get_renderer()
+    for t in ax.texts:  # text already there (the baseline's note)
+        b = t.get_window_extent(renderer)
+        taken.append((b.x0, b.y0, b.x1, b.y1))
+    frame = ax.get_window_extent()
+    for (x, y, text), (mx, my) in zip(points, markers, strict=True):
+        width, height = 4.6 * scale * len(text), 9 * scale
+
+        def box(dx: float, dy: float, mx=mx, my=my, width=width, height=height):
+            left = mx + dx * scale - (width if dx < 0 else width / 2 if dx == 0 else 0)
+            bottom = my + dy * scale
+            return (left, bottom, left + width, bottom + height)
+
+        def cover(b) -> float:
+            out = sum(
+                max(0.0, min(b[2], t[2]) - max(b[0], t[0]))
+                * max(0.0, min(b[3], t[3]) - max(b[1], t[1]))
+                for t in taken
+            )
+            outside = b[0] < frame.x0 or b[2] > frame.x1 or b[1] < frame.y0 or b[3] > frame.y1
+            return out + (1e6 if outside else 0.0)
+
+        dx, dy = min(_SPOTS, key=lambda d: (cover(box(*d)) > 0, cover(box(*d))))
+        taken.append(box(dx, dy))
         ax.annotate(
-            _short(label),
+            text,
             (x, y),
             fontsize=8,
-            xytext=(6, -11 if crowded else 3),
+            xytext=(dx, dy),
             textcoords="offset points",
+            ha="right" if dx < 0 else "center" if dx == 0 else "left",
+            va="bottom",
         )
-        placed.append((x, y))
-    ax.set_xlim(left=0)
-    ax.set_xlabel("minutes to a defended model (mean per attack)")
-    ax.set_ylabel("mean DER")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"Cost vs DER · {title}", fontsize=11)
-    return _save(fig, path)
 
 
 def common_attacks(table: pd.DataFrame) -> list[str]:
@@ -408,9 +471,12 @@ DER_CAPTION = (
     "have none)."
 )
 COST_CAPTION = (
-    "Mean DER against the minutes to a defended model (the defense's own work plus the "
-    "undefended model it starts from; waits for other trials excluded), per defense. The dashed "
-    "line is training without a defense. Up and to the left is better. Hardware: {device}."
+    "The ranking's score, the mean CA-bounded ASR (an attack on which the defense loses more "
+    "than {bound} points of clean accuracy counts at the undefended model's ASR), against the "
+    "minutes to a defended model (the defense's own work plus the undefended model it starts "
+    "from; waits for other trials excluded). Hollow: loses the model on some attack. The "
+    "dashed line is training without a defense. Down and to the left is better. "
+    "Hardware: {device}."
 )
 RATIO_CAPTION = (
     "ASR against the poison ratio, one panel per attack that ran at every ratio ({attacks}); "
@@ -420,7 +486,14 @@ RATIO_CAPTION = (
 
 
 #: File-name prefixes of the plots :func:`render_all` writes (others in the folder are not ours).
-PREFIXES = ("asr_heatmap_", "ca_vs_asr_", "der_bars_", "cost_vs_der_", "asr_vs_ratio_")
+PREFIXES = (
+    "asr_heatmap_",
+    "ca_vs_asr_",
+    "der_bars_",
+    "cost_vs_asr_",
+    "asr_vs_ratio_",
+    "cost_vs_der_",  # written before the ranking counted clean accuracy: removed as stale
+)
 
 
 def remove_stale(plot_dir: Path, written: list[Figure]) -> list[Path]:
@@ -467,9 +540,9 @@ def render_all(
             add(der_strip(group, title, plot_dir / f"der_bars_{s}.png", style), "DER", DER_CAPTION)
             devices = "; ".join(sorted({d for d in group[Col.device] if d})) or "not recorded"
             add(
-                cost_vs_der(group, title, plot_dir / f"cost_vs_der_{s}.png", style),
-                "Cost vs DER",
-                COST_CAPTION.format(device=devices),
+                cost_vs_asr(group, title, plot_dir / f"cost_vs_asr_{s}.png", style),
+                "Cost vs CA-bounded ASR",
+                COST_CAPTION.format(device=devices, bound=f"{100 * DEFAULT_MAX_DROP:g}"),
             )
     for (dataset, preset), table in agg.groupby([Col.dataset, Col.preset], sort=True):
         attacks = common_attacks(table) if table[Col.ratio].nunique() > 1 else []

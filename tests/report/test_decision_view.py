@@ -236,3 +236,32 @@ def test_protocol_and_details_are_readable(quick_like):
     fields = dict(shown["fields"][0]["rows"])
     assert fields["defense_metrics"] == "relabelled: 12"
     assert "spec" not in fields and "ca" not in fields  # shown elsewhere
+
+
+def test_cost_plot_labels_cover_no_marker_and_no_other_label():
+    """Crowded points (same minutes, scores a point apart): every label is placed clear of
+    every marker and of every other label (a label used to hide under a marker)."""
+    rows = []
+    for attack in ("badnets", "blended"):
+        rows.append(_row("none", attack, 0.80, 0.95, train_seconds=600.0))
+        for i, defense in enumerate(("abl", "ibau", "nab", "dlp", "ft", "fp")):
+            rows.append(_row(defense, attack, 0.79, 0.10 + 0.01 * i, train_seconds=600.0 + 3 * i))
+    agg = aggregate(upgrade(pd.DataFrame(rows)))
+    fig = plots.cost_figure(agg, "crowded", plots.styles(agg))
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        labels = [t for t in ax.texts if "none (training" not in t.get_text()]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        markers = [ax.transData.transform(off) for c in ax.collections for off in c.get_offsets()]
+        assert len(labels) == 6 and len(markers) == 6
+        for box, text in zip(boxes, labels, strict=True):
+            for mx, my in markers:
+                inside = box.x0 - 4 < mx < box.x1 + 4 and box.y0 - 4 < my < box.y1 + 4
+                assert not inside, (text.get_text(), box, (mx, my))
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                assert not a.overlaps(b), (a, b)
+    finally:
+        plots.plt.close(fig)

@@ -227,7 +227,7 @@ def test_markdown_and_exports_agree_with_the_table(table, tmp_path):
         "asr_heatmap_cifar10_quick_r0.1.png",
         "ca_vs_asr_cifar10_quick_r0.1.png",
         "der_bars_cifar10_quick_r0.1.png",
-        "cost_vs_der_cifar10_quick_r0.1.png",
+        "cost_vs_asr_cifar10_quick_r0.1.png",
         "asr_vs_ratio_cifar10_quick.png",
     }
 
