@@ -20,10 +20,22 @@ import torch
 log = logging.getLogger("bench.gallery")
 
 
-def _save(fig, path: Path) -> Path:
+TITLE = "Attack gallery: clean, triggered, amplified difference"
+#: Height kept above the panels for the figure's title, in inches (it overlapped their titles).
+_TITLE_INCHES = 0.35
+
+
+def layout(fig, title: str = TITLE) -> None:
+    """The title in a band of its own above the panels, then the panels laid out below it."""
+    height = fig.get_figheight()
+    fig.suptitle(title, fontsize=9, y=1 - 0.08 / height, va="top")
     with warnings.catch_warnings():  # long titles can defeat tight_layout; harmless
         warnings.simplefilter("ignore", UserWarning)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - _TITLE_INCHES / height))
+
+
+def _save(fig, path: Path) -> Path:
+    layout(fig)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -87,6 +99,5 @@ def attack_gallery(specs: list, path: Path, build: bool = False) -> Path | None:
             ax.imshow(img[0].permute(1, 2, 0).numpy(), interpolation="nearest")
             ax.set_title(caption, fontsize=7)
             ax.axis("off")
-    fig.suptitle("Attack gallery: clean, triggered, amplified difference", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, path)

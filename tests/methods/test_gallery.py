@@ -30,3 +30,28 @@ def test_the_gallery_fits_attacks_at_the_trials_precision(tmp_path, monkeypatch,
         spec = dataclasses.replace(spec, precision=requested)
         assert attack_gallery([spec], tmp_path / f"{requested}.png").exists()
         assert seen[-1] == precision.resolve(requested, "cpu")
+
+
+def test_the_gallery_title_sits_above_every_panel_title():
+    """The figure's title overlapped the first row's panel titles (`badnets`, `|diff|`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.cli.gallery import layout
+
+    for rows in (1, 3, 10):
+        fig, axes = plt.subplots(rows, 3, figsize=(4.8, 1.7 * rows + 0.4), squeeze=False)
+        for ax in axes.flat:
+            ax.imshow([[0, 1], [1, 0]])
+            ax.set_title("cifar10 clean", fontsize=7)
+            ax.axis("off")
+        layout(fig)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        title = fig._suptitle.get_window_extent(renderer)
+        top = max(ax.title.get_window_extent(renderer).y1 for ax in axes[0])
+        assert title.y0 >= top, (rows, title, top)
+        assert title.y1 <= fig.bbox.y1 + 0.5
+        plt.close(fig)
