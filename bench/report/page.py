@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report import catalog, decision, ranking_table
+from bench.report import catalog, decision, ranking_table, threat
 from bench.report.aggregate import (
     BASELINE_OTHER_REV,
     CELL,
@@ -146,6 +146,7 @@ class _Ctx:
 
     def __init__(self, df, trials, style, published):
         self.recorded = [str(c) for c in df.columns]
+        self.trials = trials
         self.by_cell = dict(tuple(trials.groupby(CELL))) if len(trials) else {}
         self.style = style
         self.published = published
@@ -431,10 +432,15 @@ def _decision(agg: pd.DataFrame, ctx: _Ctx) -> tuple[str, list[dict]]:
         b[Col.device] = devices[0] if len(devices) == 1 else ""
         title = f"{dataset_name(b[Col.dataset])} · preset {b[Col.preset]}"
         sub = f"{seeds_text(cells['n'])} · hardware: {'; '.join(devices) or 'not recorded'}"
+        trials = ctx.trials
+        if len(trials):
+            trials = trials[
+                (trials[Col.dataset] == b[Col.dataset]) & (trials[Col.preset] == b[Col.preset])
+            ]
         out.append(
             f'<div class="decide" data-dataset="{esc(b[Col.dataset])}" '
             f'data-preset="{esc(b[Col.preset])}"><h3>{esc(title)}</h3>'
-            f'<p class="sub">{esc(sub)}</p>'
+            f'<p class="sub">{esc(sub)}</p>{_board_facts(trials)}'
             + (
                 '<div class="scroll"><table class="lb decision" '
                 'aria-label="best defense per attack"><thead><tr>'
@@ -450,6 +456,27 @@ def _decision(agg: pd.DataFrame, ctx: _Ctx) -> tuple[str, list[dict]]:
             + "</div>"
         )
     return "".join(out), boards
+
+
+def _board_facts(trials: pd.DataFrame) -> str:
+    """What the picks below rest on, before the table: the data, the budget and the clean data
+    each defense was given (a defense with 1,000 clean images and one with none are not on
+    equal footing)."""
+    if trials.empty:
+        return ""
+    facts = protocol(trials)
+    data = "; ".join(dict.fromkeys(str(v) for v in trials[Col.data_source].dropna() if v))
+    need = threat.clean_need(trials)
+    items = [
+        ("data", data or "not recorded"),
+        ("budget", ", ".join(facts.summary[:3])),
+        *([("clean data given", need)] if need else []),
+    ]
+    return (
+        '<ul class="facts">'
+        + "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in items)
+        + "</ul>"
+    )
 
 
 def _works_td(asr: float | None, extra: str = "") -> str:
@@ -606,8 +633,9 @@ def _link(url: str, text: str) -> str:
     return f'<a href="{esc(url)}" rel="noreferrer noopener">{esc(text)}</a>' if url else ""
 
 
-def _methods(agg: pd.DataFrame) -> str:
-    """Two small tables (attacks, defenses): each method's paper and official code."""
+def _methods(agg: pd.DataFrame, trials: pd.DataFrame) -> str:
+    """Two small tables (attacks, defenses): each method's paper and official code, and each
+    defense's threat model card (what the defender holds, when it acts)."""
     if agg.empty:
         return ""
     attacks = agg.drop_duplicates(Col.attack).sort_values(Col.attack)
@@ -629,31 +657,52 @@ def _methods(agg: pd.DataFrame) -> str:
             catalog.DEFENSES.get(str(r[Col.defense])),
             str(r[Col.defense_package]),
             str(r[Col.defense_version]),
+            card=_card(str(r[Col.defense]), str(r[LABEL]), trials),
         )
         for _, r in defenses.iterrows()
     ]
 
-    def table(name: str, rows: list[str]) -> str:
+    def table(name: str, rows: list[str], detail: str = "paper and official code") -> str:
         if not rows:
             return ""
         return (
             f'<div class="scroll"><table class="lb plain methods" aria-label="{name}">'
-            f"<thead><tr><th>{name}</th><th>paper and official code</th></tr></thead>"
+            f"<thead><tr><th>{name}</th><th>{detail}</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>"
         )
 
     return (
-        '<section id="methods"><h2>Methods: papers and official code</h2>'
+        '<section id="methods"><h2>Methods: papers, official code, threat models</h2>'
         '<p class="note">Plain links (nothing on this page is fetched). Where no official code '
         "exists, the harness implements the method from its paper and the method spec.</p>"
         + table("attacks", attack_rows)
-        + table("defenses", defense_rows)
+        + table("defenses", defense_rows, "paper, official code and threat model")
         + "</section>"
     )
 
 
-def _method_row(name: str, family: str, method, package: str, version: str) -> str:
-    """A method's row: its name (and family), then its paper and code, or its plugin package."""
+def _card(defense: str, label: str, trials: pd.DataFrame) -> str:
+    """A defense's threat model card: the built-in's from its needs, a plugin's clean data from
+    its rows (the rest of a plugin's is not recorded)."""
+    rows = trials[trials[LABEL] == label] if len(trials) else trials
+    clean = threat.clean_text(rows) if len(rows) else ""
+    builtin = len(rows) and set(rows[Col.defense_package]) <= {catalog.BUILTIN_PACKAGE, ""}
+    model = threat.for_defense(defense) if builtin else None
+    lines = (
+        model.lines(clean)
+        if model
+        else [("clean data", clean or "none"), ("training", "not recorded for a plugin")]
+    )
+    return (
+        '<dl class="card">'
+        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in lines)
+        + "</dl>"
+    )
+
+
+def _method_row(name: str, family: str, method, package: str, version: str, card: str = "") -> str:
+    """A method's row: its name (and family), then its paper and code, or its plugin package,
+    and (a defense) its threat model card."""
     plugin = package not in ("", catalog.BUILTIN_PACKAGE)
     head = esc(name) + (f'<br><span class="muted">{esc(family)}</span>' if family else "")
     if plugin or method is None:
@@ -669,7 +718,7 @@ def _method_row(name: str, family: str, method, package: str, version: str) -> s
             f'{_link(method.paper, method.title)} <span class="muted">({esc(method.cite)})'
             f"</span><br>{code}"
         )
-    return f'<tr><th scope="row">{head}</th><td>{body}</td></tr>'
+    return f'<tr><th scope="row">{head}</th><td>{body}{card}</td></tr>'
 
 
 def _published(reproduction: Reproduction | None) -> dict[tuple, str]:
@@ -818,7 +867,7 @@ the backdoor survives even the best choice. Open a defense for its details.</p>
 {('<section id="sweeps"><h2>Poison-ratio sweeps</h2>' + sweeps + "</section>") if sweeps else ""}
 {repro_html}
 {_failed(df)}
-{_methods(agg)}
+{_methods(agg, trials)}
 {gallery_html}
 </main>
 <dialog id="details" aria-labelledby="details-title">

@@ -73,6 +73,9 @@ table.decision th[scope=row]{text-align:left;font-weight:normal}
 z-index:2}
 table.decision td.best{text-align:left}
 .decide{margin:10px 0 18px}
+ul.facts{margin:2px 0 6px;padding-left:20px;max-width:80em;color:#545b69}
+dl.card{display:grid;grid-template-columns:max-content 1fr;gap:0 10px;margin:6px 0 0;
+font-size:13px}dl.card dt{color:#545b69}dl.card dd{margin:0}
 details.protocol,details.detection{margin:6px 0 10px;max-width:80em}
 details summary{cursor:pointer}
 details.protocol dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:8px 0;
