@@ -59,7 +59,7 @@ SUPERSEDED_TRIALS = "superseded_trials"
 CELL = [*GROUP, LABEL, Col.attack]
 #: The spec fields that say which defense ran; every other spec field is shared with the
 #: trial's `none` baseline.
-DEFENSE_FIELDS = (Col.defense, Col.defense_params, Col.clean_fraction)
+DEFENSE_FIELDS = (Col.defense, Col.defense_params, Col.clean_fraction, Col.defense_revision)
 #: The resolved precision joins the spec: a bf16 trial's baseline is a bf16 `none` trial.
 BASELINE_KEY = [
     *(c for c in SPEC_COLUMNS if c not in (*DEFENSE_FIELDS, Col.seed)),
@@ -72,6 +72,36 @@ COST = [Col.defense_seconds, Col.train_seconds, Col.wall_seconds, Col.peak_memor
 BASELINE = [BASE_CA, BASE_ASR]
 #: The label of the undefended baseline (the built-in `none`).
 NONE = "none"
+#: The ratio of the clean-model cells (an attack that poisons nothing, ``clean``, runs at 0):
+#: what each defense costs when there is no backdoor. They are no attack to rank against, so
+#: the report shows them as a column of their own (:func:`clean_column`).
+CLEAN_RATIO = 0.0
+CLEAN_D_CA = "clean_d_ca"
+CLEAN_FPR = "clean_fpr"
+CLEAN_N = "clean_n"
+
+
+def is_clean(table: pd.DataFrame) -> pd.Series:
+    """Which rows are clean-model cells (no sample poisoned)."""
+    return table[Col.ratio].astype(float) == CLEAN_RATIO
+
+
+def clean_column(agg: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, preset, defense label): the CA change a defense causes on a model trained
+    without poisoning (against `none` on that clean model, same seeds), the share of clean
+    training samples it flags as poison (its false-positive rate; NaN where it flags none) and
+    the seeds behind them."""
+    cells = agg[is_clean(agg) & (agg[Col.defense] != NONE)]
+    columns = [Col.dataset, Col.preset, LABEL, CLEAN_D_CA, CLEAN_FPR, CLEAN_N]
+    if cells.empty:
+        return pd.DataFrame(columns=columns)
+    return (
+        cells.groupby([Col.dataset, Col.preset, LABEL], sort=True)
+        .agg(
+            **{CLEAN_D_CA: (D_CA, "mean"), CLEAN_FPR: (Col.det_fpr, "mean"), CLEAN_N: ("n", "min")}
+        )
+        .reset_index()[columns]
+    )
 
 
 def defense_label(name: str, package: str | None, version: str | None, reconstructed: bool) -> str:

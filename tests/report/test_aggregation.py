@@ -107,6 +107,17 @@ def test_a_trial_is_scored_only_against_the_none_of_its_own_spec(mixed):
     assert "§ No `none` trial with the same spec and seed" in render_markdown(table)
 
 
+def test_a_defense_at_a_later_revision_is_scored_against_the_same_none():
+    """A defense's revision is its own (like its parameters): I-BAU at revision 2 had no DER and
+    no CA change because `none` (revision 1) did not share its 'spec'."""
+    rows = [
+        _row("none", 0, 0.9, ca=0.80),
+        _row("ibau", 0, 0.1, ca=0.75, defense_revision=2),
+    ]
+    ibau = trial_table(upgrade(pd.DataFrame(rows))).set_index("defense").loc["ibau"]
+    assert not ibau["no_baseline"] and ibau["d_ca"] == pytest.approx(-0.05)
+
+
 def test_cost_vs_none_is_own_work_over_the_baselines_on_the_same_device():
     rows = [
         _row("none", 0, 0.9, train_seconds=100.0, defense_seconds=0.1),
