@@ -136,6 +136,9 @@ class Attack(Configurable, ABC):
     controls_training: ClassVar[bool] = False
     #: Attacks that add cross/noise/negative samples (labels kept) beside the backdoor samples.
     has_cross: ClassVar[bool] = False
+    #: False for the no-attack baseline (:mod:`attacks.clean`): no sample is poisoned whatever
+    #: the ratio, and the grid runs it once, at ratio 0.
+    poisons: ClassVar[bool] = True
     #: Bumped when a code change alters what the attack makes for the same parameters: the cell
     #: is then another trial, and its poisoned sets and backdoored models are rebuilt. An attack
     #: whose own artifact changed also puts :meth:`revision_key` into that ``ctx.artifact`` key

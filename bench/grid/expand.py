@@ -70,6 +70,8 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
     defense_revisions = {
         d: getattr(registry.get_entry("defense", d).load(), "revision", 1) for d in defenses
     }
+    # An attack that poisons nothing (the clean baseline) runs once per seed, at ratio 0.
+    poisons = {a: getattr(registry.get_entry("attack", a).load(), "poisons", True) for a in attacks}
     needs = {d: registry.get_entry("defense", d).load().needs for d in defenses}
     defense_params = {
         d: _resolved("defense", d, preset.defense_params, preset.name) for d in defenses
@@ -85,7 +87,7 @@ def expand_grid(preset: Preset) -> list[TrialSpec]:
         (dataset, attack, ratio, seed, defense)
         for dataset, attack in itertools.product(grid.datasets, attacks)
         for ratio, seed, defense in itertools.product(
-            grid.ratios_for(attack, dataset), grid.seeds, defenses
+            grid.ratios_for(attack, dataset) if poisons[attack] else (0.0,), grid.seeds, defenses
         )
     ]
     for dataset, attack, ratio, seed, defense in cells:

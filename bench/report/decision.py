@@ -21,7 +21,15 @@ from typing import Any
 import pandas as pd
 
 from bench.report import catalog
-from bench.report.aggregate import D_CA, DER, LABEL, NONE
+from bench.report.aggregate import (
+    CLEAN_D_CA,
+    D_CA,
+    DER,
+    LABEL,
+    NONE,
+    clean_column,
+    is_clean,
+)
 from bench.report.verdict import DEFAULT_MAX_DROP
 from bench.report.verdict import within as _within_bound
 from bench.schema import Col
@@ -39,7 +47,7 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _option(r: pd.Series) -> dict[str, Any]:
+def _option(r: pd.Series, on_clean: dict[str, float | None] | None = None) -> dict[str, Any]:
     minutes = _num(r[Col.train_seconds])
     return {
         "label": str(r[LABEL]),
@@ -54,6 +62,7 @@ def _option(r: pd.Series) -> dict[str, Any]:
         "minutes": None if minutes is None else minutes / 60,
         Col.device: str(r[Col.device]),
         "memory_mb": _num(r[Col.peak_memory_mb]),
+        "clean_d_ca": (on_clean or {}).get(str(r[LABEL])),
     }
 
 
@@ -73,7 +82,12 @@ def boards(agg: pd.DataFrame) -> list[dict[str, Any]]:
     if agg.empty:
         return []
     out = []
+    clean = clean_column(agg).set_index([Col.dataset, Col.preset, LABEL])[CLEAN_D_CA].to_dict()
     for (dataset, preset), table in agg.groupby([Col.dataset, Col.preset], sort=True):
+        on_clean = {lb: _num(v) for (d, p, lb), v in clean.items() if (d, p) == (dataset, preset)}
+        table = table[~is_clean(table)]
+        if table.empty:
+            continue
         table = table.assign(
             _family=[
                 catalog.family(a, m, p)
@@ -94,7 +108,7 @@ def boards(agg: pd.DataFrame) -> list[dict[str, Any]]:
             for attack, cells in rows.groupby(Col.attack, sort=True):
                 base = cells[cells[Col.defense] == NONE]
                 options = sorted(
-                    (_option(r) for _, r in cells[cells[Col.defense] != NONE].iterrows()),
+                    (_option(r, on_clean) for _, r in cells[cells[Col.defense] != NONE].iterrows()),
                     key=_sort_key,
                 )
                 attacks.append(
@@ -175,6 +189,7 @@ def family_best(group: dict[str, Any], max_drop: float = DEFAULT_MAX_DROP) -> di
                 "worst_asr": worst[Col.asr],
                 "worst_attack": worst_attack,
                 "mean_d_ca": sum(o["d_ca"] for _, o in got) / len(got),
+                "clean_d_ca": got[0][1]["clean_d_ca"],
                 "minutes": sum(minutes) / len(minutes) if minutes else None,
             }
         )

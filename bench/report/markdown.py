@@ -14,6 +14,7 @@ from bench.report import decision, ranking_table
 from bench.report.aggregate import (
     BASELINE_GIT_REV,
     BASELINE_OTHER_REV,
+    CLEAN_RATIO,
     DETECTION,
     DIRTY,
     GROUP,
@@ -244,7 +245,10 @@ def _section(
         notes += [*_flag_notes(group), *_superseded_note(group)]
     if notes:
         out += ["", *(f"{n}  " for n in notes[:-1]), notes[-1]]
-    if len(group):
+    if len(group) and ratio == CLEAN_RATIO:
+        out += ["", ranking_table.CLEAN_NOTE]
+        out += _detection_table(group)
+    elif len(group):
         rk = in_table(ranks, key)
         if rk.empty:
             out += [
@@ -304,11 +308,12 @@ def decision_section(agg: pd.DataFrame, max_drop: float = decision.DEFAULT_MAX_D
                             f"{pct(f['mean_asr'])} (worst {pct(f['worst_asr'])}, "
                             f"{f['worst_attack']})",
                             points(f["mean_d_ca"]),
+                            points(f["clean_d_ca"]),
                             "",
                             _minutes(f["minutes"]),
                         ]
                         if f
-                        else [f"none within {bound} points on every attack", "", "", "", ""]
+                        else [f"none within {bound} points on every attack", "", "", "", "", ""]
                     )
                     + [""]
                 )
@@ -321,11 +326,12 @@ def decision_section(agg: pd.DataFrame, max_drop: float = decision.DEFAULT_MAX_D
                         o["label"] + _tied([t["label"] for t in decision.ties(a, max_drop)]),
                         pct(o[Col.asr]),
                         points(o["d_ca"]),
+                        points(o["clean_d_ca"]),
                         pct(o[Col.ra]),
                         _minutes(o["minutes"]),
                     ]
                 else:
-                    cells_ = [f"none within {bound} points", "", "", "", ""]
+                    cells_ = [f"none within {bound} points", "", "", "", "", ""]
                 rows.append([group, a[Col.attack], *cells_, none])
         out += md_table(
             [
@@ -334,6 +340,7 @@ def decision_section(agg: pd.DataFrame, max_drop: float = decision.DEFAULT_MAX_D
                 "best defense",
                 "ASR",
                 "CA change",
+                "CA change, clean model",
                 "RA",
                 "minutes",
                 "none: CA / ASR",

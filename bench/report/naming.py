@@ -51,7 +51,9 @@ def families_phrase(found: Iterable[str]) -> str:
 
 
 def holds(cells: pd.DataFrame, ratio: float) -> str:
-    """What a table holds: 'clean-label attacks at 5% poison'."""
+    """What a table holds: 'clean-label attacks at 5% poison' (ratio 0: the clean model)."""
+    if ratio == 0:
+        return "clean model (no poison): each defense without a backdoor"
     return f"{families_phrase(families(cells))} at {100 * ratio:g}% poison"
 
 

@@ -30,6 +30,7 @@ from bench.report import catalog, decision, ranking_table, threat
 from bench.report.aggregate import (
     BASELINE_OTHER_REV,
     CELL,
+    CLEAN_RATIO,
     DER,
     DIRTY,
     GROUP,
@@ -41,6 +42,7 @@ from bench.report.aggregate import (
     SUPERSEDED_TRIALS,
     SUPERSEDED_VERSIONS,
     in_table,
+    is_clean,
     trial_table,
 )
 from bench.report.details import (
@@ -373,7 +375,9 @@ def _section(
         f'<p class="sub">{esc(sub)}</p>',
         _protocol_block(trials),
     ]
-    if not defended:
+    if ratio == CLEAN_RATIO:
+        parts.append(f'<p class="note">{esc(ranking_table.CLEAN_NOTE)}</p>')
+    elif not defended:
         parts.append(
             '<p class="warn">Only the undefended baseline (<code>none</code>) ran on this '
             "table: there is nothing to rank. Its cells show how well each attack works "
@@ -445,7 +449,9 @@ def _decision(agg: pd.DataFrame, ctx: _Ctx) -> tuple[str, list[dict]]:
                 '<div class="scroll"><table class="lb decision" '
                 'aria-label="best defense per attack"><thead><tr>'
                 '<th scope="col">attack</th><th scope="col">best defense</th>'
-                '<th scope="col">ASR</th><th scope="col">CA change</th><th scope="col">RA</th>'
+                '<th scope="col">ASR</th><th scope="col">CA change</th>'
+                '<th scope="col" title="the same defense on a model trained without poisoning, '
+                'against none on it">CA change, clean model</th><th scope="col">RA</th>'
                 '<th scope="col">minutes</th><th scope="col">no defense: CA / ASR</th>'
                 f"</tr></thead><tbody>{_decision_body(b, decision.DEFAULT_MAX_DROP, ctx)}"
                 "</tbody></table></div>"
@@ -468,7 +474,7 @@ def _board_facts(trials: pd.DataFrame) -> str:
     data = "; ".join(dict.fromkeys(str(v) for v in trials[Col.data_source].dropna() if v))
     need = threat.clean_need(trials)
     items = [
-        ("data", data or "not recorded"),
+        ("images", data or "not recorded"),
         ("budget", ", ".join(facts.summary[:3])),
         *([("clean data given", need)] if need else []),
     ]
@@ -516,7 +522,7 @@ def _decision_body(board: dict, max_drop: float, ctx: _Ctx) -> str:
     for g in board["groups"]:
         ratio = f"{round(g[Col.ratio] * 10000) / 100:g}%"
         rows.append(
-            f'<tr class="family"><th colspan="7" scope="colgroup" '
+            f'<tr class="family"><th colspan="8" scope="colgroup" '
             f'title="{esc(catalog.FAMILY_MEANING.get(g["family"], ""))}">'
             f'<span class="fam">{esc(g["family"])} attacks</span>'
             f'<span class="muted"> · {esc(ratio)} poison</span></th></tr>'
@@ -532,12 +538,13 @@ def _decision_body(board: dict, max_drop: float, ctx: _Ctx) -> str:
                 body = (
                     f'<td class="best">{_pick(f["label"], None, ctx)}{_tied_note(f["ties"])}</td>'
                     + _works_td(f["mean_asr"], f'<span class="worst">{esc(worst)}</span>')
-                    + f"<td>{points(f['mean_d_ca'])}</td><td></td>"
+                    + f"<td>{points(f['mean_d_ca'])}</td>"
+                    + f"<td>{points(f['clean_d_ca'])}</td><td></td>"
                     + f"<td>{_minutes_text(f['minutes'])}</td>"
                 )
             else:
                 body = (
-                    f'<td class="best" colspan="5"><span class="muted">none within {bound} '
+                    f'<td class="best" colspan="6"><span class="muted">none within {bound} '
                     "points on every attack</span></td>"
                 )
             rows.append(f'<tr class="summary">{head}{body}<td></td></tr>')
@@ -550,7 +557,8 @@ def _decision_body(board: dict, max_drop: float, ctx: _Ctx) -> str:
                     f'<td class="best">{_pick(o["label"], o.get("cell"), ctx)}'
                     f"{_tied_note(tied)}</td>"
                     + _works_td(o[Col.asr])
-                    + f"<td>{points(o['d_ca'])}</td><td>{pct(o[Col.ra])}</td>"
+                    + f"<td>{points(o['d_ca'])}</td><td>{points(o['clean_d_ca'])}</td>"
+                    + f"<td>{pct(o[Col.ra])}</td>"
                     + f"<td{minutes_tip}>{_minutes_text(o['minutes'])}</td>"
                 )
             else:
@@ -563,7 +571,7 @@ def _decision_body(board: dict, max_drop: float, ctx: _Ctx) -> str:
                     else ""
                 )
                 body = (
-                    f'<td class="best" colspan="5"><span class="muted">none within {bound} '
+                    f'<td class="best" colspan="6"><span class="muted">none within {bound} '
                     f"points</span>{lowest}</td>"
                 )
             none = a[NONE]
@@ -638,7 +646,7 @@ def _methods(agg: pd.DataFrame, trials: pd.DataFrame) -> str:
     defense's threat model card (what the defender holds, when it acts)."""
     if agg.empty:
         return ""
-    attacks = agg.drop_duplicates(Col.attack).sort_values(Col.attack)
+    attacks = agg[~is_clean(agg)].drop_duplicates(Col.attack).sort_values(Col.attack)
     attack_rows = [
         _method_row(
             str(r[Col.attack]),

@@ -274,6 +274,7 @@ JS = r"""
                   asr_ci: cis.some(missing) ? null : cis.reduce((s, x) => s + x, 0) / cis.length,
                   worst_asr: worst[1].asr, worst_attack: worst[0],
                   mean_d_ca: got.reduce((s, [, o]) => s + o.d_ca, 0) / got.length,
+                  clean_d_ca: got[0][1].clean_d_ca,
                   minutes: m.length ? m.reduce((s, x) => s + x, 0) / m.length : null});
     }
     found.sort((x, y) => x.mean_asr - y.mean_asr || y.mean_d_ca - x.mean_d_ca
@@ -311,7 +312,7 @@ JS = r"""
         if (state.ratio && ratioKey(g.ratio) !== state.ratio) return;
         const head = el('tr', null, 'family');
         const th = el('th');
-        th.colSpan = 7;
+        th.colSpan = 8;
         th.scope = 'colgroup';
         th.title = data.families[g.family] || '';
         th.appendChild(el('span', g.family + ' attacks', 'fam'));
@@ -336,12 +337,13 @@ JS = r"""
             asr.appendChild(el('span', worst, 'worst'));
             tr.appendChild(asr);
             tr.appendChild(td(pts(f.mean_d_ca)));
+            tr.appendChild(td(pts(f.clean_d_ca)));
             tr.appendChild(td(''));
             tr.appendChild(td(mins(f.minutes)));
           } else {
             const text = 'none within ' + drop + ' points on every attack';
             cell.appendChild(el('span', text, 'muted'));
-            cell.colSpan = 5;
+            cell.colSpan = 6;
           }
           tr.appendChild(td(''));
           tbody.appendChild(tr);
@@ -360,6 +362,7 @@ JS = r"""
             if (to) cell.appendChild(to);
             tr.appendChild(asrCell(o.asr));
             tr.appendChild(td(pts(o.d_ca)));
+            tr.appendChild(td(pts(o.clean_d_ca)));
             tr.appendChild(td(pct(o.ra)));
             const m = td(mins(o.minutes));
             if (!b.device) m.title = o.device;
@@ -373,7 +376,7 @@ JS = r"""
               const text = ' ' + pct(low.asr) + ', CA ' + pts(low.d_ca) + ')';
               cell.appendChild(el('span', text, 'muted'));
             }
-            cell.colSpan = 5;
+            cell.colSpan = 6;
           }
           tr.appendChild(td(a.none ? pct(a.none.ca) + ' / ' + pct(a.none.asr) : '–', 'base'));
           tbody.appendChild(tr);

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.collections import LineCollection
 
-from bench.report.aggregate import D_CA, DER, GROUP, LABEL, NONE, RANK
+from bench.report.aggregate import D_CA, DER, GROUP, LABEL, NONE, RANK, is_clean
 from bench.report.ranks import OUTSIDE, SCORE, TIED, ranking
 from bench.report.verdict import DEFAULT_MAX_DROP
 from bench.schema import Col
@@ -517,6 +517,7 @@ def render_all(
     if agg.empty:
         return written
     style = styles(agg) if style is None else style
+    agg = agg[~is_clean(agg)]  # the clean model is a column of the tables, not an attack
     for (dataset, preset, ratio), group in agg.groupby(GROUP, sort=True):
         title = f"{dataset} · {preset} · {100 * ratio:g}% poison"
         s = slug(dataset, preset, ratio)

@@ -15,6 +15,8 @@ import pandas as pd
 
 from bench.report.aggregate import (
     BASELINE_OTHER_REV,
+    CLEAN_D_CA,
+    CLEAN_FPR,
     COST_VS_NONE,
     D_CA,
     DER,
@@ -124,11 +126,35 @@ COLUMNS: tuple[RankColumn, ...] = (
     ),
     RankColumn("worst CA change", WORST_D_CA, "", True, lambda r: points(r[WORST_D_CA])),
     RankColumn(
+        "CA change, clean model",
+        CLEAN_D_CA,
+        "on a model trained without poisoning, against none on it (same seeds): what the "
+        "defense costs when there is no backdoor",
+        True,
+        lambda r: points(r.get(CLEAN_D_CA)),
+    ),
+    RankColumn(
+        "clean flagged",
+        CLEAN_FPR,
+        "share of the clean model's training samples the defense flags as poison (its "
+        "false-positive rate); – where it flags none or did not run there",
+        True,
+        lambda r: "–" if is_missing(r.get(CLEAN_FPR)) else pct(r[CLEAN_FPR]),
+    ),
+    RankColumn(
         "mean DER", DER, "defense effectiveness rating, 50 = no change", True, lambda r: pct(r[DER])
     ),
     RankColumn("minutes", MINUTES, "to a defended model, mean per attack", True, _minutes),
     RankColumn("× none", COST_VS_NONE, "time relative to training without a defense", True, _cost),
     RankColumn("seeds", "n_min", "", True, lambda r: seeds_text([r["n_min"], r["n_max"]])),
+)
+
+#: Under a clean-model table (ratio 0) in place of a ranking.
+CLEAN_NOTE = (
+    "No backdoor here: each defense ran on a model trained without poisoning, so the CA change "
+    "against none is what it costs for nothing, and a flagged sample is a false positive (the "
+    "ASR column only counts clean non-target images landing in the target class). Defenses "
+    "are not ranked on it; these numbers join each ranking as its clean-model columns."
 )
 
 INTRO = (
@@ -163,6 +189,8 @@ def baseline_rows(group: pd.DataFrame) -> pd.DataFrame:
                 Col.asr: b[Col.asr].mean(),
                 D_CA: float("nan"),
                 WORST_D_CA: float("nan"),
+                CLEAN_D_CA: float("nan"),
+                CLEAN_FPR: float("nan"),
                 MINUTES: b[Col.train_seconds].astype(float).mean() / 60,
                 COST_VS_NONE: 1.0,
                 "n_min": int(b["n"].min()),

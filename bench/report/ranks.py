@@ -5,6 +5,8 @@ table's attacks (:func:`bench.report.verdict.bounded_asr`: on an attack where it
 the bound of clean accuracy against `none`, its ASR counts as the undefended model's). Defenses
 within the bound on every attack rank first, by that score; those outside it on some attack
 follow, by the same score, and are marked with how many attacks they lost the model on.
+Clean-model cells (ratio 0, no backdoor) are no attack to score: they join each row as the
+clean-model columns (:func:`bench.report.aggregate.clean_column`).
 
 **Ranks are groups.** A paired bootstrap over attacks, and over seeds within each attack
 (:data:`REPLICATES` draws, a fixed generator so the page is reproducible), gives the score's 95%
@@ -34,6 +36,8 @@ from bench.report.aggregate import (
     SEED_VALUES,
     WORST_ASR,
     WORST_ATTACK,
+    clean_column,
+    is_clean,
 )
 from bench.report.verdict import DEFAULT_MAX_DROP, bounded_asr
 from bench.schema import Col
@@ -56,7 +60,8 @@ def ranking(agg: pd.DataFrame, max_drop: float = DEFAULT_MAX_DROP) -> pd.DataFra
     the attacks outside the CA bound, DER, and the cost in minutes."""
     if agg.empty:
         return pd.DataFrame()
-    defended = agg[agg[Col.defense] != NONE].copy()
+    clean = clean_column(agg)
+    defended = agg[(agg[Col.defense] != NONE) & ~is_clean(agg)].copy()
     if defended.empty:
         return pd.DataFrame()
     defended["_minutes"] = defended[Col.train_seconds].astype(float) / 60
@@ -103,7 +108,8 @@ def ranking(agg: pd.DataFrame, max_drop: float = DEFAULT_MAX_DROP) -> pd.DataFra
     tables = [
         _rank_table(by_table[k], cells, max_drop) for k, cells in defended.groupby(GROUP, sort=True)
     ]
-    return pd.concat(tables, ignore_index=True)
+    ranked = pd.concat(tables, ignore_index=True)
+    return ranked.merge(clean, on=[Col.dataset, Col.preset, LABEL], how="left")
 
 
 def _rank_table(summary: pd.DataFrame, cells: pd.DataFrame, max_drop: float) -> pd.DataFrame:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.report import references
-from bench.report.aggregate import D_CA, LABEL, NONE, aggregate
+from bench.report.aggregate import D_CA, LABEL, NONE, aggregate, is_clean
 from bench.report.references import KEY, Reference
 from bench.report.text import md_code, md_escape, md_table, pct
 from bench.report.verdict import REPRODUCE_MAX_DROP, SUCCESS_ASR, works
@@ -87,6 +87,7 @@ class Reproduction:
 def compare(df: pd.DataFrame, reference: Reference) -> list[Comparison]:
     """Every preset's cells of ``df`` against ``reference`` (one comparison per preset)."""
     agg = aggregate(df)
+    agg = agg[~is_clean(agg)]  # the clean model has no published counterpart
     if agg.empty:
         return []
     published = reference.table.drop(columns=[Col.model])

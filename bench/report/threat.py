@@ -62,7 +62,10 @@ class ThreatModel:
     def lines(self, clean: str = "") -> list[tuple[str, str]]:
         """The card, as (what, value); ``clean`` says how much clean data where it is known."""
         if self.clean_data:
-            held = clean or "a clean subset of the training set (the preset's clean_fraction, 5% by default)"
+            held = (
+                clean
+                or "a clean subset of the training set (the preset's clean_fraction, 5% by default)"
+            )
         else:
             held = "none"
         return [

@@ -67,8 +67,12 @@ def plan_grid(specs: Iterable[TrialSpec], left_out: Mapping[str, str] | None = N
             )
             labels_by_budget[key] = data.train_y
         if spec.attack not in policies:
-            policies[spec.attack] = registry.get_entry("attack", spec.attack).load().label_policy
+            cls = registry.get_entry("attack", spec.attack).load()
+            policies[spec.attack] = cls.label_policy if getattr(cls, "poisons", True) else ""
         policy = policies[spec.attack]
+        if not policy:  # poisons nothing (the clean model): no draw to check
+            plan.runnable.append(spec)
+            continue
         # Whether the draw is possible depends on the counts only, not on the seed: once a cell.
         check = (key, spec.ratio, spec.target, policy, spec.exclude_target_from_poison)
         if check not in problems:

@@ -177,7 +177,10 @@ def ground_truth(
 ) -> GroundTruth:
     """The samples :func:`poison_train_set` poisons and cross-transforms, from the seeded draws
     alone (no image is touched): cheap, so the harness derives it when it scores a defense
-    instead of keeping it where a defense could load it."""
+    instead of keeping it where a defense could load it. An attack that poisons nothing (the
+    clean baseline) has an empty mask."""
+    if not attack.poisons:
+        return GroundTruth(torch.zeros(len(labels), dtype=torch.bool))
     idx = select_poison_indices(
         labels,
         ratio,

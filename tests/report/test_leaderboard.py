@@ -219,7 +219,7 @@ def test_markdown_and_exports_agree_with_the_table(table, tmp_path):
     assert "1–2 seeds (cells differ) per cell" in md
     assert md.index("## Which defense?") < md.index("## cifar10")
     # Under the default 5-point bound ABL (4 points lost) beats DLP (10 points lost) on badnets.
-    assert "| static poison-label, 10% | badnets | abl | 8.0 | -4.0 | 71.0 | 2.5 |" in md
+    assert "| static poison-label, 10% | badnets | abl | 8.0 | -4.0 | – | 71.0 | 2.5 |" in md
     assert "| worst-case ASR |" in md and "| 40.0 (blended) |" in md
     exported = pd.read_csv(tmp_path / "leaderboard.csv")
     assert len(exported) == len(agg) == 8
@@ -265,7 +265,7 @@ def test_page_and_markdown_render_one_ranking_declaration(table, tmp_path):
     md_head, md_rows = _markdown_ranking(out.markdown.read_text())
     page_head, page_rows = _page_ranking(out.page.read_text())
     labels = [c.label for c in ranking_table.COLUMNS]
-    assert md_head == page_head == labels and len(labels) == 12
+    assert md_head == page_head == labels and len(labels) == 14
     names = [r[1].split()[0] for r in md_rows]
     assert [n in r[1].split() for n, r in zip(names, page_rows, strict=True)] == [True] * len(names)
     assert md_rows[0][0] == page_rows[0][0] == "–" and md_rows[0][1].startswith("none")

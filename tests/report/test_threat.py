@@ -73,7 +73,7 @@ def test_the_page_shows_cards_and_what_the_decision_rests_on(tmp_path):
     page = render(upgrade(pd.DataFrame(rows)), tmp_path).page.read_text()
     decide = page.split('<section id="decide">')[1].split("</section>")[0]
     facts = decide.split('<ul class="facts">')[1].split("</ul>")[0]
-    assert "JPEG export, not the official pixels" in facts
+    assert "<b>images</b>: archive:cifar10-jpeg.tar.gz (JPEG export" in facts
     assert "vgg5" in facts and "20,000 training" in facts and "14 epochs" in facts
     assert "ibau: 1,000 clean images (5% of the training set); abl: none" in facts
     methods = page.split('<section id="methods">')[1]
