@@ -151,10 +151,11 @@ def _results_table(args: argparse.Namespace):
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Render everything from the results table alone (no dataset, model or registry)."""
+    from bench.core.versions import git_revision
     from bench.report.render import render
 
     out, df = _results_table(args)
-    rendered = render(df, out)
+    rendered = render(df, out, code_revision=git_revision())
     print(f"wrote {rendered.markdown} and {len(rendered.plots)} plots in {out / 'plots'}")
     if rendered.gallery is None:
         print("no plots/attacks.png to embed (`bench attacks gallery` renders it)")

@@ -149,6 +149,7 @@ class _Ctx:
     def __init__(self, df, trials, style, published):
         self.recorded = [str(c) for c in df.columns]
         self.trials = trials
+        self.code_revision = ""
         self.by_cell = dict(tuple(trials.groupby(CELL))) if len(trials) else {}
         self.style = style
         self.published = published
@@ -444,7 +445,7 @@ def _decision(agg: pd.DataFrame, ctx: _Ctx) -> tuple[str, list[dict]]:
         out.append(
             f'<div class="decide" data-dataset="{esc(b[Col.dataset])}" '
             f'data-preset="{esc(b[Col.preset])}"><h3>{esc(title)}</h3>'
-            f'<p class="sub">{esc(sub)}</p>{_board_facts(trials)}'
+            f'<p class="sub">{esc(sub)}</p>{_board_facts(trials, ctx.code_revision)}'
             + (
                 '<div class="scroll"><table class="lb decision" '
                 'aria-label="best defense per attack"><thead><tr>'
@@ -464,10 +465,11 @@ def _decision(agg: pd.DataFrame, ctx: _Ctx) -> tuple[str, list[dict]]:
     return "".join(out), boards
 
 
-def _board_facts(trials: pd.DataFrame) -> str:
-    """What the picks below rest on, before the table: the data, the budget and the clean data
+def _board_facts(trials: pd.DataFrame, code_revision: str = "") -> str:
+    """What the picks below rest on, before the table: the data, the budget, the clean data
     each defense was given (a defense with 1,000 clean images and one with none are not on
-    equal footing)."""
+    equal footing), and the record's code revision and precision (with the code's, where the
+    record is from another)."""
     if trials.empty:
         return ""
     facts = protocol(trials)
@@ -477,12 +479,28 @@ def _board_facts(trials: pd.DataFrame) -> str:
         ("images", data or "not recorded"),
         ("budget", ", ".join(facts.summary[:3])),
         *([("clean data given", need)] if need else []),
+        ("record", _record_text(trials, code_revision)),
     ]
     return (
         '<ul class="facts">'
         + "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in items)
         + "</ul>"
     )
+
+
+def _record_text(trials: pd.DataFrame, code_revision: str) -> str:
+    revisions = sorted({str(r) for r in trials[Col.git_rev].dropna() if r})
+    precisions = sorted({str(p) for p in trials[Col.precision_used].dropna() if p})
+    text = (
+        f"code revision {', '.join(revisions) or 'not recorded'}, "
+        f"precision {', '.join(precisions) or 'not recorded'}"
+    )
+    if code_revision and revisions and code_revision not in revisions:
+        text += (
+            f"; this page was rendered by revision {code_revision}: trials whose attack or "
+            "defense changed since are rerun by `bench run` (their revision is in the trial id)"
+        )
+    return text
 
 
 def _works_td(asr: float | None, extra: str = "") -> str:
@@ -769,16 +787,19 @@ def render_page(
     skipped: pd.DataFrame | None = None,
     reproduction: Reproduction | None = None,
     downloads: Iterable[str] = (),
+    code_revision: str = "",
 ) -> str:
     """The page. ``figures``: :func:`bench.report.plots.render_all`'s; ``style``: each defense's
     plot colour and marker; ``gallery``: an existing attack gallery image to embed; ``skipped``:
     cells left out (:func:`~bench.report.aggregate.skipped_cells`); ``reproduction``: the
-    published numbers; ``downloads``: files beside the page to link (names)."""
+    published numbers; ``downloads``: files beside the page to link (names); ``code_revision``:
+    the revision of the code rendering it ("" unknown), named where the record's differs."""
     nonce = secrets.token_urlsafe(16)
     style = style or {}
     skipped = skipped if skipped is not None else pd.DataFrame(columns=[*GROUP, REASON])
     trials = trial_table(df)
     ctx = _Ctx(df, trials, style, _published(reproduction))
+    ctx.code_revision = code_revision
     sections, toc = [], []
     presets = sorted(agg[Col.preset].unique()) if not agg.empty else []
     if not agg.empty:

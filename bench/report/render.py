@@ -50,7 +50,12 @@ def export_table(agg: pd.DataFrame, skipped: pd.DataFrame) -> pd.DataFrame:
     return table.astype(dtypes)
 
 
-def render(df: pd.DataFrame, out_dir: Path, references_dir: Path | None = None) -> Rendered:
+def render(
+    df: pd.DataFrame,
+    out_dir: Path,
+    references_dir: Path | None = None,
+    code_revision: str = "",
+) -> Rendered:
     """Write LEADERBOARD.md, TIMING.md, index.html, leaderboard.{csv,parquet} and plots/ under
     ``out_dir``. ``references_dir``: user references beside the shipped ones (default
     ``out_dir/references``)."""
@@ -92,6 +97,7 @@ def render(df: pd.DataFrame, out_dir: Path, references_dir: Path | None = None) 
             skipped=skipped,
             reproduction=reproduction,
             downloads=[p.name for p in downloads if p.is_file()],
+            code_revision=code_revision,
         ),
     )
     return Rendered(

@@ -70,12 +70,15 @@ def test_the_page_shows_cards_and_what_the_decision_rests_on(tmp_path):
         rows.append(_row("none", attack, 0.80, 0.95))
         rows.append(_row("abl", attack, 0.78, 0.05))
         rows.append(_row("ibau", attack, 0.79, 0.08, clean_fraction=0.05, n_clean_subset=1000))
-    page = render(upgrade(pd.DataFrame(rows)), tmp_path).page.read_text()
+    page = render(upgrade(pd.DataFrame(rows)), tmp_path, code_revision="def456").page.read_text()
     decide = page.split('<section id="decide">')[1].split("</section>")[0]
     facts = decide.split('<ul class="facts">')[1].split("</ul>")[0]
     assert "<b>images</b>: archive:cifar10-jpeg.tar.gz (JPEG export" in facts
     assert "vgg5" in facts and "20,000 training" in facts and "14 epochs" in facts
     assert "ibau: 1,000 clean images (5% of the training set); abl: none" in facts
+    # The record's code revision and precision, and that the code has moved on since.
+    assert "<b>record</b>: code revision abc, precision" in facts
+    assert "rendered by revision def456" in facts
     methods = page.split('<section id="methods">')[1]
     ibau = methods.split(">ibau<")[1].split("</tr>")[0]
     assert "<dt>clean data</dt><dd>1,000 clean images (5% of the training set)</dd>" in ibau
