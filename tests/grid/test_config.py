@@ -117,7 +117,7 @@ def test_planning_a_grid_costs_per_cell_work_once_not_per_trial(monkeypatch):
     preset = with_overrides(load_preset("quick"), seeds=range(40))
     specs = expand_grid(preset)
     plan = plan_grid(specs, preset.grid.left_out)
-    assert len(specs) == 11 * 6 * 40 and len(plan.runnable) + len(plan.skipped) == len(specs)
+    assert len(specs) == 11 * 12 * 40 and len(plan.runnable) + len(plan.skipped) == len(specs)
     assert sorted(scans) == ["attack", "defense"]  # once per kind, not per trial
     spec = specs[0]
     first = spec.canonical()
