@@ -9,9 +9,12 @@ listens on loopback only (``LOCAL_ONLY_ENV``); a cluster is joined only when ask
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -149,6 +152,45 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+#: What Ray's core logs (on fd 2, from C++) when the cluster wants a token this process lacks.
+AUTH_FAILURE_MARKS = ("InvalidAuthToken", "Unauthenticated")
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def auth_failure_message(address: str) -> str:
+    """One line naming the cause Ray only logs: the cluster uses token authentication."""
+    mode = os.environ.get(AUTH_MODE_ENV, "")
+    if mode != "token":
+        cause = f"this process is not in token mode (${AUTH_MODE_ENV} is {mode or 'unset'})"
+    else:
+        cause = "the token this process presents is not the cluster's"
+    return (
+        f"cannot join the Ray cluster at --address {address}: it uses token authentication and "
+        f"{cause} (Ray: InvalidAuthToken). Set {AUTH_MODE_ENV}=token and the head's token in "
+        "RAY_AUTH_TOKEN, or in a file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token "
+        "('ray get-auth-token' on the head prints it), as on every node; see docs/operating.md."
+    )
+
+
+@contextmanager
+def _stderr_into(sink: io.StringIO) -> Iterator[None]:
+    """File descriptor 2 into ``sink`` for the block: Ray's core writes why a join failed there
+    (from C++, beside Python's ``sys.stderr``), and the error should say it in one line. The
+    caller writes the text back out where it explains nothing new."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            sink.write(capture.read().decode(errors="replace"))
+
+
 @contextmanager
 def _loopback_only() -> Iterator[None]:
     """Start a local Ray instance that listens on 127.0.0.1 only.
@@ -188,17 +230,23 @@ def _connect_ray(address: str | None, gpus_per_trial: float, cpus_per_trial: flo
         # A cluster started in Ray's local-only mode (LOCAL_ONLY_ENV=0, e.g. on loopback) is
         # joined in that mode, whether or not ray was imported before the variable was set.
         local_only = os.environ.get(LOCAL_ONLY_ENV) == "0"
+        said = io.StringIO()
         try:
             with (
                 _environment(**{GCS_CONNECT_ATTEMPTS_ENV: attempts}),
                 _loopback_only() if local_only else nullcontext(),
+                _stderr_into(said),
             ):
                 ray.init(address=address, **kwargs)
         except Exception as exc:  # ConnectionError, TimeoutError, ValueError in various versions
+            if any(mark in said.getvalue() for mark in AUTH_FAILURE_MARKS):
+                raise BenchError(auth_failure_message(address)) from exc
+            sys.stderr.write(said.getvalue())
             raise BenchError(
                 f"cannot join the Ray cluster at --address {address}: {exc}. "
                 "Start it with 'ray start --head' or check the address (host:port)."
             ) from exc
+        sys.stderr.write(said.getvalue())
     else:
         # A local instance needs no outside peer: nothing of it may listen beyond loopback.
         env[LOCAL_ONLY_ENV] = "0"
