@@ -324,7 +324,12 @@ def decision_section(agg: pd.DataFrame, max_drop: float = decision.DEFAULT_MAX_D
                 if o:
                     cells_ = [
                         o["label"] + _tied([t["label"] for t in decision.ties(a, max_drop)]),
-                        pct(o[Col.asr]),
+                        pct(o[Col.asr])
+                        + (
+                            f" ±{pct(o['asr_ci'])} (n={o['n']})"
+                            if o["n"] > 1 and o["asr_ci"] is not None
+                            else ""
+                        ),
                         points(o["d_ca"]),
                         points(o["clean_d_ca"]),
                         pct(o[Col.ra]),

@@ -528,6 +528,13 @@ def _pick(label: str, cell: str | None, ctx: _Ctx) -> str:
     return f'<span data-label="{esc(label)}">{glyph}{esc(label)}</span>'
 
 
+def _ci_text(option: dict) -> str:
+    """The ASR's 95% interval over seeds beside a pick (as the script's ``ciText``)."""
+    if option["n"] > 1 and option["asr_ci"] is not None:
+        return f'<span class="ci"> ±{pct(option["asr_ci"])} n={option["n"]}</span>'
+    return ""
+
+
 def _tied_note(labels: list[str]) -> str:
     return f'<span class="tied">tied: {esc(", ".join(labels))}</span>' if labels else ""
 
@@ -574,7 +581,7 @@ def _decision_body(board: dict, max_drop: float, ctx: _Ctx) -> str:
                 body = (
                     f'<td class="best">{_pick(o["label"], o.get("cell"), ctx)}'
                     f"{_tied_note(tied)}</td>"
-                    + _works_td(o[Col.asr])
+                    + _works_td(o[Col.asr], _ci_text(o))
                     + f"<td>{points(o['d_ca'])}</td><td>{points(o['clean_d_ca'])}</td>"
                     + f"<td>{pct(o[Col.ra])}</td>"
                     + f"<td{minutes_tip}>{_minutes_text(o['minutes'])}</td>"

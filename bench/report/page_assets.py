@@ -360,7 +360,11 @@ JS = r"""
             cell.appendChild(nameNode(o.label, o.cell));
             const to = tiedNote(ties(a, drop, o));
             if (to) cell.appendChild(to);
-            tr.appendChild(asrCell(o.asr));
+            const a_ = asrCell(o.asr);
+            if (o.n > 1 && !missing(o.asr_ci)) {
+              a_.appendChild(el('span', ' ±' + pct(o.asr_ci) + ' n=' + o.n, 'ci'));
+            }
+            tr.appendChild(a_);
             tr.appendChild(td(pts(o.d_ca)));
             tr.appendChild(td(pts(o.clean_d_ca)));
             tr.appendChild(td(pct(o.ra)));
