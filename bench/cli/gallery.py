@@ -52,6 +52,10 @@ def attack_gallery(specs: list, path: Path, build: bool = False) -> Path | None:
     from bench.grid import registry
     from bench.trial.cell import attack_context
 
+    # An attack that poisons nothing (the clean model) has no trigger to show.
+    specs = [
+        s for s in specs if getattr(registry.get_entry("attack", s.attack).load(), "poisons", True)
+    ]
     if not specs:
         return None
     attacks = sorted({s.attack for s in specs})

@@ -55,3 +55,9 @@ def test_the_gallery_title_sits_above_every_panel_title():
         assert title.y0 >= top, (rows, title, top)
         assert title.y1 <= fig.bbox.y1 + 0.5
         plt.close(fig)
+
+
+def test_the_clean_model_has_no_row_in_the_gallery(tmp_path, cifar10):
+    preset = with_overrides(load_preset("smoke"), datasets=["cifar10"], attacks=["clean"])
+    assert attack_gallery(expand_grid(preset), tmp_path / "g.png") is None  # nothing to show
+    assert not (tmp_path / "g.png").exists()
