@@ -498,7 +498,7 @@ def _record_text(trials: pd.DataFrame, code_revision: str) -> str:
     if code_revision and revisions and code_revision not in revisions:
         text += (
             f"; this page was rendered by revision {code_revision}: trials whose attack or "
-            "defense changed since are rerun by `bench run` (their revision is in the trial id)"
+            "defense changed since are rerun by bench run (their revision is in the trial id)"
         )
     return text
 
