@@ -36,7 +36,7 @@ from bench.schema import Col
 
 __all__ = ["DEFAULT_MAX_DROP", "best", "boards", "family_best", "ties", "within"]
 #: Two picks with one seed (no interval) closer than this in ASR are not told apart.
-ONE_SEED_RESOLUTION = 0.02
+NO_INTERVAL_RESOLUTION = 0.02
 
 
 def _num(x: Any) -> float | None:
@@ -138,9 +138,9 @@ def within(option: dict[str, Any], max_drop: float) -> bool:
 
 def separated(asr: float, ci: float | None, other: float, other_ci: float | None) -> bool:
     """Whether two ASRs are told apart: their 95% intervals do not overlap, or, where either has
-    one seed (no interval), they differ by more than :data:`ONE_SEED_RESOLUTION`."""
+    one seed (no interval), they differ by more than :data:`NO_INTERVAL_RESOLUTION`."""
     if ci is None or other_ci is None:
-        return abs(asr - other) > ONE_SEED_RESOLUTION + 1e-12
+        return abs(asr - other) > NO_INTERVAL_RESOLUTION + 1e-12
     return abs(asr - other) > ci + other_ci + 1e-12
 
 

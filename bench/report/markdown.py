@@ -279,7 +279,7 @@ def decision_section(agg: pd.DataFrame, max_drop: float = decision.DEFAULT_MAX_D
         "faster); per family (`all`), the defense within the bound on every attack of the "
         "family with the lowest mean ASR, and its worst attack. Tied: defenses the pick is not "
         "told apart from (95% intervals overlap; with one seed, ASR within "
-        f"{100 * decision.ONE_SEED_RESOLUTION:g} points). The page (`index.html`) lets "
+        f"{100 * decision.NO_INTERVAL_RESOLUTION:g} points). The page (`index.html`) lets "
         "you change the bound.",
         "",
     ]

@@ -841,7 +841,7 @@ def render_page(
         "meanings": meanings(ctx.recorded),
         "boards": boards,
         "drop": 100 * decision.DEFAULT_MAX_DROP,
-        "resolution": decision.ONE_SEED_RESOLUTION,
+        "resolution": decision.NO_INTERVAL_RESOLUTION,
         "works": SUCCESS_ASR,
         "families": catalog.FAMILY_MEANING,
         "styles": {k: [v.colour, GLYPHS.get(v.marker, "●")] for k, v in style.items()},

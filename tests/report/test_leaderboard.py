@@ -219,7 +219,10 @@ def test_markdown_and_exports_agree_with_the_table(table, tmp_path):
     assert "1–2 seeds (cells differ) per cell" in md
     assert md.index("## Which defense?") < md.index("## cifar10")
     # Under the default 5-point bound ABL (4 points lost) beats DLP (10 points lost) on badnets.
-    assert "| static poison-label, 10% | badnets | abl | 8.0 ±25.4 (n=2) | -4.0 | – | 71.0 | 2.5 |" in md
+    assert (
+        "| static poison-label, 10% | badnets | abl | 8.0 ±25.4 (n=2) | -4.0 | – | 71.0 | 2.5 |"
+        in md
+    )
     assert "| worst-case ASR |" in md and "| 40.0 (blended) |" in md
     exported = pd.read_csv(tmp_path / "leaderboard.csv")
     assert len(exported) == len(agg) == 8
