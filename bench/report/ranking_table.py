@@ -33,7 +33,17 @@ from bench.report.aggregate import (
 )
 from bench.report.details import is_missing, points
 from bench.report.naming import seeds_text
-from bench.report.ranks import OUTSIDE, SCORE, SCORE_HI, SCORE_LO, TIED
+from bench.report.ranks import (
+    ASR_HI,
+    ASR_LO,
+    D_CA_HI,
+    D_CA_LO,
+    OUTSIDE,
+    SCORE,
+    SCORE_HI,
+    SCORE_LO,
+    TIED,
+)
 from bench.report.text import pct
 from bench.report.verdict import DEFAULT_MAX_DROP
 from bench.schema import Col
@@ -73,12 +83,18 @@ def _rank(row: pd.Series) -> str:
     return f"{int(row[RANK])}=" if bool(row.get(TIED, False)) else str(int(row[RANK]))
 
 
-def _score(row: pd.Series) -> str:
-    if is_missing(row[SCORE]):
+def _with_interval(row: pd.Series, key: str, fmt, lo: str, hi: str) -> str:
+    """A mean over the table's attacks with its bootstrap interval ("12.0 [4.1, 20.3]"); the
+    baseline's, or one without replicates, alone."""
+    if is_missing(row.get(key)):
         return "–"
-    if is_missing(row.get(SCORE_LO)) or row.get(IS_BASELINE, False):
-        return pct(row[SCORE])
-    return f"{pct(row[SCORE])} [{pct(row[SCORE_LO])}, {pct(row[SCORE_HI])}]"
+    if row.get(IS_BASELINE, False) or is_missing(row.get(lo)):
+        return fmt(row[key])
+    return f"{fmt(row[key])} [{fmt(row[lo])}, {fmt(row[hi])}]"
+
+
+def _score(row: pd.Series) -> str:
+    return _with_interval(row, SCORE, pct, SCORE_LO, SCORE_HI)
 
 
 def bound_text(row: pd.Series) -> str:
@@ -116,13 +132,19 @@ COLUMNS: tuple[RankColumn, ...] = (
         lambda r: pct(r[WORST_ASR]),
         aside=lambda r: str(r[WORST_ATTACK]),
     ),
-    RankColumn("mean ASR", Col.asr, "", True, lambda r: pct(r[Col.asr])),
+    RankColumn(
+        "mean ASR",
+        Col.asr,
+        "[95% bootstrap interval over attacks and seeds]",
+        True,
+        lambda r: _with_interval(r, Col.asr, pct, ASR_LO, ASR_HI),
+    ),
     RankColumn(
         "mean CA change",
         D_CA,
-        "against none of the same seed, in points",
+        "against none of the same seed, in points [95% bootstrap interval]",
         True,
-        lambda r: points(r[D_CA]),
+        lambda r: _with_interval(r, D_CA, points, D_CA_LO, D_CA_HI),
     ),
     RankColumn("worst CA change", WORST_D_CA, "", True, lambda r: points(r[WORST_D_CA])),
     RankColumn(

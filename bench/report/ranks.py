@@ -46,11 +46,20 @@ from bench.schema import Col
 SCORE = "bounded_asr"
 SCORE_LO = "bounded_asr_lo"
 SCORE_HI = "bounded_asr_hi"
+#: The mean ASR's and mean CA change's bootstrap 95% intervals (the same draws as the score's).
+ASR_LO, ASR_HI = "asr_lo", "asr_hi"
+D_CA_LO, D_CA_HI = "d_ca_lo", "d_ca_hi"
 #: Attacks on which the defense loses more clean accuracy than the bound (0: it ranks first).
 OUTSIDE = "outside_bound"
 #: Whether the defense shares its rank with another.
 TIED = "tied"
 REPLICATES = 2000
+#: Each bootstrapped statistic and the columns of its interval.
+INTERVALS = {
+    SCORE: (SCORE_LO, SCORE_HI),
+    Col.asr: (ASR_LO, ASR_HI),
+    D_CA: (D_CA_LO, D_CA_HI),
+}
 _BOOTSTRAP_SEED = 20261204
 
 
@@ -120,11 +129,14 @@ def _rank_table(summary: pd.DataFrame, cells: pd.DataFrame, max_drop: float) -> 
         ascending=[True, True, True, False, True],
         na_position="last",
     ).reset_index(drop=True)
-    draws = _bootstrap(cells, list(summary[LABEL]), max_drop)
+    replicates = _bootstrap(cells, list(summary[LABEL]), max_drop)
+    draws = replicates[SCORE]
     with warnings.catch_warnings():  # a label without a score has all-NaN draws: NaN bounds
         warnings.simplefilter("ignore", RuntimeWarning)
-        summary[SCORE_LO] = np.nanpercentile(draws, 2.5, axis=1) if draws.size else math.nan
-        summary[SCORE_HI] = np.nanpercentile(draws, 97.5, axis=1) if draws.size else math.nan
+        for name, (lo, hi) in INTERVALS.items():
+            values = replicates[name]
+            summary[lo] = np.nanpercentile(values, 2.5, axis=1) if values.size else math.nan
+            summary[hi] = np.nanpercentile(values, 97.5, axis=1) if values.size else math.nan
     ranks, leader = [], 0
     for i in range(len(summary)):
         if i and _same_group(summary, draws, leader, i):
@@ -149,21 +161,22 @@ def _same_group(summary: pd.DataFrame, draws: np.ndarray, leader: int, i: int) -
     return bool(diff.size) and float(np.percentile(diff, 2.5)) <= 1e-12
 
 
-def _bootstrap(cells: pd.DataFrame, labels: list[str], max_drop: float) -> np.ndarray:
-    """Replicates of each label's mean CA-bounded ASR: attacks resampled with replacement, and
-    within each attack the seeds (paired: every label draws the same seed positions). Shape
-    (labels, REPLICATES); NaN where a label has none of the drawn attacks."""
+def _bootstrap(cells: pd.DataFrame, labels: list[str], max_drop: float) -> dict[str, np.ndarray]:
+    """Replicates of each label's mean CA-bounded ASR (``SCORE``), mean ASR and mean CA change:
+    attacks resampled with replacement, and within each attack the seeds (paired: every label
+    draws the same attacks and seed positions). Each (labels, REPLICATES); NaN where a label has
+    none of the drawn attacks."""
     attacks = sorted(cells[Col.attack].unique())
     if not attacks or not labels:
-        return np.empty((len(labels), 0))
+        return {name: np.empty((len(labels), 0)) for name in INTERVALS}
     rng = np.random.default_rng(_BOOTSTRAP_SEED)
     per_cell = {(r[LABEL], r[Col.attack]): _seed_array(r[SEED_VALUES]) for _, r in cells.iterrows()}
     widest = max((len(v) for v in per_cell.values()), default=1) or 1
     seed_u = rng.random((REPLICATES, len(attacks), widest))
     attack_draw = rng.integers(0, len(attacks), size=(REPLICATES, len(attacks)))
-    out = np.full((len(labels), REPLICATES), math.nan)
+    out = {name: np.full((len(labels), REPLICATES), math.nan) for name in INTERVALS}
     for li, label in enumerate(labels):
-        stat = np.full((REPLICATES, len(attacks)), math.nan)
+        stats = {name: np.full((REPLICATES, len(attacks)), math.nan) for name in INTERVALS}
         for ai, attack in enumerate(attacks):
             values = per_cell.get((label, attack))
             if values is None or not len(values):
@@ -172,11 +185,14 @@ def _bootstrap(cells: pd.DataFrame, labels: list[str], max_drop: float) -> np.nd
             pick = np.minimum((seed_u[:, ai, :n] * n).astype(int), n - 1)
             asr, d_ca, base = (values[pick, k].mean(axis=1) for k in range(3))
             inside = -d_ca <= max_drop + 1e-9
-            stat[:, ai] = np.where(inside, asr, np.maximum(asr, base))
-        drawn = np.take_along_axis(stat, attack_draw, axis=1)
-        with warnings.catch_warnings():  # an all-NaN replicate is expected, and NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[li] = np.nanmean(drawn, axis=1)
+            stats[SCORE][:, ai] = np.where(inside, asr, np.maximum(asr, base))
+            stats[Col.asr][:, ai] = asr
+            stats[D_CA][:, ai] = d_ca
+        for name, stat in stats.items():
+            drawn = np.take_along_axis(stat, attack_draw, axis=1)
+            with warnings.catch_warnings():  # an all-NaN replicate is expected, and NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[name][li] = np.nanmean(drawn, axis=1)
     return out
 
 

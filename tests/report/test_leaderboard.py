@@ -603,6 +603,10 @@ def test_ranks_count_clean_accuracy_and_share_ties(tmp_path):
     assert ranks.loc["wreck", "bounded_asr"] == pytest.approx(0.95)
     lo, hi = ranks.loc["fa", ["bounded_asr_lo", "bounded_asr_hi"]]
     assert lo <= ranks.loc["fa", "bounded_asr"] <= hi and hi - lo > 0
+    # The descriptive means carry intervals from the same draws.
+    for mean, (lo, hi) in {"asr": ("asr_lo", "asr_hi"), "d_ca": ("d_ca_lo", "d_ca_hi")}.items():
+        assert ranks.loc["fc", lo] - 1e-9 <= ranks.loc["fc", mean] <= ranks.loc["fc", hi] + 1e-9
+    assert ranks.loc["fc", "asr_hi"] - ranks.loc["fc", "asr_lo"] > 0
     again = ranking(aggregate(table)).set_index("defense_label")
     assert again[["bounded_asr_lo", "bounded_asr_hi"]].equals(
         ranks[["bounded_asr_lo", "bounded_asr_hi"]]
