@@ -235,14 +235,14 @@ def cmd_list(args: argparse.Namespace) -> int:
                 detail, cls = f"BROKEN: {exc}", None
             print(f"  {name:<12} {entry.package} {entry.version}  ({detail})")
             if kind == "defense" and cls is not None and name != "none":
-                _print_card(name, cls)
+                _print_card(name, cls, entry.builtin)
     print("datasets: " + ", ".join(sorted(DATASETS)))
     print("models:   " + ", ".join(model_names()))
     print("presets:  " + ", ".join(builtin_presets()))
     return 0
 
 
-def _print_card(name: str, cls) -> None:
+def _print_card(name: str, cls, builtin: bool) -> None:
     """A defense's threat model card under its line: what the defender holds, when it acts,
     its paper and official code."""
     from bench.report import catalog, threat
@@ -250,13 +250,9 @@ def _print_card(name: str, cls) -> None:
     for what, value in threat.for_defense(name, cls.needs).lines():
         print(f"      {what + ':':<23}{value}")
     method = catalog.DEFENSES.get(name)
-    if method is not None and _builtin(cls):
+    if method is not None and builtin:
         print(f"      {'paper:':<23}{method.cite}, {method.paper}")
         print(f"      {'official code:':<23}{method.code or method.note or 'none published'}")
-
-
-def _builtin(cls) -> bool:
-    return cls.__module__.startswith("defenses.")
 
 
 def cmd_perf(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ from bench.report.aggregate import (
     clean_column,
     is_clean,
 )
-from bench.report.verdict import DEFAULT_MAX_DROP, bounded_asr
+from bench.report.verdict import DEFAULT_MAX_DROP, TOLERANCE, bounded_asr, within
 from bench.schema import Col
 
 #: Mean CA-bounded ASR over the table's attacks, and its bootstrap 95% interval.
@@ -83,7 +83,7 @@ def ranking(agg: pd.DataFrame, max_drop: float = DEFAULT_MAX_DROP) -> pd.DataFra
             strict=True,
         )
     ]
-    defended["_outside"] = [not (-d <= max_drop + 1e-9) for d in defended[D_CA].astype(float)]
+    defended["_outside"] = [not within(d, max_drop) for d in defended[D_CA].astype(float)]
     worst = (
         defended.sort_values([Col.asr, Col.attack], ascending=[False, True], na_position="last")
         .groupby([*GROUP, LABEL], sort=False)
@@ -184,7 +184,7 @@ def _bootstrap(cells: pd.DataFrame, labels: list[str], max_drop: float) -> dict[
             n = len(values)
             pick = np.minimum((seed_u[:, ai, :n] * n).astype(int), n - 1)
             asr, d_ca, base = (values[pick, k].mean(axis=1) for k in range(3))
-            inside = -d_ca <= max_drop + 1e-9
+            inside = -d_ca <= max_drop + TOLERANCE  # verdict.within, vectorised
             stats[SCORE][:, ai] = np.where(inside, asr, np.maximum(asr, base))
             stats[Col.asr][:, ai] = asr
             stats[D_CA][:, ai] = d_ca

@@ -20,14 +20,15 @@ SUCCESS_ASR = 0.20
 #: ``bench reproduce``'s CA-aware verdict: the bound on either side (ours and published), wider
 #: than the ranking's because the published runs' clean accuracy is itself a single seed.
 REPRODUCE_MAX_DROP = 0.10
-_EPS = 1e-9
+#: Slack on the bound, so a loss of exactly the bound is within it despite float error.
+TOLERANCE = 1e-9
 
 
 def within(d_ca: float | None, max_drop: float = DEFAULT_MAX_DROP) -> bool:
     """Whether a CA change against `none` (negative: lost) is within the bound; unknown is not."""
     if d_ca is None or math.isnan(d_ca):
         return False
-    return -d_ca <= max_drop + _EPS
+    return -d_ca <= max_drop + TOLERANCE
 
 
 def bounded_asr(
