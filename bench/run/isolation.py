@@ -15,7 +15,9 @@ pipe, its log lines on the way (it also writes them to the trial's log); the par
 Children start from multiprocessing's *forkserver* with torch and the trial code preloaded, so an
 attempt starts in a fraction of a second instead of re-importing torch (*spawn*); they take the
 parent's environment and ``sys.path`` at the moment they start (the GPUs a scheduler assigned,
-``BENCH_*`` settings), run in a process group of their own, and die with the parent.
+``BENCH_*`` settings), run in a process group of their own, die with the parent, and can
+write only beneath the caches and a private temporary directory (Landlock, where the kernel has
+it: :mod:`bench.run.sandbox`), never into the results directory.
 """
 
 from __future__ import annotations
@@ -25,20 +27,23 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import types
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 from bench.run.recording import trial_log_handler
+from bench.run.sandbox import Confinement, confine_writes
 from bench.schema import ERROR, OK, TIMEOUT, Col, complete_row
 from bench.spec import TrialSpec
 
@@ -59,6 +64,9 @@ EXIT_WAIT_S = 5.0
 TAIL_LINES = 8
 TAIL_HEADER = "the trial's last log lines:"
 TAIL_PREFIX = "  | "
+#: torch.compile's caches (inductor, Triton), kept under the cache directory unless set, so a
+#: confined trial can write them.
+COMPILER_CACHES = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR": "triton"}
 
 
 def kill_grace_s(time_limit_s: float) -> float:
@@ -107,6 +115,8 @@ class _Job:
     env: Mapping[str, str]
     sys_path: list[str]
     output_path: str | None
+    tmp_dir: str | None = None  # the child's private TMPDIR, made and removed by the parent
+    protect: tuple[str, ...] = ()  # places it must not write to (the results directory)
 
 
 class _PipeLog(logging.Handler):
@@ -143,13 +153,31 @@ def _open_trial_log(path: str) -> logging.Logger:
     return trial_log
 
 
+def _confine(job: _Job) -> Confinement:
+    """Let the trial write only beneath the caches, its private temporary directory and /dev;
+    before any other thread starts (Landlock confines the calling thread and its offspring)."""
+    from bench.core import settings
+
+    writable = [settings.cache_dir(), settings.artifacts_dir()]
+    if job.tmp_dir:
+        os.environ["TMPDIR"] = job.tmp_dir
+        tempfile.tempdir = job.tmp_dir  # the forkserver may have resolved another one
+        writable.append(Path(job.tmp_dir))
+    for env, default in COMPILER_CACHES.items():  # torch.compile's caches, else in /tmp or ~
+        writable.append(Path(os.environ.setdefault(env, str(settings.cache_dir() / default))))
+    for place in writable:
+        place.mkdir(parents=True, exist_ok=True)
+    return confine_writes([*writable, Path("/dev")], protect=[Path(p) for p in job.protect])
+
+
 def _child_main(conn: Connection, job: _Job) -> None:
     os.setpgrp()  # its own group: a kill reaches whatever the defense started too
-    threading.Thread(target=_die_with_parent, daemon=True, name="die-with-parent").start()
     os.environ.clear()
     os.environ.update(job.env)
     sys.path[:] = job.sys_path
     trial_log = _open_trial_log(job.output_path) if job.output_path else None
+    confinement = _confine(job)  # after opening its log, which may lie in the results directory
+    threading.Thread(target=_die_with_parent, daemon=True, name="die-with-parent").start()
     faulthandler.enable()
     lock = threading.Lock()
 
@@ -169,6 +197,7 @@ def _child_main(conn: Connection, job: _Job) -> None:
     harness.handlers = [_PipeLog(report)]
     harness.setLevel(logging.INFO)
     harness.propagate = False
+    report(confinement.describe())
 
     import torch
 
@@ -223,7 +252,11 @@ class TrialProcess:
     The child's log lines go to ``report``, or, given ``output_path`` (the trial's log file), to
     that file, which the child writes itself along with what it prints and a crash report;
     ``report`` then gets only the parent's own messages. The last lines are kept either way for
-    the error of a child that dies."""
+    the error of a child that dies.
+
+    The child can write only beneath the caches, a private temporary directory (removed when it
+    ends) and /dev, where the platform allows it (:mod:`bench.run.sandbox`); ``protect`` names
+    what must stay out of its reach, the results directory."""
 
     def __init__(
         self,
@@ -235,6 +268,7 @@ class TrialProcess:
         report: Callable[[str], None] = log.info,
         output_path: Path | None = None,
         env: Mapping[str, str] | None = None,
+        protect: Iterable[Path] = (),
         start_method: str = START_METHOD,
     ):
         self.spec = spec
@@ -252,6 +286,7 @@ class TrialProcess:
             env={**os.environ, **(env or {})},
             sys_path=list(sys.path),
             output_path=str(output_path) if output_path else None,
+            protect=tuple(str(p) for p in protect),
         )
         self._ctx = _context(start_method)
         self._conn: Connection | None = None
@@ -263,13 +298,16 @@ class TrialProcess:
         self._ended_at: float | None = None
         self._timed_out = False
         self._next_signal: tuple[float, signal.Signals] | None = None  # (when, what)
+        self._tmp_dir: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         receive, send = self._ctx.Pipe(duplex=False)
+        self._tmp_dir = tempfile.mkdtemp(prefix=f"bench-trial-{self.spec.trial_id}-")
+        job = replace(self._job, tmp_dir=self._tmp_dir)
         self._process = self._ctx.Process(
-            target=_child_main, args=(send, self._job), name=f"trial-{self.spec.trial_id}"
+            target=_child_main, args=(send, job), name=f"trial-{self.spec.trial_id}"
         )
         self._started_at = time.time()
         with _without_main_module():
@@ -386,6 +424,8 @@ class TrialProcess:
         self._exitcode = self._process.exitcode
         if self._exitcode is not None:
             self._process.close()
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
 
     def _seconds(self) -> float:
         return (self._ended_at or time.monotonic()) - self._t0

@@ -160,6 +160,7 @@ def _start(
         "time_limit_s": resources.trial_timeout_s,
         "output_path": log_path,
         "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)} if devices else {},
+        "protect": [run_dir.parent.parent],  # the results directory: results/runs/<run>
     }
     trial = IsolatedTrial(spec, resources.retries, logger.info, options)
     inflight.mark_started(run_dir, spec.trial_id)

@@ -86,6 +86,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
             threads=config["threads"],
             time_limit_s=config["timeout"],
             output_path=log_path,
+            protect=[Path(config["store"]).parent],  # the results directory
         )
         row[Col.run] = Path(config["log_dir"]).parent.name  # the results/runs/<run> that ran it
         row[Col.ray_node] = ray.get_runtime_context().get_node_id()

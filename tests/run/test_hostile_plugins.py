@@ -16,6 +16,7 @@ import pytest
 from bench.cli import main
 from bench.grid.expand import expand_grid
 from bench.grid.presets import load_preset, with_overrides
+from bench.run.sandbox import landlock_abi
 from tests.hostile_support import (
     _gone,
     _hostile_grid,
@@ -99,7 +100,7 @@ def test_a_plugins_orphan_ends_with_a_local_run(hostile_plugins, tmp_path, monke
     """Before: on the local executor a plugin's child in a session of its own was still running
     after the run ended (the Ray path reaped it)."""
     results = tmp_path / "results"
-    pidfile = tmp_path / "orphan.pid"
+    pidfile = tmp_path / "artifacts" / "orphan.pid"  # where a trial may write
     monkeypatch.setenv("HOSTILE_PIDFILE", str(pidfile))
     with bounded(120):
         code = main(_hostile_grid("orphaner", results, "--executor", "local"))
@@ -114,15 +115,25 @@ def test_a_plugins_orphan_ends_with_a_local_run(hostile_plugins, tmp_path, monke
 def test_a_plugin_overwriting_the_table_destroys_no_row(hostile_plugins, tmp_path, monkeypatch):
     """Before: a defense that overwrote results.parquet mid-run left the table moved aside as
     corrupt and rebuilt with its own row only; every earlier row was gone from it. Now the
-    table is rebuilt from the journal, with every row."""
+    trial's process cannot write to the results directory (Landlock): the defense fails with
+    the kernel's refusal and the table is untouched. Where the kernel has no Landlock, the table
+    is rebuilt from the journal, with every row."""
     results = tmp_path / "results"
-    monkeypatch.setenv("HOSTILE_TABLE", str(results / "results.parquet"))
+    table = results / "results.parquet"
+    monkeypatch.setenv("HOSTILE_TABLE", str(table))
     with bounded(120):
         assert main(_hostile_grid("none", results, "--executor", "local")) == 0  # the record
-        assert main(_hostile_grid("vandal", results, "--executor", "local")) == 0
+        code = main(_hostile_grid("vandal", results, "--executor", "local"))
     rows = _rows(results)
-    assert sorted(rows.index) == ["none", "vandal"] and set(rows["status"]) == {"ok"}
-    assert list(results.glob("results.parquet.corrupt-*"))  # the damaged file is kept aside
+    assert sorted(rows.index) == ["none", "vandal"] and rows.loc["none", "status"] == "ok"
+    if landlock_abi():
+        assert code == 3 and rows.loc["vandal", "status"] == "error"
+        assert "PermissionError" in rows.loc["vandal", "error"]
+        assert str(table) in rows.loc["vandal", "error"]
+        assert not list(results.glob("results.parquet.corrupt-*"))  # never damaged
+    else:
+        assert code == 0 and rows.loc["vandal", "status"] == "ok"
+        assert list(results.glob("results.parquet.corrupt-*"))  # the damaged file is kept aside
 
 
 @pytest.mark.slow
@@ -157,7 +168,7 @@ def test_a_peeking_plugin_finds_no_ground_truth(hostile_plugins, tmp_path, monke
     torch.loaded it scored detection TPR 1.0 and precision 1.0. The masks now live in no artifact
     and in no object of the defense's process: the harness derives them after it returns."""
     results = tmp_path / "results"
-    peeked = tmp_path / "peeked.json"
+    peeked = tmp_path / "artifacts" / "peeked.json"  # where a trial may write
     monkeypatch.setenv("HOSTILE_PEEKED", str(peeked))
     with bounded(180):
         assert main(_hostile_grid("none,peeker", results, "--executor", "local")) == 0

@@ -1,0 +1,128 @@
+"""Keep a trial's process from writing outside the places the harness gives it (Linux Landlock).
+
+A defense is arbitrary code running with the user's rights: it could overwrite the results
+table, another trial's log or a cached artifact's neighbour. The trial's child process confines
+itself, before any plugin code runs, so that it can create, change or delete files only beneath
+the directories it needs (the cache and artifact directories, a private temporary directory,
+``/dev``); reading stays unrestricted. Files it opened before (its own log) stay writable.
+
+Landlock (Linux 5.13+, unprivileged) is the only mechanism used; elsewhere (macOS, older
+kernels, kernels booted without it) :func:`confine_writes` changes nothing and says why, and the
+results table's journal is what protects the record (:mod:`bench.store`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+# The Landlock system calls have these numbers on every architecture that has them (they came
+# after the unified syscall table); the constants are from <linux/landlock.h>.
+_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
+_ARCHES = {"x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"}
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+_WRITE_FILE = 1 << 1
+_REMOVE_DIR, _REMOVE_FILE = 1 << 4, 1 << 5
+_MAKE = sum(1 << bit for bit in range(6, 13))  # char, dir, reg, sock, fifo, block, symlink
+_REFER = 1 << 13  # ABI 2: link or rename a file into another directory
+_TRUNCATE = 1 << 14  # ABI 3
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1  # struct landlock_path_beneath_attr is packed
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What :func:`confine_writes` did: ``applied``, and the writable places or why not."""
+
+    applied: bool
+    detail: str
+
+    def describe(self) -> str:
+        if self.applied:
+            return f"writes confined (Landlock) to {self.detail}"
+        return f"writes not confined: {self.detail}"
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 where there is none (or not Linux)."""
+    if platform.system() != "Linux" or platform.machine().lower() not in _ARCHES:
+        return 0
+    version = _libc().syscall(
+        _SYS_CREATE_RULESET, None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION
+    )
+    return max(0, int(version))
+
+
+def _write_rights(abi: int) -> int:
+    rights = _WRITE_FILE | _REMOVE_DIR | _REMOVE_FILE | _MAKE
+    if abi >= 2:
+        rights |= _REFER
+    if abi >= 3:
+        rights |= _TRUNCATE
+    return rights
+
+
+def _beneath(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def confine_writes(writable: Iterable[Path], protect: Iterable[Path] = ()) -> Confinement:
+    """Allow this process (and what it starts from now on) to write only beneath ``writable``.
+
+    Call it while the process has one thread: Landlock confines the calling thread and the
+    threads and processes it creates. ``protect`` names places that must end up unwritable (the
+    results directory): if one lies beneath a writable directory, nothing is confined and the
+    returned :class:`Confinement` says so, rather than pretend."""
+    places = sorted({Path(p).resolve() for p in writable if Path(p).is_dir()})
+    for guarded in (Path(p).resolve() for p in protect):
+        inside = next((p for p in places if _beneath(guarded, p)), None)
+        if inside is not None:
+            return Confinement(False, f"{guarded} lies inside the writable {inside}")
+    abi = landlock_abi()
+    if abi == 0:
+        why = "this kernel has no Landlock" if platform.system() == "Linux" else "not Linux"
+        return Confinement(False, f"{why} (the results journal still guards the record)")
+    libc = _libc()
+    rights = _write_rights(abi)
+    handled = ctypes.c_uint64(rights)  # struct landlock_ruleset_attr's first field suffices
+    ruleset = libc.syscall(
+        _SYS_CREATE_RULESET, ctypes.byref(handled), ctypes.c_size_t(8), ctypes.c_uint32(0)
+    )
+    if ruleset < 0:
+        return Confinement(False, f"landlock_create_ruleset: {os.strerror(ctypes.get_errno())}")
+    try:
+        for place in places:
+            fd = os.open(place, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = _PathBeneath(allowed_access=rights, parent_fd=fd)
+                if libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0):
+                    raise OSError(ctypes.get_errno(), f"landlock_add_rule({place})")
+            finally:
+                os.close(fd)
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0):
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+    except OSError as exc:
+        reason = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        return Confinement(False, f"{exc.strerror}: {reason}")
+    finally:
+        os.close(ruleset)
+    return Confinement(True, ", ".join(str(p) for p in places) or "nowhere")
