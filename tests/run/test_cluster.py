@@ -5,12 +5,15 @@ runs on both nodes; without it the driver says so in one line instead of "check 
 Ray reads ``RAY_AUTH_MODE`` when it is imported, and other tests import it first, so the nodes
 (``ray start``) and the drivers run as processes of their own, each with its environment."""
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +24,39 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _processes_of(marker: str) -> set[int]:
+    """Processes whose command line names ``marker`` (the cluster's temp dir), and their
+    descendants (Ray's agents and workers rename themselves ``ray::...``), except this one's."""
+    parents, found = {}, set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            command = (proc / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(proc.name)
+        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        if marker.encode() in command:
+            found.add(pid)
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= children
+        grew = bool(children)
+    return found - {os.getpid()}
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """Kill this test's cluster only. `ray stop --force` would kill every Ray process of the
+    user on the machine: it once took down a grid running beside `make test`."""
+    for pid in _processes_of(temp_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -37,7 +73,11 @@ def token_cluster(tmp_path):
     env = {**base, "RAY_AUTH_MODE": "token"}
     env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     address = f"127.0.0.1:{_free_port()}"
+    # A temp dir of its own names the cluster's processes (and is short: Ray's socket paths
+    # must fit in 107 bytes, which pytest's tmp_path would not leave them).
+    temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    common += ["--temp-dir", temp_dir]
     try:
         subprocess.run(
             [ray, "start", "--head", "--port", address.split(":")[1], "--include-dashboard",
@@ -50,7 +90,7 @@ def token_cluster(tmp_path):
         )  # fmt: skip
         yield address, env, base
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster(temp_dir)
 
 
 def _bench(args: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -82,3 +122,24 @@ def test_grid_runs_across_both_nodes_of_a_token_authenticated_cluster(token_clus
     # One CPU per node and two concurrent one-CPU trials: each node ran one.
     assert df["ray_node"].nunique() == 2
     assert df["node_ip"].nunique() == 1  # two raylets of one machine
+
+
+def test_the_cluster_teardown_kills_its_own_processes_only(tmp_path):
+    """`ray stop --force` here killed a grid running beside `make test`; the teardown now kills
+    the processes that name the test cluster's temp dir, and their children, and nothing else."""
+    marker = tempfile.mkdtemp(prefix="bench-ray-")
+    ours = subprocess.Popen(["sh", "-c", "sleep 60 & wait", marker])  # a child, as raylets have
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        deadline = 50
+        while len(_processes_of(marker)) < 2 and deadline:  # sh and its sleep
+            deadline -= 1
+            subprocess.run(["sleep", "0.1"])
+        assert len(_processes_of(marker)) == 2
+        _stop_cluster(marker)
+        assert ours.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None and not _processes_of(marker)
+        assert not Path(marker).exists()
+    finally:
+        bystander.kill()
+        ours.kill()
