@@ -57,6 +57,49 @@ def grid_wall_seconds(df: pd.DataFrame) -> float:
     return float(end - start) if pd.notna(start) and pd.notna(end) else math.nan
 
 
+def per_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """Per seed: trials, wall minutes (summed over the runs that ran the seed's trials, each from
+    its first start to its last end, so a seed resumed in a later session counts the time it ran,
+    not the gap), compute minutes, and the devices and precisions that ran it."""
+    rows = df[df[Col.status] == OK]
+    out = {}
+    for seed, of_seed in rows.groupby(Col.seed, sort=True):
+        runs = of_seed[Col.run].fillna("").astype(str)
+        out[int(seed)] = {
+            "trials": len(of_seed),
+            "runs": runs.nunique(),
+            "wall_min": sum(grid_wall_seconds(r) for _, r in of_seed.groupby(runs)) / 60,
+            "compute_min": float(of_seed[Col.wall_seconds].astype(float).sum()) / 60,
+            "devices": ", ".join(sorted(set(of_seed[Col.device].dropna().astype(str)))),
+            "precision": ", ".join(sorted(set(of_seed[Col.precision_used].dropna().astype(str)))),
+        }
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def _per_seed_text(df: pd.DataFrame) -> str:
+    seeds = per_seed(df)
+    if seeds.empty:
+        return ""
+    body = [
+        [
+            str(seed),
+            str(int(r["trials"])),
+            str(int(r["runs"])),
+            f"{r['wall_min']:.1f}",
+            f"{r['compute_min']:.1f}",
+            r["devices"],
+            r["precision"],
+        ]
+        for seed, r in seeds.iterrows()
+    ]
+    header = ["seed", "trials", "runs", "wall min", "compute min", "device", "precision"]
+    return (
+        "## Per seed\n\nWall minutes add up each run's span over the seed's trials (a seed "
+        "resumed later does not count the gap); compute minutes sum the trials' own wall times. "
+        "Compare timings only within one device.\n\n" + "\n".join(md_table(header, body)) + "\n"
+    )
+
+
 def _table(table: pd.DataFrame) -> list[str]:
     minutes = table.drop(columns="trials").div(60)
     header = [Col.defense, "trials", *(c.removesuffix("_seconds") for c in minutes.columns)]
@@ -88,14 +131,16 @@ def _one_run(df: pd.DataFrame, timed: bool = True) -> str:
 
 
 def render_markdown(df: pd.DataFrame) -> str:
-    """The breakdown as markdown tables in minutes: one per run (``run`` column) with that run's
-    wall time, then all rows together when the table holds several runs. Skipped cells never
-    ran, so they take no part (nor make a run of their own)."""
+    """The breakdown as markdown tables in minutes: each seed's wall and compute time (when the
+    table holds several seeds or runs), one table per run (``run`` column) with that run's wall
+    time, then all rows together when the table holds several runs. Skipped cells never ran,
+    so they take no part (nor make a run of their own)."""
     df = df[df[Col.status] != SKIPPED]
     runs = df[Col.run].fillna("").astype(str)
+    seeds = _per_seed_text(df) if df[Col.seed].nunique() > 1 or runs.nunique() > 1 else ""
     if runs.nunique() <= 1:
-        return _one_run(df)
-    parts = []
+        return _one_run(df) + (f"\n{seeds}" if seeds else "")
+    parts = [seeds] if seeds else []
     for name, rows in df.groupby(runs, sort=True):
         title = (
             f"Run {md_code(name)} ({md_code(f'results/runs/{name}')})"

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from bench.report.timing import grid_wall_seconds, render_markdown, stage_breakdown
+from bench.report.timing import grid_wall_seconds, per_seed, render_markdown, stage_breakdown
 from bench.schema import upgrade
 
 
@@ -79,3 +79,26 @@ def test_skipped_cells_make_no_section_of_their_own():
     text = render_markdown(upgrade(pd.DataFrame([ran, skipped])))
     assert "Rows without a run name" not in text and "no successful trials" not in text
     assert "Wall time 1.0 min" in text
+
+
+def test_each_seed_gets_its_wall_time_summed_over_the_runs_that_ran_it():
+    """A seed resumed in a later session counts the time its runs ran, not the gap between."""
+    df = upgrade(
+        pd.DataFrame(
+            [
+                {**_row("none", 0.0, 60.0, "built", {}), "run": "a", "seed": 0},
+                {**_row("abl", 60.0, 60.0, "hit", {}), "run": "a", "seed": 0},
+                {**_row("ibau", 86_400.0, 240.0, "hit", {}), "run": "b", "seed": 0},
+                {**_row("none", 86_640.0, 120.0, "built", {}), "run": "b", "seed": 1},
+                {**_row("abl", 86_760.0, 1.0, "", {}), "run": "b", "seed": 1, "status": "error"},
+            ]
+        ).assign(device="cpu: AMD EPYC (1 thread)", precision_used="fp32")
+    )
+    seeds = per_seed(df)
+    assert seeds.loc[0, "trials"] == 3 and seeds.loc[0, "runs"] == 2
+    assert seeds.loc[0, "wall_min"] == pytest.approx((120.0 + 240.0) / 60)  # not a day
+    assert seeds.loc[0, "compute_min"] == pytest.approx(360.0 / 60)
+    assert seeds.loc[1, "trials"] == 1 and seeds.loc[1, "wall_min"] == pytest.approx(2.0)
+    text = render_markdown(df)
+    assert "## Per seed" in text
+    assert "| 0 | 3 | 2 | 6.0 | 6.0 | cpu: AMD EPYC (1 thread) | fp32 |" in text
