@@ -91,6 +91,7 @@ def confine_writes(writable: Iterable[Path], protect: Iterable[Path] = ()) -> Co
     results directory): if one lies beneath a writable directory, nothing is confined and the
     returned :class:`Confinement` says so, rather than pretend."""
     places = sorted({Path(p).resolve() for p in writable if Path(p).is_dir()})
+    places = [p for p in places if not any(q != p and _beneath(p, q) for q in places)]
     for guarded in (Path(p).resolve() for p in protect):
         inside = next((p for p in places if _beneath(guarded, p)), None)
         if inside is not None:

@@ -85,3 +85,18 @@ def test_a_trial_log_says_where_it_may_write(tmp_path):
     (log,) = results.glob("runs/*/trials/*.log")
     line = next(x for x in log.read_text().splitlines() if "writes confined" in x)
     assert str(Path(tmp_path / "artifacts").resolve()) in line and str(results) not in line
+
+
+@needs_landlock
+def test_nested_places_are_named_once(tmp_path):
+    (tmp_path / "cache" / "artifacts").mkdir(parents=True)
+    (tmp_path / "results").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from bench.run.sandbox import confine_writes; "
+         "print(confine_writes([Path(sys.argv[1]), Path(sys.argv[1]) / 'artifacts'], "
+         "protect=[Path(sys.argv[2])]).describe())", str(tmp_path / "cache"),
+         str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.stdout.strip() == f"writes confined (Landlock) to {tmp_path / 'cache'}"
