@@ -55,19 +55,26 @@ class Confinement:
 
 
 def _libc() -> ctypes.CDLL:
+    """libc with ``syscall`` and ``prctl`` taking longs: both read their arguments as longs, and
+    a plain int passed through varargs may leave the register's upper half undefined."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
+    libc.prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
     return libc
+
+
+def _syscall(libc: ctypes.CDLL, number: int, *args: object) -> int:
+    """``syscall(number, ...)``; plain ints become longs, pointers and None pass as they are."""
+    passed = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    return int(libc.syscall(ctypes.c_long(number), *passed))
 
 
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version; 0 where there is none (or not Linux)."""
     if platform.system() != "Linux" or platform.machine().lower() not in _ARCHES:
         return 0
-    version = _libc().syscall(
-        _SYS_CREATE_RULESET, None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION
-    )
-    return max(0, int(version))
+    version = _syscall(_libc(), _SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION)
+    return max(0, version)
 
 
 def _write_rights(abi: int) -> int:
@@ -103,9 +110,7 @@ def confine_writes(writable: Iterable[Path], protect: Iterable[Path] = ()) -> Co
     libc = _libc()
     rights = _write_rights(abi)
     handled = ctypes.c_uint64(rights)  # struct landlock_ruleset_attr's first field suffices
-    ruleset = libc.syscall(
-        _SYS_CREATE_RULESET, ctypes.byref(handled), ctypes.c_size_t(8), ctypes.c_uint32(0)
-    )
+    ruleset = _syscall(libc, _SYS_CREATE_RULESET, ctypes.byref(handled), 8, 0)
     if ruleset < 0:
         return Confinement(False, f"landlock_create_ruleset: {os.strerror(ctypes.get_errno())}")
     try:
@@ -113,13 +118,15 @@ def confine_writes(writable: Iterable[Path], protect: Iterable[Path] = ()) -> Co
             fd = os.open(place, os.O_PATH | os.O_CLOEXEC)
             try:
                 rule = _PathBeneath(allowed_access=rights, parent_fd=fd)
-                if libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0):
+                if _syscall(
+                    libc, _SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0
+                ):
                     raise OSError(ctypes.get_errno(), f"landlock_add_rule({place})")
             finally:
                 os.close(fd)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0):
+        if _syscall(libc, _SYS_RESTRICT_SELF, ruleset, 0):
             raise OSError(ctypes.get_errno(), "landlock_restrict_self")
     except OSError as exc:
         reason = errno.errorcode.get(exc.errno or 0, str(exc.errno))
