@@ -265,7 +265,10 @@ def test_page_and_markdown_render_one_ranking_declaration(table, tmp_path):
     from bench.report import ranking_table
 
     out = render(table, tmp_path)
-    md_head, md_rows = _markdown_ranking(out.markdown.read_text())
+    markdown = out.markdown.read_text()
+    assert "ranked by mean DER" not in markdown  # the legend once contradicted the ranking rule
+    assert "its ASR counts as the undefended model's (the CA-bounded ASR)" in markdown
+    md_head, md_rows = _markdown_ranking(markdown)
     page_head, page_rows = _page_ranking(out.page.read_text())
     labels = [c.label for c in ranking_table.COLUMNS]
     assert md_head == page_head == labels and len(labels) == 14
