@@ -64,9 +64,17 @@ EXIT_WAIT_S = 5.0
 TAIL_LINES = 8
 TAIL_HEADER = "the trial's last log lines:"
 TAIL_PREFIX = "  | "
-#: torch.compile's caches (inductor, Triton), kept under the cache directory unless set, so a
-#: confined trial can write them.
-COMPILER_CACHES = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR": "triton"}
+#: The caches of torch.compile (inductor, Triton), CUDA's JIT and torch's kernels, kept under the
+#: cache directory unless set, so a confined trial can write them.
+TOOL_CACHES = {
+    "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
+    "TRITON_CACHE_DIR": "triton",
+    "CUDA_CACHE_PATH": "cuda",
+    "PYTORCH_KERNEL_CACHE_PATH": "torch-kernels",
+}
+#: Under the cache directory: one private TMPDIR per attempt, named by the parent's pid so one
+#: left by a parent that died (SIGKILL leaves no chance to clean up) is swept by the next one.
+TRIAL_TMP = "trial-tmp"
 
 
 def kill_grace_s(time_limit_s: float) -> float:
@@ -163,10 +171,11 @@ def _confine(job: _Job) -> Confinement:
         os.environ["TMPDIR"] = job.tmp_dir
         tempfile.tempdir = job.tmp_dir  # the forkserver may have resolved another one
         writable.append(Path(job.tmp_dir))
-    for env, default in COMPILER_CACHES.items():  # torch.compile's caches, else in /tmp or ~
+    for env, default in TOOL_CACHES.items():  # else in /tmp or ~, out of a confined trial's reach
         writable.append(Path(os.environ.setdefault(env, str(settings.cache_dir() / default))))
     for place in writable:
-        place.mkdir(parents=True, exist_ok=True)
+        with suppress(OSError):  # a user-set cache that cannot be made: just not writable
+            place.mkdir(parents=True, exist_ok=True)
     return confine_writes([*writable, Path("/dev")], protect=[Path(p) for p in job.protect])
 
 
@@ -244,6 +253,29 @@ def _context(method: str) -> multiprocessing.context.BaseContext:
     return ctx
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # PermissionError: another user's process, alive
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _private_tmp(trial_id: str) -> Path:
+    """A fresh TMPDIR for one attempt, after sweeping those whose parent process is gone."""
+    from bench.core import settings
+
+    root = settings.cache_dir() / TRIAL_TMP
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        owner = old.name.split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{trial_id}-", dir=root))
+
+
 class TrialProcess:
     """One attempt of one trial in a child process. Non-blocking: :meth:`poll` handles what
     happened and returns the attempt's row once the child is gone, so one driver can watch many
@@ -304,14 +336,18 @@ class TrialProcess:
 
     def start(self) -> None:
         receive, send = self._ctx.Pipe(duplex=False)
-        self._tmp_dir = tempfile.mkdtemp(prefix=f"bench-trial-{self.spec.trial_id}-")
+        self._tmp_dir = str(_private_tmp(self.spec.trial_id))
         job = replace(self._job, tmp_dir=self._tmp_dir)
         self._process = self._ctx.Process(
             target=_child_main, args=(send, job), name=f"trial-{self.spec.trial_id}"
         )
         self._started_at = time.time()
-        with _without_main_module():
-            self._process.start()
+        try:
+            with _without_main_module():
+                self._process.start()
+        except BaseException:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            raise
         self._t0 = time.monotonic()  # the limit counts from a running child, not server start
         self._pid = self._process.pid
         send.close()  # the child holds the only write end: EOF when it is gone

@@ -6,7 +6,7 @@ itself, before any plugin code runs, so that it can create, change or delete fil
 the directories it needs (the cache and artifact directories, a private temporary directory,
 ``/dev``); reading stays unrestricted. Files it opened before (its own log) stay writable.
 
-Landlock (Linux 5.13+, unprivileged) is the only mechanism used; elsewhere (macOS, older
+Landlock (ABI 3: Linux 6.2+, unprivileged) is the only mechanism used; elsewhere (macOS, older
 kernels, kernels booted without it) :func:`confine_writes` changes nothing and says why, and the
 results table's journal is what protects the record (:mod:`bench.store`).
 """
@@ -34,6 +34,9 @@ _REMOVE_DIR, _REMOVE_FILE = 1 << 4, 1 << 5
 _MAKE = sum(1 << bit for bit in range(6, 13))  # char, dir, reg, sock, fifo, block, symlink
 _REFER = 1 << 13  # ABI 2: link or rename a file into another directory
 _TRUNCATE = 1 << 14  # ABI 3
+#: Below ABI 3 (Linux 6.2) a confined process could still truncate any file (the table, its
+#: journal) and, at ABI 1, could not even rename across its own directories: not worth claiming.
+MIN_ABI = 3
 
 
 class _PathBeneath(ctypes.Structure):
@@ -77,13 +80,16 @@ def landlock_abi() -> int:
     return max(0, version)
 
 
-def _write_rights(abi: int) -> int:
+def _write_rights() -> int:
     rights = _WRITE_FILE | _REMOVE_DIR | _REMOVE_FILE | _MAKE
-    if abi >= 2:
-        rights |= _REFER
-    if abi >= 3:
-        rights |= _TRUNCATE
-    return rights
+    return rights | _REFER | _TRUNCATE  # abi >= MIN_ABI
+
+
+def _thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
 
 
 def _beneath(path: Path, root: Path) -> bool:
@@ -94,9 +100,10 @@ def confine_writes(writable: Iterable[Path], protect: Iterable[Path] = ()) -> Co
     """Allow this process (and what it starts from now on) to write only beneath ``writable``.
 
     Call it while the process has one thread: Landlock confines the calling thread and the
-    threads and processes it creates. ``protect`` names places that must end up unwritable (the
-    results directory): if one lies beneath a writable directory, nothing is confined and the
-    returned :class:`Confinement` says so, rather than pretend."""
+    threads and processes it creates, so with other threads running nothing is confined.
+    ``protect`` names places that must end up unwritable (the results directory): if one lies
+    beneath a writable directory, nothing is confined either. Either way the returned
+    :class:`Confinement` says so, rather than pretend."""
     places = sorted({Path(p).resolve() for p in writable if Path(p).is_dir()})
     places = [p for p in places if not any(q != p and _beneath(p, q) for q in places)]
     for guarded in (Path(p).resolve() for p in protect):
@@ -104,11 +111,19 @@ def confine_writes(writable: Iterable[Path], protect: Iterable[Path] = ()) -> Co
         if inside is not None:
             return Confinement(False, f"{guarded} lies inside the writable {inside}")
     abi = landlock_abi()
-    if abi == 0:
-        why = "this kernel has no Landlock" if platform.system() == "Linux" else "not Linux"
+    if abi < MIN_ABI:
+        if platform.system() != "Linux":
+            why = "not Linux"
+        elif abi == 0:
+            why = "this kernel has no Landlock"
+        else:
+            why = f"this kernel's Landlock ABI {abi} cannot stop truncation (needs {MIN_ABI}: 6.2)"
         return Confinement(False, f"{why} (the results journal still guards the record)")
+    threads = _thread_count()
+    if threads > 1:
+        return Confinement(False, f"{threads} threads run, and Landlock would confine one")
     libc = _libc()
-    rights = _write_rights(abi)
+    rights = _write_rights()
     handled = ctypes.c_uint64(rights)  # struct landlock_ruleset_attr's first field suffices
     ruleset = _syscall(libc, _SYS_CREATE_RULESET, ctypes.byref(handled), 8, 0)
     if ruleset < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.run.sandbox import confine_writes, landlock_abi
+from bench.run.sandbox import MIN_ABI, confine_writes, landlock_abi
 
-needs_landlock = pytest.mark.skipif(landlock_abi() == 0, reason="this kernel has no Landlock")
+needs_landlock = pytest.mark.skipif(
+    landlock_abi() < MIN_ABI, reason=f"this kernel has no Landlock ABI {MIN_ABI}"
+)
 
 PROBE = """
 import json, os, sys
@@ -100,3 +103,34 @@ def test_nested_places_are_named_once(tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.stdout.strip() == f"writes confined (Landlock) to {tmp_path / 'cache'}"
+
+
+@needs_landlock
+def test_a_process_with_other_threads_is_not_pretended_confined(tmp_path):
+    """Landlock confines the calling thread only: with another thread running, nothing is."""
+    script = (
+        "import sys, threading, time; from pathlib import Path; "
+        "from bench.run.sandbox import confine_writes; "
+        "threading.Thread(target=time.sleep, args=(5,), daemon=True).start(); "
+        "print(confine_writes([Path(sys.argv[1])]).describe())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert "writes not confined:" in done.stdout and "threads run" in done.stdout, done.stderr
+
+
+def test_private_temp_dirs_of_dead_parents_are_swept(tmp_path, monkeypatch):
+    """A parent killed with SIGKILL cannot remove its trials' TMPDIRs; the next attempt does."""
+    from bench.run import isolation
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    root = tmp_path / isolation.TRIAL_TMP
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (root / f"{dead.pid}-t1-abc").mkdir(parents=True)
+    live = root / f"{os.getpid()}-t2-def"
+    live.mkdir()
+    fresh = isolation._private_tmp("t3")
+    assert sorted(p.name for p in root.iterdir()) == sorted([live.name, fresh.name])
+    assert fresh.name.startswith(f"{os.getpid()}-t3-")
