@@ -71,7 +71,7 @@ def per_seed(df: pd.DataFrame) -> pd.DataFrame:
             "wall_min": sum(grid_wall_seconds(r) for _, r in of_seed.groupby(runs)) / 60,
             "compute_min": float(of_seed[Col.wall_seconds].astype(float).sum()) / 60,
             "devices": ", ".join(sorted(set(of_seed[Col.device].dropna().astype(str)))),
-            "precision": ", ".join(sorted(set(of_seed[Col.precision_used].dropna().astype(str)))),
+            "precisions": ", ".join(sorted(set(of_seed[Col.precision_used].dropna().astype(str)))),
         }
     return pd.DataFrame.from_dict(out, orient="index")
 
@@ -88,11 +88,11 @@ def _per_seed_text(df: pd.DataFrame) -> str:
             f"{r['wall_min']:.1f}",
             f"{r['compute_min']:.1f}",
             r["devices"],
-            r["precision"],
+            r["precisions"],
         ]
         for seed, r in seeds.iterrows()
     ]
-    header = ["seed", "trials", "runs", "wall min", "compute min", "device", "precision"]
+    header = [Col.seed, "trials", "runs", "wall min", "compute min", Col.device, Col.precision]
     return (
         "## Per seed\n\nWall minutes add up each run's span over the seed's trials (a seed "
         "resumed later does not count the gap); compute minutes sum the trials' own wall times. "
